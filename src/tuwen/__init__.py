@@ -1,0 +1,2 @@
+"""tuwen: image-text joint training."""
+__version__ = "0.1.0"
