@@ -3,3 +3,44 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+from tuwen.models.builder import build_model
+from tiny import tiny_spec
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model(tiny_spec()).eval()
+
+
+@pytest.fixture
+def tiny_batch():
+    g = torch.Generator().manual_seed(1)
+    b, lc, lq = 4, 9, 6
+    return {
+        "pixel_values": torch.randn(b, 3, 32, 32, generator=g),
+        "has_caption": torch.tensor([True, True, True, False]),
+        "caption_input_ids": torch.randint(7, 50, (b, lc), generator=g),
+        "caption_attention_mask": torch.ones(b, lc, dtype=torch.long),
+        "decoder_input_ids": torch.randint(7, 50, (b, lc), generator=g),
+        "labels": torch.randint(7, 50, (b, lc), generator=g),
+        "has_question": torch.tensor([True, False, True, True]),
+        "question_input_ids": torch.randint(7, 50, (b, lq), generator=g),
+        "question_attention_mask": torch.ones(b, lq, dtype=torch.long),
+        "vqa_targets": torch.rand(b, 7, generator=g),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory):
+    """A small shapes dataset (32 px) shared by the training, evaluation and CLI tests."""
+    from tuwen.data.shapes import generate_shapes
+
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes(root, seed=0, image_size=32, n_train=64, n_val=8, n_test=16,
+                    n_test_novel=8, progress=False)
+    return root

@@ -1,0 +1,5 @@
+import sys
+
+from tuwen.apps.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""``tuwen demo``: shapes data -> joint training -> evaluation on test and test_novel -> table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tuwen.config import Config
+from tuwen.data.shapes import generate_shapes
+from tuwen.evaluation.evaluate import evaluate_run
+from tuwen.training.loop import train
+
+DEMO_SPLITS = ("test", "test_novel")
+
+
+def ensure_shapes(data_dir: Path, seed: int, counts: dict[str, int] | None = None,
+                  image_size: int = 64) -> None:
+    """Generate the shapes data unless ``data_dir`` already holds the same request."""
+    params = {"seed": seed, "image_size": image_size, **(counts or {})}
+    manifest = data_dir / "manifest.json"
+    if manifest.is_file():
+        saved = json.loads(manifest.read_text())
+        if all(saved.get(k) == v for k, v in params.items()):
+            print(f"using existing shapes data in {data_dir}")
+            return
+    print(f"generating shapes data in {data_dir}")
+    generate_shapes(data_dir, **params)
+
+
+def run_demo(out: Path, config: Config, *, data_seed: int = 0,
+             counts: dict[str, int] | None = None, show_progress: bool = True) -> dict:
+    ensure_shapes(Path(config.data.root), data_seed, counts, config.data.image_size)
+    result = train(config, out, show_progress=show_progress)
+    print(f"trained {result.steps} steps in {result.elapsed_s / 60:.1f} min "
+          f"({result.samples / max(result.elapsed_s, 1e-9):.0f} samples/s, "
+          f"stopped by {result.stopped_by})")
+    metrics = {split: evaluate_run(out, split, show_progress=show_progress)
+               for split in DEMO_SPLITS}
+    print(results_table(metrics))
+    print(f"\nrun directory: {out}\n  model: {out / 'model'}\n  metrics: "
+          + ", ".join(str(out / 'eval' / s / 'metrics.json') for s in DEMO_SPLITS))
+    return metrics
+
+
+ROWS = [("caption", "bleu_4", "BLEU-4"), ("caption", "meteor", "METEOR"),
+        ("caption", "rouge_l", "ROUGE-L"), ("caption", "cider", "CIDEr"),
+        ("retrieval", "i2t_r1", "image->text R@1 %"), ("retrieval", "i2t_r5", "image->text R@5 %"),
+        ("retrieval", "t2i_r1", "text->image R@1 %"), ("retrieval", "t2i_r5", "text->image R@5 %"),
+        ("vqa", "accuracy", "VQA accuracy %")]
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def results_table(metrics: dict[str, dict]) -> str:
+    splits = list(metrics)
+    lines = [f"{'metric':<32}" + "".join(f"{s:>12}" for s in splits)]
+    for section, key, label in ROWS:
+        lines.append(f"{label:<32}" + "".join(
+            f"{_fmt(metrics[s].get(section, {}).get(key)):>12}" for s in splits))
+    qtypes = sorted({t for s in splits
+                     for t in metrics[s].get("vqa", {}).get("by_question_type", {})})
+    for t in qtypes:
+        lines.append(f"{'  VQA ' + t + ' %':<32}" + "".join(
+            f"{_fmt(metrics[s]['vqa']['by_question_type'].get(t)):>12}" for s in splits))
+    return "\n".join(lines)
+

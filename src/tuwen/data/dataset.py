@@ -1,0 +1,158 @@
+"""Joint image-text examples and batching.
+
+One example is one image with everything known about it: its captions and its
+questions. Each time it is drawn, one caption and one question are picked (seeded by
+seed, epoch and index, so a resumed run draws the same ones), and one image pass feeds
+every task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from tuwen.data.answers import AnswerVocab
+from tuwen.data.images import load_image
+from tuwen.data.records import ImageCaptions, VQAItem
+from tuwen.errors import DataError
+
+
+@dataclass(frozen=True)
+class JointExample:
+    image_id: int | str
+    image_path: Path
+    captions: tuple[str, ...]
+    questions: tuple[VQAItem, ...]
+
+
+def join_by_image(captions: Sequence[ImageCaptions],
+                  questions: Sequence[VQAItem]) -> list[JointExample]:
+    """Group captions and questions by image file; images keep first-seen order."""
+    by_path: dict[Path, dict] = {}
+    for rec in captions:
+        entry = by_path.setdefault(rec.image_path, {"id": rec.image_id, "caps": [], "qs": []})
+        entry["caps"].extend(rec.captions)
+    for item in questions:
+        entry = by_path.setdefault(item.image_path, {"id": item.image_id, "caps": [], "qs": []})
+        entry["qs"].append(item)
+    return [JointExample(e["id"], path, tuple(e["caps"]), tuple(e["qs"]))
+            for path, e in by_path.items()]
+
+
+class JointDataset(Dataset):
+    """Yields dicts with the image tensor and one drawn caption and question (or None).
+
+    An image that fails to load yields None; ``collate`` drops it and counts it.
+    """
+
+    def __init__(self, examples: Sequence[JointExample],
+                 transform: Callable[[object], torch.Tensor], seed: int = 0) -> None:
+        self.examples, self.transform, self.seed = list(examples), transform, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict | None:
+        ex = self.examples[index]
+        try:
+            pixels = self.transform(load_image(ex.image_path))
+        except DataError as err:
+            return {"bad": str(err)}
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        caption = ex.captions[rng.integers(len(ex.captions))] if ex.captions else None
+        question = ex.questions[rng.integers(len(ex.questions))] if ex.questions else None
+        return {"index": index, "pixel_values": pixels, "caption": caption, "question": question}
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """A seeded permutation per epoch, cut into batches; can start mid-epoch.
+
+    Owning the order (rather than a global RNG) is what makes resume exact: the position
+    is just (epoch, batches already consumed).
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, drop_last: bool = True) -> None:
+        self.size, self.batch_size, self.seed, self.drop_last = size, batch_size, seed, drop_last
+        self.epoch, self.start_batch = 0, 0
+
+    def set_position(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.size, self.batch_size)
+        return full if self.drop_last or not rest else full + 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        for b in range(self.start_batch, len(self)):
+            yield order[b * self.batch_size: (b + 1) * self.batch_size]
+
+
+class Collator:
+    """Drops failed images, tokenises captions and questions, builds VQA soft targets."""
+
+    def __init__(self, tokenizer, vocab: AnswerVocab | None, max_length: int) -> None:
+        self.tok, self.vocab, self.max_length = tokenizer, vocab, max_length
+
+    def __call__(self, items: list[dict]) -> dict:
+        good = [it for it in items if "bad" not in it]
+        bad = [it["bad"] for it in items if "bad" in it]
+        batch: dict = {"n_skipped": len(bad), "skipped": bad, "size": len(good)}
+        if not good:
+            return batch
+        batch["index"] = torch.tensor([it["index"] for it in good])
+        batch["pixel_values"] = torch.stack([it["pixel_values"] for it in good])
+        batch.update(self.captions([it["caption"] for it in good]))
+        batch.update(self.questions([it["question"] for it in good]))
+        return batch
+
+    def encode(self, texts: list[str]) -> dict:
+        enc = self.tok(texts, padding="longest", truncation=True, max_length=self.max_length,
+                       return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def captions(self, captions: list[str | None]) -> dict:
+        has = torch.tensor([c is not None for c in captions])
+        texts = [c or "" for c in captions]
+        enc = self.encode(texts)
+        dec_in, labels = self.decoder_inputs(texts)
+        labels[~has] = -100
+        return {"has_caption": has, "caption_input_ids": enc["input_ids"],
+                "caption_attention_mask": enc["attention_mask"],
+                "decoder_input_ids": dec_in, "labels": labels}
+
+    def decoder_inputs(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[BOS] w1 .. wn  ->  w1 .. wn [EOS]; padding labelled -100."""
+        ids = self.tok(texts, add_special_tokens=False, truncation=True,
+                       max_length=self.max_length - 1)["input_ids"]
+        width = max(len(x) for x in ids) + 1
+        pad, bos, eos = self.tok.pad_token_id, self.tok.bos_token_id, self.tok.eos_token_id
+        inputs = torch.full((len(ids), width), pad, dtype=torch.long)
+        labels = torch.full((len(ids), width), -100, dtype=torch.long)
+        for i, seq in enumerate(ids):
+            inputs[i, : len(seq) + 1] = torch.tensor([bos, *seq])
+            labels[i, : len(seq) + 1] = torch.tensor([*seq, eos])
+        return inputs, labels
+
+    def questions(self, questions: list[VQAItem | None]) -> dict:
+        has = torch.tensor([q is not None for q in questions])
+        enc = self.encode([q.question if q else "" for q in questions])
+        out = {"has_question": has, "question_input_ids": enc["input_ids"],
+               "question_attention_mask": enc["attention_mask"]}
+        if self.vocab is not None:
+            targets = torch.zeros(len(questions), len(self.vocab))
+            for i, q in enumerate(questions):
+                for idx, score in (self.vocab.soft_scores(q.answers) if q else {}).items():
+                    targets[i, idx] = score
+            out["vqa_targets"] = targets
+        return out

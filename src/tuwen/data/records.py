@@ -1,0 +1,49 @@
+"""The records every reader returns, whatever the file format on disk.
+
+Readers turn each format (Karpathy JSON, VQAv2, ...) into these few frozen dataclasses,
+so everything downstream (datasets, batching, evaluation) knows one shape per task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ImageCaptions:
+    """One image with all its reference captions (Karpathy / COCO style)."""
+
+    image_id: int | str
+    image_path: Path
+    split: str
+    captions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VQAItem:
+    """One VQAv2 question with its annotation joined in."""
+
+    question_id: int
+    image_id: int | str
+    image_path: Path
+    question: str
+    answers: tuple[str, ...]  # the raw annotator answers (10 in VQAv2), unnormalised
+    multiple_choice_answer: str
+    question_type: str
+    answer_type: str
+
+
+@dataclass
+class ReadResult(Generic[T]):
+    """What a reader returns: the usable records and why the others were left out.
+
+    ``skipped`` holds one human-readable reason per skipped record or caption, e.g.
+    ``"captions.json record 12: empty caption"``, so a run can report and bound them.
+    """
+
+    records: list[T] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)

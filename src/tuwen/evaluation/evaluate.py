@@ -1,0 +1,258 @@
+"""Evaluate a model on one split: generate, embed, answer, then score with the standard metrics.
+
+Writes ``metrics.json`` (keys as in DESIGN.md §4, plus the protocol used) and
+``predictions.jsonl`` (one line per caption, retrieval query image and question).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tuwen import __version__
+from tuwen.config import EvalConfig
+from tuwen.data.answers import AnswerVocab
+from tuwen.data.images import ImageTransform, load_image
+from tuwen.data.prepare import SplitData
+from tuwen.data.tokenizer import decode_text
+from tuwen.errors import DataError
+from tuwen.evaluation.caption_metrics import caption_scores
+from tuwen.evaluation.retrieval_metrics import retrieval_recall
+from tuwen.evaluation.vqa_accuracy import vqa_accuracy
+from tuwen.models.image_text_model import ImageTextModel
+from tuwen.tasks import captioning, retrieval, vqa
+
+
+@dataclass
+class LoadedImages:
+    paths: list[Path]
+    ids: list[int | str]
+    pixels: torch.Tensor            # (N, 3, H, W)
+    row: dict[Path, int]            # image path -> row in pixels
+    skipped: list[str]
+
+
+def load_images(paths: Sequence[Path], ids: Sequence, transform: ImageTransform,
+                show_progress: bool = True) -> LoadedImages:
+    kept_paths, kept_ids, tensors, skipped = [], [], [], []
+    for path, image_id in tqdm(list(zip(paths, ids)), desc="load images",
+                               disable=not show_progress, leave=False):
+        try:
+            tensors.append(transform(load_image(path)))
+        except DataError as err:
+            skipped.append(str(err))
+            continue
+        kept_paths.append(path)
+        kept_ids.append(image_id)
+    pixels = torch.stack(tensors) if tensors else torch.empty(0)
+    return LoadedImages(kept_paths, kept_ids, pixels, {p: i for i, p in enumerate(kept_paths)},
+                        skipped)
+
+
+def _batches(n: int, size: int, desc: str, show: bool):
+    return tqdm(range(0, n, size), desc=desc, disable=not show, leave=False)
+
+
+def _device(model: ImageTextModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+def generate_captions(model: ImageTextModel, tokenizer, images: LoadedImages, cfg: EvalConfig,
+                      decoding: str, show: bool = True) -> list[str]:
+    out: list[str] = []
+    for start in _batches(len(images.paths), cfg.batch_size, f"caption ({decoding})", show):
+        px = images.pixels[start: start + cfg.batch_size].to(_device(model))
+        ids = captioning.predict_step(model, px, decoding=decoding,
+                                      max_new_tokens=cfg.max_new_tokens,
+                                      beam_size=cfg.beam_size, length_penalty=cfg.length_penalty)
+        out.extend(decode_text(tokenizer, _until_eos(row, model.spec.eos_token_id))
+                   for row in ids.tolist())
+    return out
+
+
+def _until_eos(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos)] if eos in ids else ids
+
+
+def retrieval_similarity(model: ImageTextModel, tokenizer, images: LoadedImages,
+                         texts: list[str], cfg: EvalConfig, max_length: int,
+                         show: bool = True) -> np.ndarray:
+    """(n_images, n_texts) cosine similarities in the ITC space."""
+    device = _device(model)
+    image_embeds, text_embeds = [], []
+    for start in _batches(len(images.paths), cfg.batch_size, "embed images", show):
+        feats = retrieval.embed_images(model, images.pixels[start: start + cfg.batch_size]
+                                       .to(device))
+        image_embeds.append(model.itc_head.embed_image(feats.pooled).float().cpu())
+    for start in _batches(len(texts), cfg.batch_size, "embed texts", show):
+        enc = tokenizer(texts[start: start + cfg.batch_size], padding="longest", truncation=True,
+                        max_length=max_length, return_tensors="pt")
+        emb, _ = retrieval.embed_texts(model, enc["input_ids"].to(device),
+                                       enc["attention_mask"].to(device))
+        text_embeds.append(emb.float().cpu())
+    return (torch.cat(image_embeds) @ torch.cat(text_embeds).t()).numpy()
+
+
+def answer_questions(model: ImageTextModel, tokenizer, vocab: AnswerVocab, images: LoadedImages,
+                     questions: list, cfg: EvalConfig, max_length: int,
+                     show: bool = True) -> list[str]:
+    device = _device(model)
+    answers: list[str] = []
+    for start in _batches(len(questions), cfg.batch_size, "vqa", show):
+        chunk = questions[start: start + cfg.batch_size]
+        px = images.pixels[[images.row[q.image_path] for q in chunk]].to(device)
+        enc = tokenizer([q.question for q in chunk], padding="longest", truncation=True,
+                        max_length=max_length, return_tensors="pt")
+        pred = vqa.predict_step(model, px, enc["input_ids"].to(device),
+                                enc["attention_mask"].to(device))
+        answers.extend(vocab.answer(i) for i in pred.tolist())
+    return answers
+
+
+def _vqa_records(questions: list) -> tuple[list[dict], list[dict]]:
+    qs = [{"question_id": q.question_id, "image_id": q.image_id, "question": q.question}
+          for q in questions]
+    anns = [{"question_id": q.question_id, "image_id": q.image_id,
+             "question_type": q.question_type, "answer_type": q.answer_type,
+             "multiple_choice_answer": q.multiple_choice_answer,
+             "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(q.answers)]}
+            for q in questions]
+    return qs, anns
+
+
+def _ids_hash(ids: Sequence) -> str:
+    return hashlib.sha256(json.dumps(sorted(map(str, ids))).encode()).hexdigest()[:16]
+
+
+def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, data: SplitData,
+                   cfg: EvalConfig, out_dir: Path, max_length: int,
+                   show_progress: bool = True) -> dict:
+    model.eval()
+    spec = model.spec
+    transform = ImageTransform(spec.image_size, spec.image_mean, spec.image_std)
+    captions = data.captions[: cfg.max_images] if cfg.max_images else data.captions
+    paths = [r.image_path for r in captions]
+    ids = [r.image_id for r in captions]
+    allowed = set(paths) if cfg.max_images else None
+    questions = [q for q in data.questions if allowed is None or q.image_path in allowed]
+    known = set(paths)
+    for q in questions:  # VQA-only images are loaded too
+        if q.image_path not in known:
+            known.add(q.image_path)
+            paths.append(q.image_path)
+            ids.append(q.image_id)
+    images = load_images(paths, ids, transform, show_progress)
+    skipped = list(data.skipped) + images.skipped
+    captions = [r for r in captions if r.image_path in images.row]
+    questions = [q for q in questions if q.image_path in images.row]
+
+    metrics: dict = {"split": data.split, "n_images": len(captions), "n_questions": len(questions),
+                     "skipped": len(skipped)}
+    protocol: dict = {"tuwen_version": __version__, "split": data.split,
+                      "image_ids_sha256": _ids_hash([r.image_id for r in captions]),
+                      "question_ids_sha256": _ids_hash([q.question_id for q in questions])}
+    lines: list[dict] = []
+    if "caption" in cfg.tasks and captions:
+        _eval_captions(model, tokenizer, images, captions, cfg, metrics, protocol, lines,
+                       show_progress)
+    if "retrieval" in cfg.tasks and captions:
+        _eval_retrieval(model, tokenizer, images, captions, cfg, max_length, metrics, protocol,
+                        lines, show_progress)
+    if "vqa" in cfg.tasks and questions and vocab is not None:
+        _eval_vqa(model, tokenizer, vocab, images, questions, cfg, max_length, metrics, protocol,
+                  lines, show_progress)
+    metrics["protocol"] = protocol
+    metrics["skipped_reasons"] = skipped[:20]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with (out_dir / "predictions.jsonl").open("w") as f:
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+    return metrics
+
+
+def _eval_captions(model, tokenizer, images, captions, cfg, metrics, protocol, lines, show):
+    refs = {r.image_id: list(r.captions) for r in captions}
+    sub = LoadedImages([r.image_path for r in captions], [r.image_id for r in captions],
+                       images.pixels[[images.row[r.image_path] for r in captions]], {}, [])
+    decodings = [cfg.decoding] + (["greedy"] if cfg.decoding != "greedy" else [])
+    for decoding in decodings:
+        texts = generate_captions(model, tokenizer, sub, cfg, decoding, show)
+        preds = dict(zip(sub.ids, texts))
+        scores = caption_scores(preds, refs)
+        key = "caption" if decoding == cfg.decoding else f"caption_{decoding}"
+        metrics[key] = {k: scores[k] for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor",
+                                               "rouge_l", "cider")}
+        metrics[key]["distinct_captions"] = len(set(texts)) / max(len(texts), 1)
+        protocol[key] = {**scores.get("protocol", {}), "decoding": decoding,
+                         "beam_size": cfg.beam_size if decoding == "beam" else 1,
+                         "length_penalty": cfg.length_penalty,
+                         "max_new_tokens": cfg.max_new_tokens,
+                         "references_per_image": sorted({len(v) for v in refs.values()})}
+        if key == "caption":
+            per_image = scores.get("per_image", {})
+            lines.extend({"task": "caption", "image_id": i, "caption": preds[i],
+                          "references": refs[i], **per_image.get(i, {})} for i in sub.ids)
+
+
+def _eval_retrieval(model, tokenizer, images, captions, cfg, max_length, metrics, protocol,
+                    lines, show):
+    sub_rows = [images.row[r.image_path] for r in captions]
+    sub = LoadedImages([r.image_path for r in captions], [r.image_id for r in captions],
+                       images.pixels[sub_rows], {}, [])
+    texts = [c for r in captions for c in r.captions]
+    owner = [i for i, r in enumerate(captions) for _ in r.captions]
+    sim = retrieval_similarity(model, tokenizer, sub, texts, cfg, max_length, show)
+    result = retrieval_recall(sim, owner)
+    metrics["retrieval"] = {k: v for k, v in result.items() if not k.endswith("_ranks")}
+    protocol["retrieval"] = {"score": "itc cosine", "n_texts": len(texts),
+                             "found_by_any_caption": True, "rank_ties": "pessimistic"}
+    lines.extend({"task": "retrieval", "image_id": r.image_id,
+                  "i2t_rank": int(result["i2t_ranks"][i]) + 1}
+                 for i, r in enumerate(captions))
+
+
+def _eval_vqa(model, tokenizer, vocab, images, questions, cfg, max_length, metrics, protocol,
+              lines, show):
+    answers = answer_questions(model, tokenizer, vocab, images, questions, cfg, max_length, show)
+    qs, anns = _vqa_records(questions)
+    preds = {q.question_id: a for q, a in zip(questions, answers)}
+    result = vqa_accuracy(preds, qs, anns)
+    metrics["vqa"] = {k: result[k] for k in ("accuracy", "by_answer_type", "by_question_type")}
+    protocol["vqa"] = {"formula": "official VQAv2 (min(1, matches/3), 10-way leave-one-out)",
+                       "answer_normalisation": "official VQAv2 (punctuation, digits, articles)",
+                       "answer_vocab_size": len(vocab),
+                       "answer_vocab_coverage": vocab.coverage(
+                           q.multiple_choice_answer for q in questions)}
+    per_q = result.get("per_question", {})
+    lines.extend({"task": "vqa", "question_id": q.question_id, "image_id": q.image_id,
+                  "question": q.question, "question_type": q.question_type,
+                  "answer": preds[q.question_id], "gt": q.multiple_choice_answer,
+                  "accuracy": per_q.get(q.question_id)} for q in questions)
+
+
+def evaluate_run(run_dir: str | Path, split: str, *, tasks: list[str] | None = None,
+                 overrides: list[str] | None = None, show_progress: bool = True) -> dict:
+    """Evaluate ``RUN/model`` on ``split`` of the run's own data config -> ``RUN/eval/<split>/``."""
+    from tuwen.config import load_config
+    from tuwen.data.prepare import read_split
+    from tuwen.data.tokenizer import load_tokenizer
+
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml", overrides)
+    if tasks:
+        config.eval.tasks = tasks
+    model_dir = run_dir / "model"
+    model = ImageTextModel.from_pretrained(model_dir)
+    vocab_path = model_dir / "answer_vocab.json"
+    vocab = AnswerVocab.load(vocab_path) if vocab_path.is_file() else None
+    data = read_split(config.data, split)
+    return evaluate_split(model, load_tokenizer(model_dir), vocab, data, config.eval,
+                          run_dir / "eval" / split, config.data.max_text_length, show_progress)

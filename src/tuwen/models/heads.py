@@ -1,0 +1,52 @@
+"""Task heads on top of the towers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ContrastiveHead(nn.Module):
+    """Projects pooled image and text vectors to a shared unit sphere; learnable temperature."""
+
+    def __init__(self, dim: int, embed_dim: int, init_temperature: float = 0.07) -> None:
+        super().__init__()
+        self.image_proj = nn.Linear(dim, embed_dim)
+        self.text_proj = nn.Linear(dim, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)))
+
+    def embed_image(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_proj(pooled), dim=-1)
+
+    def embed_text(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def scale(self) -> torch.Tensor:
+        # CLIP's clamp: beyond 100 the logits saturate and training becomes unstable.
+        return self.logit_scale.clamp(max=math.log(100.0)).exp()
+
+
+class MatchingHead(nn.Module):
+    """Binary image-text matching on the fused [CLS] vector."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(dim, 2)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(pooled)
+
+
+class AnswerHead(nn.Module):
+    """VQA as classification over an answer vocabulary (the VQAv2 standard)."""
+
+    def __init__(self, dim: int, num_answers: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.LayerNorm(2 * dim),
+                                 nn.Dropout(dropout), nn.Linear(2 * dim, num_answers))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.net(pooled)

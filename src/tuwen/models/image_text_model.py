@@ -1,0 +1,128 @@
+"""ImageTextModel: the composite of the towers, the fusion, the decoder and the heads.
+
+It takes built modules (see ``builder.build_model``) and offers the few entry points the
+tasks need. Saving writes ``config.json`` + ``model.safetensors``; tokenizer and answer
+vocabulary files live beside them but are written by the layers that own them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from tuwen import __version__
+from tuwen.config import ModelConfig
+from tuwen.errors import TuwenError
+from tuwen.models.decoder import CaptionDecoder, DecoderOutput
+from tuwen.models.fusion import CrossAttentionFusion, FusionOutput
+from tuwen.models.heads import AnswerHead, ContrastiveHead, MatchingHead
+from tuwen.models.image_encoders import ImageFeatures
+from tuwen.models.text_encoders import TextFeatures
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild the same architecture (written as config.json)."""
+
+    model: ModelConfig
+    vocab_size: int
+    num_answers: int
+    image_size: int
+    max_text_length: int
+    pad_token_id: int = 0
+    bos_token_id: int = 4
+    eos_token_id: int = 5
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["model"] = self.model.model_dump(mode="json")
+        return {"tuwen_version": __version__, **out}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ModelSpec:
+        raw = {k: v for k, v in raw.items() if k != "tuwen_version"}
+        raw["model"] = ModelConfig.model_validate(raw["model"])
+        for key in ("image_mean", "image_std"):
+            raw[key] = tuple(raw[key])
+        return cls(**raw)
+
+
+@dataclass
+class ImageTextOutput:
+    fused: torch.Tensor                           # (B, L, D) fused text sequence
+    pooled: torch.Tensor                          # (B, D)
+    image_embeds: torch.Tensor                    # (B, E) unit-norm, ITC space
+    text_embeds: torch.Tensor                     # (B, E) unit-norm, ITC space
+    attentions: tuple[torch.Tensor, ...] | None   # fusion cross-attention per layer
+
+
+class ImageTextModel(nn.Module):
+    def __init__(self, spec: ModelSpec, image_encoder: nn.Module, text_encoder: nn.Module,
+                 fusion: CrossAttentionFusion, decoder: CaptionDecoder,
+                 itc_head: ContrastiveHead, itm_head: MatchingHead,
+                 vqa_head: AnswerHead) -> None:
+        super().__init__()
+        self.spec = spec
+        self.image_encoder, self.text_encoder = image_encoder, text_encoder
+        self.fusion, self.decoder = fusion, decoder
+        self.itc_head, self.itm_head, self.vqa_head = itc_head, itm_head, vqa_head
+
+    def encode_image(self, pixel_values: torch.Tensor) -> ImageFeatures:
+        return self.image_encoder(pixel_values)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        return self.text_encoder(input_ids, attention_mask)
+
+    def fuse(self, text: TextFeatures, image_tokens: torch.Tensor,
+             output_attentions: bool = False) -> FusionOutput:
+        return self.fusion(text.tokens, text.attention_mask, image_tokens, output_attentions)
+
+    def decode(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
+               output_attentions: bool = False) -> DecoderOutput:
+        return self.decoder(input_ids, image_tokens, output_attentions=output_attentions)
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor, output_attentions: bool = False) -> ImageTextOutput:
+        image = self.encode_image(pixel_values)
+        text = self.encode_text(input_ids, attention_mask)
+        fused = self.fuse(text, image.tokens, output_attentions)
+        return ImageTextOutput(fused=fused.fused, pooled=fused.pooled,
+                               image_embeds=self.itc_head.embed_image(image.pooled),
+                               text_embeds=self.itc_head.embed_text(text.pooled),
+                               attentions=fused.attentions)
+
+    # ------------------------------------------------------------ persistence
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(self.spec.to_dict(), indent=2))
+        save_model(self, str(directory / "model.safetensors"))  # handles the tied LM head
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> ImageTextModel:
+        from tuwen.models.builder import build_model  # builder imports this module
+
+        directory = Path(directory)
+        config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise TuwenError(f"{path}: missing; {directory} is not a saved tuwen model")
+        try:
+            spec = ModelSpec.from_dict(json.loads(config_path.read_text()))
+        except (ValueError, KeyError, TypeError) as err:
+            raise TuwenError(f"{config_path}: not a valid tuwen model config ({err})") from None
+        model = build_model(spec)
+        missing, unexpected = load_model(model, str(weights_path), strict=False)
+        if missing or unexpected:
+            raise TuwenError(f"{weights_path}: weights do not fit the config "
+                             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        return model.eval()

@@ -1,0 +1,55 @@
+"""Losses as plain functions of tensors."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor,
+                 label_smoothing: float = 0.0) -> torch.Tensor:
+    """Token-level cross-entropy; positions labelled -100 are ignored."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                           label_smoothing=label_smoothing)
+
+
+def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor,
+                     scale: torch.Tensor, positives: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE over the batch.
+
+    ``positives`` (B_img, B_txt) marks every matching pair; the target distribution is
+    uniform over them. Without it, pair i matches only i (CLIP). Synthetic and real
+    datasets repeat captions ("a red circle"), and such duplicates are not negatives.
+    """
+    logits = scale * image_embeds.float() @ text_embeds.float().t()  # (B_img, B_txt)
+    if positives is None:
+        positives = torch.eye(logits.shape[0], logits.shape[1], device=logits.device)
+    positives = positives.float()
+    i2t = -(positives * logits.log_softmax(dim=1)).sum(1) / positives.sum(1)
+    t2i = -(positives * logits.log_softmax(dim=0)).sum(0) / positives.sum(0)
+    return (i2t.mean() + t2i.mean()) / 2
+
+
+def matching_loss(logits: torch.Tensor, is_match: torch.Tensor) -> torch.Tensor:
+    """Binary image-text matching as 2-way cross-entropy."""
+    return F.cross_entropy(logits.float(), is_match.long())
+
+
+def soft_answer_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE against VQAv2 soft scores, summed over answers and averaged over questions."""
+    per_answer = F.binary_cross_entropy_with_logits(logits.float(), targets.float(),
+                                                    reduction="none")
+    return per_answer.sum(dim=1).mean()
+
+
+def sample_hard_negatives(similarity: torch.Tensor, positives: torch.Tensor,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """For each row, draw a column in proportion to softmax(similarity), never a positive.
+
+    Rows whose every column is a positive have no negative; they get -1.
+    """
+    weights = similarity.float().softmax(dim=1).masked_fill(positives.bool(), 0.0)
+    has_negative = weights.sum(dim=1) > 0
+    weights = torch.where(has_negative[:, None], weights, torch.ones_like(weights))
+    picks = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    return torch.where(has_negative, picks, torch.full_like(picks, -1))

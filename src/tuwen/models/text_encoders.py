@@ -1,0 +1,36 @@
+"""Text encoders trained from scratch: a small bidirectional Transformer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tuwen.models.layers import Block, padding_bias
+
+
+@dataclass
+class TextFeatures:
+    tokens: torch.Tensor           # (B, L, D)
+    pooled: torch.Tensor           # (B, D) the [CLS] position
+    attention_mask: torch.Tensor   # (B, L)
+
+
+class TextTransformer(nn.Module):
+    def __init__(self, vocab_size: int, max_length: int, dim: int, layers: int, heads: int,
+                 mlp_ratio: float = 4.0, dropout: float = 0.0, pad_token_id: int = 0) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim, padding_idx=pad_token_id)
+        self.pos = nn.Parameter(torch.randn(1, max_length, dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        x = self.drop(self.embed(input_ids) + self.pos[:, : input_ids.shape[1]])  # (B, L, D)
+        bias = padding_bias(attention_mask, x.dtype)
+        for block in self.blocks:
+            x, _ = block(x, bias=bias)
+        x = self.norm(x)
+        return TextFeatures(tokens=x, pooled=x[:, 0], attention_mask=attention_mask)

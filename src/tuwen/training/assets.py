@@ -1,0 +1,89 @@
+"""What a run needs before its first step: training records, tokenizer, answer vocabulary,
+and the model spec that ties their sizes to the model config.
+
+The tokenizer and vocabulary are written into ``RUN/model/`` at once, so a resumed run
+(and the final model) uses exactly the ones training started with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tuwen.config import Config
+from tuwen.data.answers import AnswerVocab
+from tuwen.data.prepare import SplitData, build_answer_vocab, build_tokenizer, read_split
+from tuwen.data.tokenizer import load_tokenizer, save_tokenizer
+from tuwen.errors import ConfigError, TuwenError
+from tuwen.models.image_text_model import ModelSpec
+
+VOCAB_FILE = "answer_vocab.json"
+
+
+@dataclass
+class Assets:
+    train: SplitData
+    tokenizer: object
+    vocab: AnswerVocab | None
+    spec: ModelSpec
+
+
+def check_bad_fraction(data: SplitData, max_fraction: float) -> None:
+    total = len(data.captions) + len(data.questions) + len(data.skipped)
+    if data.skipped and len(data.skipped) > max_fraction * total:
+        raise TuwenError(f"split {data.split!r}: {len(data.skipped)} of {total} records unusable, "
+                         f"more than data.max_bad_fraction={max_fraction}; first: "
+                         f"{data.skipped[0]}")
+
+
+def prepare_assets(config: Config, model_dir: Path, reuse: bool = False) -> Assets:
+    train = read_split(config.data, config.data.train_split)
+    check_bad_fraction(train, config.data.max_bad_fraction)
+    if reuse and (model_dir / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(model_dir)
+        vocab = AnswerVocab.load(model_dir / VOCAB_FILE) if (model_dir / VOCAB_FILE).is_file() \
+            else None
+    else:
+        tokenizer = build_tokenizer(train, config.data.tokenizer.vocab_size)
+        vocab = build_answer_vocab(train, config.data.answer_vocab_size)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        save_tokenizer(tokenizer, model_dir)
+        if vocab is not None:
+            vocab.save(model_dir / VOCAB_FILE)
+    spec = ModelSpec(model=config.model, vocab_size=len(tokenizer),
+                     num_answers=len(vocab) if vocab is not None else 1,
+                     image_size=config.data.image_size,
+                     max_text_length=config.data.max_text_length,
+                     pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                     eos_token_id=tokenizer.eos_token_id, image_mean=config.data.image_mean,
+                     image_std=config.data.image_std)
+    return Assets(train, tokenizer, vocab, spec)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resume_config(config: Config, run_dir: Path) -> None:
+    """Resuming into a different model shape or data would silently mix two runs."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = _flatten(yaml.safe_load(saved_path.read_text()))
+    now = _flatten(config.model_dump(mode="json"))
+    fixed = ("model.", "data.root", "data.image_size", "data.max_text_length",
+             "data.tokenizer.", "data.answer_vocab_size")
+    differing = sorted(k for k in set(saved) | set(now)
+                       if k.startswith(fixed) and saved.get(k) != now.get(k))
+    if differing:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in differing)
+        raise ConfigError(f"--resume with a config that changes {details} "
+                          f"(saved in {saved_path}); start a new run directory instead")

@@ -1,0 +1,72 @@
+import pytest
+import yaml
+
+from tuwen.config import load_config, save_config
+from tuwen.errors import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_load_and_round_trip(tmp_path):
+    cfg = load_config(None)
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+def test_repo_config_is_valid():
+    cfg = load_config("configs/shapes.yaml")
+    assert cfg.model.fusion.type == "cross_attention"
+    assert cfg.data.root == "data/shapes"
+
+
+def test_unknown_key_names_the_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.max_stpes: unknown key"):
+        load_config(write(tmp_path, "train:\n  max_stpes: 10\n"))
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.batch_size.*'many'"):
+        load_config(write(tmp_path, "train:\n  batch_size: many\n"))
+
+
+def test_wrong_choice_names_the_allowed_values(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.fusion\.type.*cross_attention"):
+        load_config(None, ["model.fusion.type=sum"])
+
+
+def test_set_overrides_are_typed_and_validated():
+    cfg = load_config(None, ["train.max_steps=7", "train.precision=bf16", "data.root=x/y"])
+    assert cfg.train.max_steps == 7 and cfg.train.precision == "bf16" and cfg.data.root == "x/y"
+    with pytest.raises(ConfigError, match=r"train\.max_steps"):
+        load_config(None, ["train.max_steps=-3"])
+    with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
+        load_config(None, ["train.max_steps"])
+
+
+def test_impossible_combinations(tmp_path):
+    with pytest.raises(ConfigError, match=r"heads=3 must divide model\.hidden_size=128"):
+        load_config(None, ["model.fusion.heads=3"])
+    with pytest.raises(ConfigError, match="at least one task"):
+        load_config(None, ["train.tasks.caption=0", "train.tasks.itc=0", "train.tasks.itm=0",
+                           "train.tasks.vqa=0"])
+    with pytest.raises(ConfigError, match="vqa needs data.vqa"):
+        load_config(None, ["data.vqa=null"])
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "train: [1,\n"))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_resolved_config_is_plain_yaml(tmp_path):
+    save_config(load_config(None, ["train.seed=3"]), tmp_path / "r.yaml")
+    raw = yaml.safe_load((tmp_path / "r.yaml").read_text())
+    assert raw["train"]["seed"] == 3 and set(raw) == {"data", "model", "train", "eval"}
