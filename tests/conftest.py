@@ -7,8 +7,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
-from tuwen.models.builder import build_model
 from tiny import tiny_spec
+from tuwen.models.builder import build_model
 
 
 @pytest.fixture
@@ -21,17 +21,19 @@ def tiny_model():
 def tiny_batch():
     g = torch.Generator().manual_seed(1)
     b, lc, lq = 4, 9, 6
+    rc, rq = 4, 4  # caption rows (image 0 has two captions, image 3 none), question rows
     return {
         "pixel_values": torch.randn(b, 3, 32, 32, generator=g),
-        "has_caption": torch.tensor([True, True, True, False]),
-        "caption_input_ids": torch.randint(7, 50, (b, lc), generator=g),
-        "caption_attention_mask": torch.ones(b, lc, dtype=torch.long),
-        "decoder_input_ids": torch.randint(7, 50, (b, lc), generator=g),
-        "labels": torch.randint(7, 50, (b, lc), generator=g),
-        "has_question": torch.tensor([True, False, True, True]),
-        "question_input_ids": torch.randint(7, 50, (b, lq), generator=g),
-        "question_attention_mask": torch.ones(b, lq, dtype=torch.long),
-        "vqa_targets": torch.rand(b, 7, generator=g),
+        "caption_image": torch.tensor([0, 0, 1, 2]),
+        "caption_first": torch.tensor([True, False, True, True]),
+        "caption_input_ids": torch.randint(7, 50, (rc, lc), generator=g),
+        "caption_attention_mask": torch.ones(rc, lc, dtype=torch.long),
+        "decoder_input_ids": torch.randint(7, 50, (rc, lc), generator=g),
+        "labels": torch.randint(7, 50, (rc, lc), generator=g),
+        "question_image": torch.tensor([0, 2, 3, 3]),
+        "question_input_ids": torch.randint(7, 50, (rq, lq), generator=g),
+        "question_attention_mask": torch.ones(rq, lq, dtype=torch.long),
+        "vqa_targets": torch.rand(rq, 7, generator=g),
     }
 
 

@@ -1,6 +1,5 @@
 """Tiny models and batches shared by the tests (hidden 32, 32-px images)."""
 
-import torch
 
 from tuwen.config import ModelConfig
 from tuwen.models.image_text_model import ModelSpec

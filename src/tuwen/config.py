@@ -53,6 +53,9 @@ class DataConfig(Section):
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     max_text_length: int = Field(40, ge=4)
+    captions_per_image: int = Field(4, ge=1)   # drawn per image per step (ITC uses all)
+    questions_per_image: int = Field(3, ge=1)  # drawn per image per step
+    spatial_negatives: bool = True  # ITM also rejects captions with left/right etc. swapped
     answer_vocab_size: int = Field(100, ge=2)
     tokenizer: TokenizerConfig = TokenizerConfig()
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
@@ -69,7 +72,7 @@ class DataConfig(Section):
 
 class ImageEncoderConfig(Section):
     type: Literal["small_vit", "small_cnn"] = "small_vit"
-    patch_size: int = Field(8, ge=1)
+    patch_size: int = Field(16, ge=1)
     layers: int = Field(2, ge=0)
     heads: int = Field(4, ge=1)
 
@@ -158,6 +161,7 @@ class EvalConfig(Section):
     length_penalty: float = 1.0
     max_new_tokens: int = Field(30, ge=1)
     max_images: int | None = Field(None, ge=1)
+    itm_rerank_k: int = Field(0, ge=0)  # re-rank each query's ITC top-k with ITM (0: off)
 
 
 class Config(Section):

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tuwen.data.answers import normalize_answer
+from tuwen.data.readers import read_karpathy, read_vqav2
 from tuwen.data.shapes import (
     COLOURS,
     HELD_OUT_PAIRS,
@@ -25,7 +27,6 @@ from tuwen.errors import TuwenError
 TINY = {"n_train": 40, "n_val": 8, "n_test": 12, "n_test_novel": 20}
 POSITIONS = ("top left", "top", "top right", "left", "center", "right",
              "bottom left", "bottom", "bottom right")
-NUMBER_WORDS = {"zero": "0", "one": "1", "two": "2", "three": "3", "none": "0"}
 
 
 def _load(path: Path) -> dict:
@@ -35,13 +36,6 @@ def _load(path: Path) -> dict:
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file()}
-
-
-def _vqa_normalise(answer: str) -> str:
-    """The parts of the official VQAv2 answer normalisation the variants rely on."""
-    text = re.sub(r"[.,!?;]", "", answer.lower())
-    words = [NUMBER_WORDS.get(w, w) for w in text.split() if w not in ("a", "an", "the")]
-    return " ".join(words)
 
 
 def _article(words: str) -> str:
@@ -186,7 +180,7 @@ def test_answers_are_normalisation_variants_of_the_canonical_one(
     n_variants = 0
     for _, a in vqa:
         answers = [x["answer"] for x in a["answers"]]
-        assert all(_vqa_normalise(x) == a["multiple_choice_answer"] for x in answers)
+        assert all(normalize_answer(x) == a["multiple_choice_answer"] for x in answers)
         assert answers.count(a["multiple_choice_answer"]) >= 8
         n_variants += 10 - answers.count(a["multiple_choice_answer"])
     assert n_variants > 0
@@ -389,3 +383,16 @@ def test_rerun_with_fewer_images_removes_stale_ones(tmp_path: Path) -> None:
     names = sorted(p.name for p in (tmp_path / "images").iterdir())
     assert names == ["000001.png", "000002.png", "000003.png", "000004.png", "notes.txt"]
     assert _load(tmp_path / "manifest.json") == manifest
+
+
+def test_the_readers_read_every_generated_file(tiny: Path) -> None:
+    captions = read_karpathy(tiny / "captions.json")
+    assert not captions.skipped
+    assert len(captions.records) == sum(TINY.values())
+    assert all(len(r.captions) == 5 and r.image_path.is_file() for r in captions.records)
+    for split in ("train", "val", "test", "test_novel"):
+        vqa = read_vqav2(tiny / f"vqa_questions_{split}.json",
+                         tiny / f"vqa_annotations_{split}.json",
+                         image_pattern="images/{image_id:06d}.png")
+        assert not vqa.skipped and vqa.records
+        assert all(len(q.answers) == 10 for q in vqa.records)

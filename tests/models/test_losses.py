@@ -2,8 +2,13 @@ import math
 
 import torch
 
-from tuwen.models.losses import (caption_loss, contrastive_loss, matching_loss,
-                                 sample_hard_negatives, soft_answer_loss)
+from tuwen.models.losses import (
+    caption_loss,
+    contrastive_loss,
+    matching_loss,
+    sample_hard_negatives,
+    soft_answer_loss,
+)
 
 
 def test_contrastive_loss_by_hand():
@@ -12,7 +17,10 @@ def test_contrastive_loss_by_hand():
     scale = torch.tensor(2.0)
     # logits = 2 * [[1, .6], [0, .8]]
     logits = [[2.0, 1.2], [0.0, 1.6]]
-    lse = lambda xs: math.log(sum(math.exp(x) for x in xs))  # noqa: E731
+
+    def lse(xs):
+        return math.log(sum(math.exp(x) for x in xs))
+
     i2t = ((lse(logits[0]) - logits[0][0]) + (lse(logits[1]) - logits[1][1])) / 2
     cols = [[2.0, 0.0], [1.2, 1.6]]
     t2i = ((lse(cols[0]) - cols[0][0]) + (lse(cols[1]) - cols[1][1])) / 2

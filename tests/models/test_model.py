@@ -1,12 +1,11 @@
 import pytest
 import torch
 
+from tiny import tiny_spec
 from tuwen.errors import TuwenError
 from tuwen.models.builder import build_model
 from tuwen.models.generation import beam_generate, greedy_generate
 from tuwen.models.image_text_model import ImageTextModel
-
-from tiny import tiny_spec
 
 
 def test_seed_api_output_shapes(tiny_model):
@@ -78,7 +77,22 @@ def test_beam_of_one_equals_greedy_and_beam_is_no_worse(tiny_model):
     assert greedy.shape[0] == 3
     beam1 = beam_generate(tiny_model, tokens, 8, beam_size=1, length_penalty=0.0)
     # both stop at EOS or the length limit; compare up to EOS
+    eos = tiny_model.spec.eos_token_id
+
+    def cut(seq):
+        return seq[: seq.index(eos) + 1] if eos in seq else seq
+
     for g, b in zip(greedy.tolist(), beam1.tolist()):
-        eos = tiny_model.spec.eos_token_id
-        cut = lambda s: s[: s.index(eos) + 1] if eos in s else s  # noqa: E731
         assert cut(g)[: len(cut(b))] == cut(b)[: len(cut(g))]
+
+
+def test_weights_of_another_architecture_are_a_clear_error(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path / "a")
+    other = build_model(tiny_spec(hidden_size=64))
+    other.save_pretrained(tmp_path / "b")
+    (tmp_path / "b" / "model.safetensors").replace(tmp_path / "a" / "model.safetensors")
+    with pytest.raises(TuwenError, match="weights do not fit"):
+        ImageTextModel.from_pretrained(tmp_path / "a")
+    (tmp_path / "a" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(TuwenError, match="weights do not fit"):
+        ImageTextModel.from_pretrained(tmp_path / "a")

@@ -1,9 +1,9 @@
 import torch
 
+from tiny import tiny_spec
 from tuwen.models.builder import build_model
 from tuwen.tasks import retrieval
 from tuwen.tasks.joint import joint_step
-from tiny import tiny_spec
 
 WEIGHTS = {"caption": 1.0, "itc": 1.0, "itm": 1.0, "vqa": 1.0}
 
@@ -11,10 +11,11 @@ WEIGHTS = {"caption": 1.0, "itc": 1.0, "itm": 1.0, "vqa": 1.0}
 def batch_for(g: torch.Generator, b: int = 8) -> dict:
     ids = torch.randint(7, 50, (b, 6), generator=g)
     return {"pixel_values": torch.randn(b, 3, 32, 32, generator=g),
-            "has_caption": torch.ones(b, dtype=torch.bool), "caption_input_ids": ids,
+            "caption_image": torch.arange(b), "caption_first": torch.ones(b, dtype=torch.bool),
+            "caption_input_ids": ids,
             "caption_attention_mask": torch.ones(b, 6, dtype=torch.long),
             "decoder_input_ids": ids, "labels": torch.roll(ids, -1, dims=1),
-            "has_question": torch.ones(b, dtype=torch.bool), "question_input_ids": ids[:, :4],
+            "question_image": torch.arange(b), "question_input_ids": ids[:, :4],
             "question_attention_mask": torch.ones(b, 4, dtype=torch.long),
             "vqa_targets": torch.nn.functional.one_hot(ids[:, 0] % 7, 7).float()}
 
@@ -44,9 +45,19 @@ def test_task_weights_scale_and_select(tiny_batch):
 def test_rows_without_labels_are_left_out(tiny_batch):
     torch.manual_seed(0)
     model = build_model(tiny_spec()).train()
-    tiny_batch["has_question"][:] = False
+    for key in ("question_image", "question_input_ids", "question_attention_mask",
+                "vqa_targets"):
+        del tiny_batch[key]
     _, losses = joint_step(model, tiny_batch, WEIGHTS)
     assert "vqa" not in losses and "caption" in losses
+
+
+def test_caption_positives_cover_own_and_identical_captions():
+    ids = torch.tensor([[2, 8, 3], [2, 9, 3], [2, 8, 3], [2, 7, 3]])
+    owner = torch.tensor([0, 0, 1, 2])  # image 0: rows 0, 1; image 1: row 2 (= row 0's text)
+    pos = retrieval.caption_positives(torch.tensor([0, 1, 2]), owner, ids)
+    assert pos.tolist() == [[True, True, True, False], [True, False, True, False],
+                            [False, False, False, True]]
 
 
 def test_duplicate_text_mask():

@@ -4,11 +4,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tiny import tiny_overrides
 from tuwen.config import load_config
 from tuwen.errors import ConfigError, TuwenError
 from tuwen.training.checkpoint import latest_checkpoint, list_checkpoints
 from tuwen.training.loop import train
-from tiny import tiny_overrides
 
 
 def config(root, **train_overrides):

@@ -14,6 +14,7 @@ from pathlib import Path
 from tuwen.errors import TuwenError
 
 DEFAULT_CONFIG = "configs/shapes.yaml"
+DEMO_MINUTES = 6.5
 
 
 def _config_path(path: str | None) -> str | None:
@@ -120,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG} if present)")
     demo.add_argument("--data", help="shapes data folder (default: data.root of the config)")
-    demo.add_argument("--minutes", type=float, help="wall-clock training budget")
+    demo.add_argument("--minutes", type=float, default=DEMO_MINUTES,
+                      help=f"wall-clock training budget (default {DEMO_MINUTES}: the whole demo "
+                           "then fits in 10 minutes on 2 cores)")
     demo.add_argument("--seed", type=int, default=0, help="data generator seed")
     demo.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     _add_counts(demo)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from tuwen.config import Config
-from tuwen.data.shapes import generate_shapes
+from tuwen.data.shapes import generate_shapes, shapes_manifest
 from tuwen.evaluation.evaluate import evaluate_run
 from tuwen.training.loop import train
 
@@ -15,14 +15,12 @@ DEMO_SPLITS = ("test", "test_novel")
 
 def ensure_shapes(data_dir: Path, seed: int, counts: dict[str, int] | None = None,
                   image_size: int = 64) -> None:
-    """Generate the shapes data unless ``data_dir`` already holds the same request."""
+    """Generate the shapes data unless ``data_dir`` already holds exactly this request."""
     params = {"seed": seed, "image_size": image_size, **(counts or {})}
     manifest = data_dir / "manifest.json"
-    if manifest.is_file():
-        saved = json.loads(manifest.read_text())
-        if all(saved.get(k) == v for k, v in params.items()):
-            print(f"using existing shapes data in {data_dir}")
-            return
+    if manifest.is_file() and json.loads(manifest.read_text()) == shapes_manifest(**params):
+        print(f"using existing shapes data in {data_dir}")
+        return
     print(f"generating shapes data in {data_dir}")
     generate_shapes(data_dir, **params)
 

@@ -6,10 +6,10 @@ master), quirks included, so that a classifier's answer classes, its training ta
 the accuracy reported by :mod:`tuwen.evaluation.vqa_accuracy` all agree with the number a
 paper would report. The quirks kept on purpose:
 
-* a punctuation mark is *deleted* when it touches a space anywhere in the input (or when the
-  input holds a digit-comma-digit group such as ``1,000``), and replaced by a space otherwise
-  (``"red,blue"`` -> ``"red blue"``, ``"red, blue"`` -> ``"red blue"``, ``"1,000"`` -> ``"1000"``);
-  the test looks at the *original* text, so one mark can decide for all the others;
+* each punctuation mark is *deleted* everywhere if one of its occurrences touches a space
+  in the original text, and replaced by a space otherwise (``"red, blue"`` -> ``"red blue"``,
+  ``"red,blue"`` -> ``"red blue"``, ``"x-ray"`` -> ``"x ray"``); a digit-comma-digit group
+  anywhere (``"1,000"``) makes every mark deleted (``"1,000"`` -> ``"1000"``);
 * the period-stripping regex is ``(?!<=\\d)(\\.)(?!\\d)``: the ``(?!<=\\d)`` is a mistyped
   look-behind that never fires, so every period not followed by a digit goes
   (``"3.5"`` stays, ``"yes."`` -> ``"yes"``); and the call passes ``re.UNICODE`` (= 32) as the

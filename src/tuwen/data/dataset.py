@@ -8,6 +8,7 @@ every task.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,14 +46,19 @@ def join_by_image(captions: Sequence[ImageCaptions],
 
 
 class JointDataset(Dataset):
-    """Yields dicts with the image tensor and one drawn caption and question (or None).
+    """Yields the image tensor with up to ``captions_per_image`` captions and
+    ``questions_per_image`` questions drawn without replacement.
 
-    An image that fails to load yields None; ``collate`` drops it and counts it.
+    Several texts per image make each (costly) image pass feed more supervision: the
+    text side is cheap next to the image encoder. An image that fails to load yields
+    ``{"bad": reason}``; the collator drops and counts it.
     """
 
     def __init__(self, examples: Sequence[JointExample],
-                 transform: Callable[[object], torch.Tensor], seed: int = 0) -> None:
+                 transform: Callable[[object], torch.Tensor], seed: int = 0,
+                 captions_per_image: int = 1, questions_per_image: int = 1) -> None:
         self.examples, self.transform, self.seed = list(examples), transform, seed
+        self.captions_per_image, self.questions_per_image = captions_per_image, questions_per_image
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -68,9 +74,15 @@ class JointDataset(Dataset):
         except DataError as err:
             return {"bad": str(err)}
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        caption = ex.captions[rng.integers(len(ex.captions))] if ex.captions else None
-        question = ex.questions[rng.integers(len(ex.questions))] if ex.questions else None
-        return {"index": index, "pixel_values": pixels, "caption": caption, "question": question}
+        return {"index": index, "pixel_values": pixels,
+                "captions": _draw(rng, ex.captions, self.captions_per_image),
+                "questions": _draw(rng, ex.questions, self.questions_per_image)}
+
+
+def _draw(rng: np.random.Generator, items: Sequence, k: int) -> list:
+    if not items:
+        return []
+    return [items[i] for i in rng.permutation(len(items))[:k]]
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -98,11 +110,34 @@ class EpochBatchSampler(Sampler[list[int]]):
             yield order[b * self.batch_size: (b + 1) * self.batch_size]
 
 
-class Collator:
-    """Drops failed images, tokenises captions and questions, builds VQA soft targets."""
+SPATIAL_SWAPS = {"left": "right", "right": "left", "above": "below", "below": "above",
+                 "top": "bottom", "bottom": "top"}
+_SPATIAL = re.compile(r"\b(" + "|".join(SPATIAL_SWAPS) + r")\b")
 
-    def __init__(self, tokenizer, vocab: AnswerVocab | None, max_length: int) -> None:
+
+def swap_spatial(text: str) -> str | None:
+    """"a red circle left of a blue square" -> "... right of ..."; None if nothing to swap.
+
+    A caption with its spatial words mirrored is (almost always) false for the image: a
+    hard negative that only a model which encodes spatial relations can reject (NegCLIP's
+    swap negatives, restricted to spatial words).
+    """
+    swapped = _SPATIAL.sub(lambda m: SPATIAL_SWAPS[m.group(1)], text)
+    return swapped if swapped != text else None
+
+
+class Collator:
+    """Drops failed images, tokenises captions and questions, builds VQA soft targets.
+
+    Texts are flattened into rows; ``caption_image`` / ``question_image`` give each row's
+    image (an index into ``pixel_values``) and ``caption_first`` marks the first caption
+    drawn for each image, which the decoder and ITM use.
+    """
+
+    def __init__(self, tokenizer, vocab: AnswerVocab | None, max_length: int,
+                 spatial_negatives: bool = False) -> None:
         self.tok, self.vocab, self.max_length = tokenizer, vocab, max_length
+        self.spatial_negatives = spatial_negatives
 
     def __call__(self, items: list[dict]) -> dict:
         good = [it for it in items if "bad" not in it]
@@ -112,8 +147,13 @@ class Collator:
             return batch
         batch["index"] = torch.tensor([it["index"] for it in good])
         batch["pixel_values"] = torch.stack([it["pixel_values"] for it in good])
-        batch.update(self.captions([it["caption"] for it in good]))
-        batch.update(self.questions([it["question"] for it in good]))
+        caption_rows = [(i, j, c) for i, it in enumerate(good)
+                        for j, c in enumerate(it["captions"])]
+        question_rows = [(i, q) for i, it in enumerate(good) for q in it["questions"]]
+        if caption_rows:
+            batch.update(self.captions(caption_rows))
+        if question_rows:
+            batch.update(self.questions(question_rows))
         return batch
 
     def encode(self, texts: list[str]) -> dict:
@@ -121,15 +161,28 @@ class Collator:
                        return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
-    def captions(self, captions: list[str | None]) -> dict:
-        has = torch.tensor([c is not None for c in captions])
-        texts = [c or "" for c in captions]
+    def captions(self, rows: list[tuple[int, int, str]]) -> dict:
+        texts = [c for _, _, c in rows]
         enc = self.encode(texts)
         dec_in, labels = self.decoder_inputs(texts)
-        labels[~has] = -100
-        return {"has_caption": has, "caption_input_ids": enc["input_ids"],
-                "caption_attention_mask": enc["attention_mask"],
-                "decoder_input_ids": dec_in, "labels": labels}
+        out = {"caption_image": torch.tensor([i for i, _, _ in rows]),
+               "caption_first": torch.tensor([j == 0 for _, j, _ in rows]),
+               "caption_input_ids": enc["input_ids"],
+               "caption_attention_mask": enc["attention_mask"],
+               "decoder_input_ids": dec_in, "labels": labels}
+        if self.spatial_negatives:
+            out.update(self.swapped(rows, enc["input_ids"].shape[1]))
+        return out
+
+    def swapped(self, rows: list[tuple[int, int, str]], width: int) -> dict:
+        """Spatially mirrored first captions, padded like the captions, with their image."""
+        pairs = [(i, s) for i, j, c in rows if j == 0 and (s := swap_spatial(c)) is not None]
+        if not pairs:
+            return {}
+        enc = self.tok([s for _, s in pairs], padding="max_length", truncation=True,
+                       max_length=width, return_tensors="pt")
+        return {"swap_image": torch.tensor([i for i, _ in pairs]),
+                "swap_input_ids": enc["input_ids"], "swap_attention_mask": enc["attention_mask"]}
 
     def decoder_inputs(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """[BOS] w1 .. wn  ->  w1 .. wn [EOS]; padding labelled -100."""
@@ -144,15 +197,15 @@ class Collator:
             labels[i, : len(seq) + 1] = torch.tensor([*seq, eos])
         return inputs, labels
 
-    def questions(self, questions: list[VQAItem | None]) -> dict:
-        has = torch.tensor([q is not None for q in questions])
-        enc = self.encode([q.question if q else "" for q in questions])
-        out = {"has_question": has, "question_input_ids": enc["input_ids"],
+    def questions(self, rows: list[tuple[int, VQAItem]]) -> dict:
+        enc = self.encode([q.question for _, q in rows])
+        out = {"question_image": torch.tensor([i for i, _ in rows]),
+               "question_input_ids": enc["input_ids"],
                "question_attention_mask": enc["attention_mask"]}
         if self.vocab is not None:
-            targets = torch.zeros(len(questions), len(self.vocab))
-            for i, q in enumerate(questions):
-                for idx, score in (self.vocab.soft_scores(q.answers) if q else {}).items():
-                    targets[i, idx] = score
+            targets = torch.zeros(len(rows), len(self.vocab))
+            for r, (_, q) in enumerate(rows):
+                for idx, score in self.vocab.soft_scores(q.answers).items():
+                    targets[r, idx] = score
             out["vqa_targets"] = targets
         return out

@@ -63,7 +63,8 @@ def shapes_manifest(*, seed: int = 0, image_size: int = 64, n_train: int = 10000
     """
     return {"dataset": "shapes", "format_version": FORMAT_VERSION, "seed": int(seed),
             "image_size": int(image_size), "n_train": int(n_train), "n_val": int(n_val),
-            "n_test": int(n_test), "n_test_novel": int(n_test_novel), "held_out_pairs": [list(p) for p in HELD_OUT_PAIRS],
+            "n_test": int(n_test), "n_test_novel": int(n_test_novel),
+            "held_out_pairs": [list(p) for p in HELD_OUT_PAIRS],
             "colours": list(COLOURS), "shapes": list(SHAPES), "sizes": list(SIZES)}
 
 

@@ -27,6 +27,7 @@ from tuwen.evaluation.caption_metrics import caption_scores
 from tuwen.evaluation.retrieval_metrics import retrieval_recall
 from tuwen.evaluation.vqa_accuracy import vqa_accuracy
 from tuwen.models.image_text_model import ImageTextModel
+from tuwen.models.text_encoders import TextFeatures
 from tuwen.tasks import captioning, retrieval, vqa
 
 
@@ -81,23 +82,62 @@ def _until_eos(ids: list[int], eos: int) -> list[int]:
     return ids[: ids.index(eos)] if eos in ids else ids
 
 
-def retrieval_similarity(model: ImageTextModel, tokenizer, images: LoadedImages,
-                         texts: list[str], cfg: EvalConfig, max_length: int,
-                         show: bool = True) -> np.ndarray:
-    """(n_images, n_texts) cosine similarities in the ITC space."""
+@dataclass
+class RetrievalFeatures:
+    image_embeds: torch.Tensor   # (N_img, E) unit-norm ITC space
+    image_tokens: torch.Tensor   # (N_img, N_patch, D) for ITM re-ranking
+    text_embeds: torch.Tensor    # (N_txt, E)
+    text: TextFeatures           # (N_txt, L, D), one padding for all texts
+
+    def similarity(self) -> np.ndarray:
+        return (self.image_embeds @ self.text_embeds.t()).numpy()
+
+
+def retrieval_features(model: ImageTextModel, tokenizer, images: LoadedImages, texts: list[str],
+                       cfg: EvalConfig, max_length: int, show: bool = True) -> RetrievalFeatures:
     device = _device(model)
-    image_embeds, text_embeds = [], []
+    image_embeds, image_tokens, text_embeds, text_tokens, text_pooled = [], [], [], [], []
     for start in _batches(len(images.paths), cfg.batch_size, "embed images", show):
         feats = retrieval.embed_images(model, images.pixels[start: start + cfg.batch_size]
                                        .to(device))
         image_embeds.append(model.itc_head.embed_image(feats.pooled).float().cpu())
+        image_tokens.append(feats.tokens.cpu())
+    enc = tokenizer(texts, padding="longest", truncation=True, max_length=max_length,
+                    return_tensors="pt")
     for start in _batches(len(texts), cfg.batch_size, "embed texts", show):
-        enc = tokenizer(texts[start: start + cfg.batch_size], padding="longest", truncation=True,
-                        max_length=max_length, return_tensors="pt")
-        emb, _ = retrieval.embed_texts(model, enc["input_ids"].to(device),
-                                       enc["attention_mask"].to(device))
+        chunk = slice(start, start + cfg.batch_size)
+        emb, feats = retrieval.embed_texts(model, enc["input_ids"][chunk].to(device),
+                                           enc["attention_mask"][chunk].to(device))
         text_embeds.append(emb.float().cpu())
-    return (torch.cat(image_embeds) @ torch.cat(text_embeds).t()).numpy()
+        text_tokens.append(feats.tokens.cpu())
+        text_pooled.append(feats.pooled.cpu())
+    text = TextFeatures(torch.cat(text_tokens), torch.cat(text_pooled), enc["attention_mask"])
+    return RetrievalFeatures(torch.cat(image_embeds), torch.cat(image_tokens),
+                             torch.cat(text_embeds), text)
+
+
+def itm_rerank(model: ImageTextModel, feats: RetrievalFeatures, sim: np.ndarray, k: int,
+               direction: str, batch_size: int, show: bool = True) -> np.ndarray:
+    """BLIP's protocol: the ITC top-k of each query are re-scored by ITM probability + ITC
+    similarity; everything outside the top-k ranks below them."""
+    device = _device(model)
+    scores = np.full_like(sim, -100.0)
+    if direction == "i2t":
+        cand = np.argsort(-sim, axis=1, kind="stable")[:, :k]           # (N_img, k) texts
+        img_idx, txt_idx = np.repeat(np.arange(sim.shape[0]), cand.shape[1]), cand.ravel()
+    else:
+        cand = np.argsort(-sim, axis=0, kind="stable")[:k, :]           # (k, N_txt) images
+        img_idx, txt_idx = cand.T.ravel(), np.repeat(np.arange(sim.shape[1]), cand.shape[0])
+    probs = []
+    for start in _batches(len(img_idx), batch_size, f"itm rerank {direction}", show):
+        i = torch.from_numpy(img_idx[start: start + batch_size])
+        t = torch.from_numpy(txt_idx[start: start + batch_size])
+        text = TextFeatures(feats.text.tokens[t].to(device), feats.text.pooled[t].to(device),
+                            feats.text.attention_mask[t].to(device))
+        probs.append(retrieval.match_scores(model, text, feats.image_tokens[i].to(device))
+                     .float().cpu())
+    scores[img_idx, txt_idx] = torch.cat(probs).numpy() + sim[img_idx, txt_idx]
+    return scores
 
 
 def answer_questions(model: ImageTextModel, tokenizer, vocab: AnswerVocab, images: LoadedImages,
@@ -131,6 +171,7 @@ def _ids_hash(ids: Sequence) -> str:
     return hashlib.sha256(json.dumps(sorted(map(str, ids))).encode()).hexdigest()[:16]
 
 
+@torch.no_grad()
 def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, data: SplitData,
                    cfg: EvalConfig, out_dir: Path, max_length: int,
                    show_progress: bool = True) -> dict:
@@ -204,19 +245,33 @@ def _eval_captions(model, tokenizer, images, captions, cfg, metrics, protocol, l
 
 def _eval_retrieval(model, tokenizer, images, captions, cfg, max_length, metrics, protocol,
                     lines, show):
-    sub_rows = [images.row[r.image_path] for r in captions]
     sub = LoadedImages([r.image_path for r in captions], [r.image_id for r in captions],
-                       images.pixels[sub_rows], {}, [])
+                       images.pixels[[images.row[r.image_path] for r in captions]], {}, [])
     texts = [c for r in captions for c in r.captions]
     owner = [i for i, r in enumerate(captions) for _ in r.captions]
-    sim = retrieval_similarity(model, tokenizer, sub, texts, cfg, max_length, show)
-    result = retrieval_recall(sim, owner)
-    metrics["retrieval"] = {k: v for k, v in result.items() if not k.endswith("_ranks")}
+    feats = retrieval_features(model, tokenizer, sub, texts, cfg, max_length, show)
+    sim = feats.similarity()
+    itc = retrieval_recall(sim, owner)
+    result = itc
     protocol["retrieval"] = {"score": "itc cosine", "n_texts": len(texts),
                              "found_by_any_caption": True, "rank_ties": "pessimistic"}
+    if cfg.itm_rerank_k:
+        k = cfg.itm_rerank_k
+        i2t = retrieval_recall(itm_rerank(model, feats, sim, k, "i2t", cfg.batch_size, show), owner)
+        t2i = retrieval_recall(itm_rerank(model, feats, sim, k, "t2i", cfg.batch_size, show), owner)
+        result = {**{key: v for key, v in i2t.items() if key.startswith("i2t")},
+                  **{key: v for key, v in t2i.items() if key.startswith("t2i")}}
+        metrics["retrieval_itc"] = _summary(itc)
+        protocol["retrieval"]["score"] = (f"itc cosine, top-{k} per query re-ranked by "
+                                          "itm probability + itc (BLIP protocol)")
+    metrics["retrieval"] = _summary(result)
     lines.extend({"task": "retrieval", "image_id": r.image_id,
                   "i2t_rank": int(result["i2t_ranks"][i]) + 1}
                  for i, r in enumerate(captions))
+
+
+def _summary(result: dict) -> dict:
+    return {k: v for k, v in result.items() if not k.endswith("_ranks")}
 
 
 def _eval_vqa(model, tokenizer, vocab, images, questions, cfg, max_length, metrics, protocol,

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -121,8 +122,12 @@ class ImageTextModel(nn.Module):
         except (ValueError, KeyError, TypeError) as err:
             raise TuwenError(f"{config_path}: not a valid tuwen model config ({err})") from None
         model = build_model(spec)
-        missing, unexpected = load_model(model, str(weights_path), strict=False)
+        try:
+            missing, unexpected = load_model(model, str(weights_path), strict=False)
+        except (RuntimeError, OSError, SafetensorError) as err:  # shapes differ, or not safetensors
+            raise TuwenError(f"{weights_path}: weights do not fit {config_path} "
+                             f"({str(err).splitlines()[-1].strip()})") from None
         if missing or unexpected:
-            raise TuwenError(f"{weights_path}: weights do not fit the config "
-                             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+            raise TuwenError(f"{weights_path}: weights do not fit the config (missing "
+                             f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
         return model.eval()

@@ -12,11 +12,12 @@ from tuwen.models.losses import caption_loss
 
 def training_step(model: ImageTextModel, batch: dict, image: ImageFeatures,
                   label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
-    has = batch["has_caption"]
-    if not has.any():
+    if "caption_image" not in batch:
         return {}
-    out = model.decode(batch["decoder_input_ids"][has], image.tokens[has])
-    return {"caption": caption_loss(out.logits, batch["labels"][has], label_smoothing)}
+    first = batch["caption_first"]  # one caption per image: the decoder is the costly part
+    out = model.decode(batch["decoder_input_ids"][first],
+                       image.tokens[batch["caption_image"][first]])
+    return {"caption": caption_loss(out.logits, batch["labels"][first], label_smoothing)}
 
 
 @torch.no_grad()

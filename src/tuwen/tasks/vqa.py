@@ -17,12 +17,11 @@ def answer_logits(model: ImageTextModel, input_ids: torch.Tensor, attention_mask
 
 def training_step(model: ImageTextModel, batch: dict,
                   image: ImageFeatures) -> dict[str, torch.Tensor]:
-    has = batch["has_question"]
-    if not has.any():
+    if "question_image" not in batch:
         return {}
-    logits = answer_logits(model, batch["question_input_ids"][has],
-                           batch["question_attention_mask"][has], image.tokens[has])
-    return {"vqa": soft_answer_loss(logits, batch["vqa_targets"][has])}
+    logits = answer_logits(model, batch["question_input_ids"], batch["question_attention_mask"],
+                           image.tokens[batch["question_image"]])
+    return {"vqa": soft_answer_loss(logits, batch["vqa_targets"])}
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from tuwen.errors import TuwenError
@@ -82,7 +83,11 @@ def load_checkpoint(path: Path, model: torch.nn.Module,
     if not is_complete(path):
         missing = [n for n in REQUIRED if not (path / n).is_file()]
         raise TuwenError(f"{path}: incomplete checkpoint (missing {', '.join(missing)})")
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    try:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    except (RuntimeError, OSError, SafetensorError) as err:
+        raise TuwenError(f"{path}: checkpoint weights do not load "
+                         f"({str(err).splitlines()[-1].strip()})") from None
     if missing or unexpected:
         raise TuwenError(f"{path}: checkpoint weights do not fit this model "
                          f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")

@@ -1,0 +1,101 @@
+from pathlib import Path
+
+import torch
+
+from tuwen.data.answers import AnswerVocab
+from tuwen.data.dataset import Collator, EpochBatchSampler, JointDataset, join_by_image
+from tuwen.data.images import ImageTransform
+from tuwen.data.records import ImageCaptions, VQAItem
+from tuwen.data.tokenizer import train_tokenizer
+
+
+def make_png(path: Path, colour=(255, 0, 0)) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), colour).save(path)
+    return path
+
+
+def records(tmp_path):
+    a, b = make_png(tmp_path / "a.png"), make_png(tmp_path / "b.png", (0, 0, 255))
+    caps = [ImageCaptions(1, a, "train", ("a red square", "red thing", "a square")),
+            ImageCaptions(2, b, "train", ("a blue square",))]
+    q = VQAItem(7, 1, a, "what colour is it?", ("red",) * 9 + ("Red.",), "red", "colour", "other")
+    q_only = VQAItem(8, 3, make_png(tmp_path / "c.png"), "is there a square?", ("yes",) * 10,
+                     "yes", "exists", "yes/no")
+    return caps, [q, q_only]
+
+
+def test_join_groups_by_image_file(tmp_path):
+    caps, qs = records(tmp_path)
+    examples = join_by_image(caps, qs)
+    assert [len(e.captions) for e in examples] == [3, 1, 0]
+    assert [len(e.questions) for e in examples] == [1, 0, 1]
+
+
+def test_draws_are_seeded_by_epoch_and_index(tmp_path):
+    caps, qs = records(tmp_path)
+    ds = JointDataset(join_by_image(caps, qs), ImageTransform(16), seed=0, captions_per_image=2)
+    first = ds[0]["captions"]
+    assert len(first) == 2 and len(set(first)) == 2 and ds[0]["captions"] == first
+    seen = set()
+    for epoch in range(8):
+        ds.set_epoch(epoch)
+        seen.update(ds[0]["captions"])
+    assert seen == {"a red square", "red thing", "a square"}
+
+
+def test_collator_rows_targets_and_skips(tmp_path):
+    caps, qs = records(tmp_path)
+    ds = JointDataset(join_by_image(caps, qs), ImageTransform(16), captions_per_image=2,
+                      questions_per_image=2)
+    tok = train_tokenizer([c for r in caps for c in r.captions] + [q.question for q in qs],
+                          vocab_size=100)
+    vocab = AnswerVocab.build(["red", "yes"], top_k=10)
+    (tmp_path / "b.png").write_bytes(b"")  # unreadable now
+    batch = Collator(tok, vocab, max_length=12)([ds[0], ds[1], ds[2]])
+    assert batch["size"] == 2 and batch["n_skipped"] == 1 and "b.png" in batch["skipped"][0]
+    assert batch["pixel_values"].shape == (2, 3, 16, 16)
+    assert batch["caption_image"].tolist() == [0, 0]
+    assert batch["caption_first"].tolist() == [True, False]
+    assert batch["question_image"].tolist() == [0, 1]
+    red = vocab.index("red")
+    assert batch["vqa_targets"][0, red] == 1.0  # 10 of 10 say red after normalisation
+    ids, labels = batch["decoder_input_ids"][0], batch["labels"][0]
+    assert ids[0] == tok.bos_token_id
+    n = int((labels != -100).sum())
+    assert labels[n - 1] == tok.eos_token_id and torch.equal(ids[1:n], labels[: n - 1])
+
+
+def test_epoch_sampler_orders_and_resumes():
+    s = EpochBatchSampler(10, 3, seed=1)
+    full = list(s)
+    assert len(full) == 3 and len({i for b in full for i in b}) == 9
+    s.set_position(0, 1)
+    assert list(s) == full[1:]
+    s.set_position(1, 0)
+    assert list(s) != full
+
+
+def test_swap_spatial_mirrors_only_spatial_words():
+    from tuwen.data.dataset import swap_spatial
+
+    assert swap_spatial("a red circle to the left of a blue square") == \
+        "a red circle to the right of a blue square"
+    assert swap_spatial("a circle in the top left, a square below it") == \
+        "a circle in the bottom right, a square above it"
+    assert swap_spatial("a red circle and a blue square") is None
+    assert swap_spatial("leftover topping") is None  # whole words only
+
+
+def test_collator_adds_swapped_first_captions(tmp_path):
+    caps = [ImageCaptions(1, make_png(tmp_path / "a.png"), "train",
+                          ("a circle left of a square",)),
+            ImageCaptions(2, make_png(tmp_path / "b.png"), "train", ("a square",))]
+    ds = JointDataset(join_by_image(caps, []), ImageTransform(16))
+    tok = train_tokenizer([c for r in caps for c in r.captions] + ["right"], vocab_size=60)
+    batch = Collator(tok, None, 12, spatial_negatives=True)([ds[0], ds[1]])
+    assert batch["swap_image"].tolist() == [0]
+    assert batch["swap_input_ids"].shape[1] == batch["caption_input_ids"].shape[1]
+    assert tok.decode(batch["swap_input_ids"][0], skip_special_tokens=True) == \
+        "a circle right of a square"
