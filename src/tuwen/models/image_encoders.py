@@ -60,27 +60,6 @@ def stem_channels(patch_size: int, dim: int) -> list[int]:
     return [3, *widths, dim]
 
 
-class CoordinateEmbedding(nn.Module):
-    """Adds a learned linear map of each patch's (x, y) in [-1, 1] to the output tokens.
-
-    Learned position tables go in at the input and get mixed with content by every layer;
-    relations ("is the circle left of the square?") need the position to reach the fusion
-    in a form where comparing two patches is a subtraction.
-    """
-
-    def __init__(self, dim: int, grid: tuple[int, int]) -> None:
-        super().__init__()
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid[0]), torch.linspace(-1, 1, grid[1]),
-                                indexing="ij")
-        self.register_buffer("coords", torch.stack([xs, ys], -1).view(1, -1, 2),
-                             persistent=False)  # (1, N, 2), row-major like the tokens
-        # Unit scale, like the LayerNorm-ed tokens it is added to (a 0.02 init would hide it).
-        self.weight = nn.Parameter(torch.randn(2, dim))
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens + self.coords.to(tokens.dtype) @ self.weight.to(tokens.dtype)
-
-
 class SmallViT(nn.Module):
     """Conv stem to a (H/p, W/p) grid, learned 2-D position embeddings, a CLS token, blocks."""
 
@@ -97,7 +76,6 @@ class SmallViT(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
-        self.coords = CoordinateEmbedding(dim, self.grid)
 
     def forward(self, pixel_values: torch.Tensor) -> ImageFeatures:
         x = self.stem(pixel_values).flatten(2).transpose(1, 2)  # (B, N, D)
@@ -105,7 +83,7 @@ class SmallViT(nn.Module):
         for block in self.blocks:
             x, _ = block(x)
         x = self.norm(x)
-        return ImageFeatures(tokens=self.coords(x[:, 1:]), pooled=x[:, 0], grid=self.grid)
+        return ImageFeatures(tokens=x[:, 1:], pooled=x[:, 0], grid=self.grid)
 
 
 class SmallCNN(nn.Module):
@@ -127,12 +105,10 @@ class SmallCNN(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], dim) * 0.02)
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
-        self.coords = CoordinateEmbedding(dim, self.grid)
 
     def forward(self, pixel_values: torch.Tensor) -> ImageFeatures:
         x = self.stem(pixel_values)
         for stage in self.stages:
             x = nn.functional.gelu(x + stage(x))
         tokens = self.norm(self.drop(x.flatten(2).transpose(1, 2)) + self.pos)  # (B, N, D)
-        return ImageFeatures(tokens=self.coords(tokens), pooled=tokens.mean(dim=1),
-                             grid=self.grid)
+        return ImageFeatures(tokens=tokens, pooled=tokens.mean(dim=1), grid=self.grid)
