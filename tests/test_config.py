@@ -70,3 +70,10 @@ def test_resolved_config_is_plain_yaml(tmp_path):
     save_config(load_config(None, ["train.seed=3"]), tmp_path / "r.yaml")
     raw = yaml.safe_load((tmp_path / "r.yaml").read_text())
     assert raw["train"]["seed"] == 3 and set(raw) == {"data", "model", "train", "eval"}
+
+
+def test_image_size_and_patch_size_must_fit():
+    with pytest.raises(ConfigError, match=r"data\.image_size=72 is not a multiple of model"):
+        load_config(None, ["data.image_size=72"])
+    with pytest.raises(ConfigError, match="power of two"):
+        load_config(None, ["model.image_encoder.patch_size=12", "data.image_size=96"])

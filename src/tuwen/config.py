@@ -171,6 +171,17 @@ class Config(Section):
     eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
+    def _image_fits_patches(self) -> Config:
+        size, patch = self.data.image_size, self.model.image_encoder.patch_size
+        if patch & (patch - 1):
+            raise ValueError(f"model.image_encoder.patch_size={patch} must be a power of two "
+                             "(the conv stem halves the resolution per step)")
+        if size % patch:
+            raise ValueError(f"data.image_size={size} is not a multiple of "
+                             f"model.image_encoder.patch_size={patch}")
+        return self
+
+    @model_validator(mode="after")
     def _tasks_have_data(self) -> Config:
         weights = self.train.tasks
         if self.data.captions is None and (weights.caption or weights.itc or weights.itm):

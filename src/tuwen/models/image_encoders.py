@@ -60,16 +60,19 @@ def stem_channels(patch_size: int, dim: int) -> list[int]:
     return [3, *widths, dim]
 
 
+def patch_grid(image_size: int, patch_size: int) -> tuple[int, int]:
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    return image_size // patch_size, image_size // patch_size
+
+
 class SmallViT(nn.Module):
     """Conv stem to a (H/p, W/p) grid, learned 2-D position embeddings, a CLS token, blocks."""
 
     def __init__(self, image_size: int, patch_size: int, dim: int, layers: int, heads: int,
                  mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
-        if image_size % patch_size:
-            raise ValueError(f"image_size {image_size} is not a multiple of "
-                             f"patch_size {patch_size}")
-        self.grid = (image_size // patch_size, image_size // patch_size)
+        self.grid = patch_grid(image_size, patch_size)
         self.stem = conv_stem(stem_channels(patch_size, dim))
         n = self.grid[0] * self.grid[1]
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
@@ -92,10 +95,7 @@ class SmallCNN(nn.Module):
     def __init__(self, image_size: int, patch_size: int, dim: int, layers: int,
                  dropout: float = 0.0) -> None:
         super().__init__()
-        if image_size % patch_size:
-            raise ValueError(f"image_size {image_size} is not a multiple of "
-                             f"patch_size {patch_size}")
-        self.grid = (image_size // patch_size, image_size // patch_size)
+        self.grid = patch_grid(image_size, patch_size)
         self.stem = conv_stem(stem_channels(patch_size, dim))
         self.stages = nn.ModuleList(
             nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.GELU(),
