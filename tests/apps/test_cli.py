@@ -73,3 +73,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
                  "--set", f"data.root={tmp_path / 'nowhere'}"]) == 2
     assert "data folder not found" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "missing-run")]) == 2
+
+
+def test_eval_skips_and_counts_an_unreadable_image(demo_run, tiny_shapes, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_shapes, data)
+    test_ids = [r["question_id"] // 100 for r in json.loads(
+        (data / "vqa_questions_test.json").read_text())["questions"]]
+    (data / "images" / f"{test_ids[0]:06d}.png").write_bytes(b"\x89PNG broken")
+    assert main(["eval", str(demo_run), "--split", "test", "--set", f"data.root={data}"]) == 0
+    metrics = json.loads((demo_run / "eval" / "test" / "metrics.json").read_text())
+    assert metrics["skipped"] == 1 and metrics["n_images"] == 15
+    assert "000" in metrics["skipped_reasons"][0]

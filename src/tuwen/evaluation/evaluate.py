@@ -171,13 +171,11 @@ def _ids_hash(ids: Sequence) -> str:
     return hashlib.sha256(json.dumps(sorted(map(str, ids))).encode()).hexdigest()[:16]
 
 
-@torch.no_grad()
-def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, data: SplitData,
-                   cfg: EvalConfig, out_dir: Path, max_length: int,
-                   show_progress: bool = True) -> dict:
-    model.eval()
+def _evaluation_set(model: ImageTextModel, data: SplitData, cfg: EvalConfig,
+                    show: bool) -> tuple[list, list, LoadedImages]:
+    """The captioned images (at most ``eval.max_images``), their questions, and every image
+    decoded once; images that fail to load are dropped with their texts (and counted)."""
     spec = model.spec
-    transform = ImageTransform(spec.image_size, spec.image_mean, spec.image_std)
     captions = data.captions[: cfg.max_images] if cfg.max_images else data.captions
     paths = [r.image_path for r in captions]
     ids = [r.image_id for r in captions]
@@ -189,10 +187,19 @@ def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, 
             known.add(q.image_path)
             paths.append(q.image_path)
             ids.append(q.image_id)
-    images = load_images(paths, ids, transform, show_progress)
+    transform = ImageTransform(spec.image_size, spec.image_mean, spec.image_std)
+    images = load_images(paths, ids, transform, show)
+    return ([r for r in captions if r.image_path in images.row],
+            [q for q in questions if q.image_path in images.row], images)
+
+
+@torch.no_grad()
+def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, data: SplitData,
+                   cfg: EvalConfig, out_dir: Path, max_length: int,
+                   show_progress: bool = True) -> dict:
+    model.eval()
+    captions, questions, images = _evaluation_set(model, data, cfg, show_progress)
     skipped = list(data.skipped) + images.skipped
-    captions = [r for r in captions if r.image_path in images.row]
-    questions = [q for q in questions if q.image_path in images.row]
 
     metrics: dict = {"split": data.split, "n_images": len(captions), "n_questions": len(questions),
                      "skipped": len(skipped)}
