@@ -1,0 +1,38 @@
+"""The demo's quality bar from issue #2, on the real shapes data and the real time budget.
+
+Slow (about 10 minutes on 2 cores): run with ``make test-slow``. The retrieval and VQA bars
+are not reached in 10 minutes yet (see README, "What the demo reaches"); those tests are
+marked xfail, non-strict, so that reaching them shows up as XPASS.
+"""
+
+import pytest
+
+from tuwen.apps.demo import run_demo
+from tuwen.config import load_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_metrics(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    config = load_config("configs/shapes.yaml",
+                         [f"data.root={out / 'data'}", "train.max_minutes=6.5"])
+    return run_demo(out / "run", config, show_progress=False)["test"]
+
+
+def test_caption_bar(demo_metrics):
+    assert demo_metrics["caption"]["cider"] >= 1.5
+    assert demo_metrics["caption"]["bleu_4"] >= 0.60
+
+
+@pytest.mark.xfail(reason="issue #2 bar not reached in 10 minutes on 2 cores", strict=False)
+def test_retrieval_bar(demo_metrics):
+    assert demo_metrics["retrieval"]["t2i_r1"] >= 55
+    assert demo_metrics["retrieval"]["i2t_r1"] >= 70
+
+
+@pytest.mark.xfail(reason="issue #2 bar not reached in 10 minutes on 2 cores", strict=False)
+def test_vqa_bar(demo_metrics):
+    assert demo_metrics["vqa"]["accuracy"] >= 85
+    assert demo_metrics["vqa"]["by_question_type"]["relative_position"] >= 65
