@@ -77,22 +77,21 @@ class ImageEncoderConfig(Section):
     heads: int = Field(4, ge=1)
 
 
-class TextEncoderConfig(Section):
-    type: Literal["transformer"] = "transformer"
+class TowerConfig(Section):
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
 
 
-class FusionConfig(Section):
+class TextEncoderConfig(TowerConfig):
+    type: Literal["transformer"] = "transformer"
+
+
+class FusionConfig(TowerConfig):
     type: Literal["cross_attention"] = "cross_attention"
-    layers: int = Field(2, ge=1)
-    heads: int = Field(4, ge=1)
 
 
-class DecoderConfig(Section):
+class DecoderConfig(TowerConfig):
     type: Literal["transformer"] = "transformer"
-    layers: int = Field(2, ge=1)
-    heads: int = Field(4, ge=1)
 
 
 class ModelConfig(Section):

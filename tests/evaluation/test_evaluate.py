@@ -3,6 +3,7 @@ import torch
 
 from tuwen.evaluation.evaluate import RetrievalFeatures, itm_rerank
 from tuwen.models.text_encoders import TextFeatures
+from tuwen.tasks.retrieval import match_scores
 
 
 def features(model, n_img=5, n_txt=7):
@@ -28,8 +29,6 @@ def test_itm_rerank_rescores_only_the_itc_top_k(tiny_model):
         j = cols[0]
         text = TextFeatures(feats.text.tokens[[j]], feats.text.pooled[[j]],
                             feats.text.attention_mask[[j]])
-        from tuwen.tasks.retrieval import match_scores
-
         prob = match_scores(tiny_model, text, feats.image_tokens[[i]]).item()
         assert np.isclose(scores[i, j], prob + sim[i, j], atol=1e-5)
     t2i = itm_rerank(tiny_model, feats, sim, k=2, direction="t2i", batch_size=4, show=False)

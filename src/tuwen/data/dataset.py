@@ -67,14 +67,14 @@ class JointDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __getitem__(self, index: int) -> dict | None:
+    def __getitem__(self, index: int) -> dict:
         ex = self.examples[index]
         try:
             pixels = self.transform(load_image(ex.image_path))
         except DataError as err:
             return {"bad": str(err)}
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        return {"index": index, "pixel_values": pixels,
+        return {"pixel_values": pixels,
                 "captions": _draw(rng, ex.captions, self.captions_per_image),
                 "questions": _draw(rng, ex.questions, self.questions_per_image)}
 
@@ -138,6 +138,7 @@ class Collator:
                  spatial_negatives: bool = False) -> None:
         self.tok, self.vocab, self.max_length = tokenizer, vocab, max_length
         self.spatial_negatives = spatial_negatives
+        self._soft_scores: dict[int, dict[int, float]] = {}  # question_id -> targets
 
     def __call__(self, items: list[dict]) -> dict:
         good = [it for it in items if "bad" not in it]
@@ -145,7 +146,6 @@ class Collator:
         batch: dict = {"n_skipped": len(bad), "skipped": bad, "size": len(good)}
         if not good:
             return batch
-        batch["index"] = torch.tensor([it["index"] for it in good])
         batch["pixel_values"] = torch.stack([it["pixel_values"] for it in good])
         caption_rows = [(i, j, c) for i, it in enumerate(good)
                         for j, c in enumerate(it["captions"])]
@@ -197,6 +197,12 @@ class Collator:
             labels[i, : len(seq) + 1] = torch.tensor([*seq, eos])
         return inputs, labels
 
+    def soft_scores(self, q: VQAItem) -> dict[int, float]:
+        """Answer normalisation is slow Python; each question's targets are computed once."""
+        if q.question_id not in self._soft_scores:
+            self._soft_scores[q.question_id] = self.vocab.soft_scores(q.answers)
+        return self._soft_scores[q.question_id]
+
     def questions(self, rows: list[tuple[int, VQAItem]]) -> dict:
         enc = self.encode([q.question for _, q in rows])
         out = {"question_image": torch.tensor([i for i, _ in rows]),
@@ -205,7 +211,7 @@ class Collator:
         if self.vocab is not None:
             targets = torch.zeros(len(rows), len(self.vocab))
             for r, (_, q) in enumerate(rows):
-                for idx, score in self.vocab.soft_scores(q.answers).items():
+                for idx, score in self.soft_scores(q).items():
                     targets[r, idx] = score
             out["vqa_targets"] = targets
         return out

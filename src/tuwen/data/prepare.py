@@ -24,10 +24,6 @@ class SplitData:
     questions: list[VQAItem] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
-    @property
-    def n_images(self) -> int:
-        return len({r.image_path for r in self.captions} | {q.image_path for q in self.questions})
-
     def texts(self) -> list[str]:
         return [c for r in self.captions for c in r.captions] + [q.question for q in self.questions]
 

@@ -110,13 +110,20 @@ def _pick(rng: np.random.Generator, options: list):
     return options[int(rng.integers(len(options)))]
 
 
+def _unique_name(objects: list[ShapeObject], o: ShapeObject, attr: str) -> str | None:
+    """``o``'s ``attr`` value ("circle"), or size + value ("small circle"), if that alone
+    names it."""
+    value = getattr(o, attr)
+    if _count_matching(objects, **{attr: value}) == 1:
+        return value
+    if _count_matching(objects, **{attr: value, "size": o.size}) == 1:
+        return f"{o.size} {value}"
+    return None
+
+
 def _colour_question(objects: list[ShapeObject], rng: np.random.Generator) -> Question | None:
-    options = []
-    for o in objects:
-        if _count_matching(objects, shape=o.shape) == 1:
-            options.append((f"what colour is the {o.shape}?", o.colour))
-        elif _count_matching(objects, shape=o.shape, size=o.size) == 1:
-            options.append((f"what colour is the {o.size} {o.shape}?", o.colour))
+    options = [(f"what colour is the {name}?", o.colour) for o in objects
+               if (name := _unique_name(objects, o, "shape")) is not None]
     if not options:
         return None
     text, answer = _pick(rng, options)
@@ -124,12 +131,8 @@ def _colour_question(objects: list[ShapeObject], rng: np.random.Generator) -> Qu
 
 
 def _shape_question(objects: list[ShapeObject], rng: np.random.Generator) -> Question | None:
-    options = []
-    for o in objects:
-        if _count_matching(objects, colour=o.colour) == 1:
-            options.append((f"what shape is the {o.colour} object?", o.shape))
-        elif _count_matching(objects, colour=o.colour, size=o.size) == 1:
-            options.append((f"what shape is the {o.size} {o.colour} object?", o.shape))
+    options = [(f"what shape is the {name} object?", o.shape) for o in objects
+               if (name := _unique_name(objects, o, "colour")) is not None]
     if not options:
         return None
     text, answer = _pick(rng, options)

@@ -17,11 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from tuwen import __version__
-from tuwen.config import EvalConfig
+from tuwen.config import EvalConfig, load_config
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform, load_image
-from tuwen.data.prepare import SplitData
-from tuwen.data.tokenizer import decode_text
+from tuwen.data.prepare import SplitData, read_split
+from tuwen.data.tokenizer import decode_text, load_tokenizer
 from tuwen.errors import DataError
 from tuwen.evaluation.caption_metrics import caption_scores
 from tuwen.evaluation.retrieval_metrics import retrieval_recall
@@ -226,10 +226,17 @@ def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, 
     return metrics
 
 
+def _captioned(images: LoadedImages, captions: list) -> LoadedImages:
+    """The loaded images of ``captions``, in their order."""
+    paths = [r.image_path for r in captions]
+    return LoadedImages(paths, [r.image_id for r in captions],
+                        images.pixels[[images.row[p] for p in paths]],
+                        {p: i for i, p in enumerate(paths)}, [])
+
+
 def _eval_captions(model, tokenizer, images, captions, cfg, metrics, protocol, lines, show):
     refs = {r.image_id: list(r.captions) for r in captions}
-    sub = LoadedImages([r.image_path for r in captions], [r.image_id for r in captions],
-                       images.pixels[[images.row[r.image_path] for r in captions]], {}, [])
+    sub = _captioned(images, captions)
     decodings = [cfg.decoding] + (["greedy"] if cfg.decoding != "greedy" else [])
     for decoding in decodings:
         texts = generate_captions(model, tokenizer, sub, cfg, decoding, show)
@@ -252,8 +259,7 @@ def _eval_captions(model, tokenizer, images, captions, cfg, metrics, protocol, l
 
 def _eval_retrieval(model, tokenizer, images, captions, cfg, max_length, metrics, protocol,
                     lines, show):
-    sub = LoadedImages([r.image_path for r in captions], [r.image_id for r in captions],
-                       images.pixels[[images.row[r.image_path] for r in captions]], {}, [])
+    sub = _captioned(images, captions)
     texts = [c for r in captions for c in r.captions]
     owner = [i for i, r in enumerate(captions) for _ in r.captions]
     feats = retrieval_features(model, tokenizer, sub, texts, cfg, max_length, show)
@@ -303,10 +309,6 @@ def _eval_vqa(model, tokenizer, vocab, images, questions, cfg, max_length, metri
 def evaluate_run(run_dir: str | Path, split: str, *, tasks: list[str] | None = None,
                  overrides: list[str] | None = None, show_progress: bool = True) -> dict:
     """Evaluate ``RUN/model`` on ``split`` of the run's own data config -> ``RUN/eval/<split>/``."""
-    from tuwen.config import load_config
-    from tuwen.data.prepare import read_split
-    from tuwen.data.tokenizer import load_tokenizer
-
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml", overrides)
     if tasks:

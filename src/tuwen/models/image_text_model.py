@@ -8,7 +8,7 @@ vocabulary files live beside them but are written by the layers that own them.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -40,7 +40,6 @@ class ModelSpec:
     eos_token_id: int = 5
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = asdict(self)

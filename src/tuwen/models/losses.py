@@ -42,8 +42,7 @@ def soft_answer_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return per_answer.sum(dim=1).mean()
 
 
-def sample_hard_negatives(similarity: torch.Tensor, positives: torch.Tensor,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_hard_negatives(similarity: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """For each row, draw a column in proportion to softmax(similarity), never a positive.
 
     Rows whose every column is a positive have no negative; they get -1.
@@ -51,5 +50,5 @@ def sample_hard_negatives(similarity: torch.Tensor, positives: torch.Tensor,
     weights = similarity.float().softmax(dim=1).masked_fill(positives.bool(), 0.0)
     has_negative = weights.sum(dim=1) > 0
     weights = torch.where(has_negative[:, None], weights, torch.ones_like(weights))
-    picks = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    picks = torch.multinomial(weights, 1).squeeze(1)
     return torch.where(has_negative, picks, torch.full_like(picks, -1))

@@ -40,7 +40,7 @@ def restore_rng(tensors: dict, plain: dict) -> None:
 
 
 def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict, extra_files: dict[str, Path] | None = None) -> Path:
+                    state: dict) -> Path:
     final = directory / f"step-{state['step']}"
     tmp = directory / f".tmp-step-{state['step']}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -49,8 +49,6 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.op
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     tensors, plain = rng_state()
     torch.save(tensors, tmp / "rng.pt")
-    for name, src in (extra_files or {}).items():
-        shutil.copy2(src, tmp / name) if src.is_file() else shutil.copytree(src, tmp / name)
     (tmp / "state.json").write_text(json.dumps({**state, "rng": plain}))  # last: marks complete
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
