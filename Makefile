@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install demo test test-slow lint clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/tuwen demo --out runs/demo
 
-test: $(STAMP)
+# Headless Chromium renders report.html in the tests (skipped there when it is absent).
+chromium:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: /usr/bin/chromium present"; \
+	elif ! command -v apt-get >/dev/null; then \
+	  echo "chromium: no apt-get here; the report browser test will be skipped"; \
+	else SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium; fi
+
+test: $(STAMP) chromium
 	$(PY) -m pytest
 
 test-slow: $(STAMP)

@@ -53,8 +53,8 @@ def test_impossible_combinations(tmp_path):
     with pytest.raises(ConfigError, match="at least one task"):
         load_config(None, ["train.tasks.caption=0", "train.tasks.itc=0", "train.tasks.itm=0",
                            "train.tasks.vqa=0"])
-    with pytest.raises(ConfigError, match="vqa needs data.vqa"):
-        load_config(None, ["data.vqa=null"])
+    with pytest.raises(ConfigError, match="vqa needs a data source with questions"):
+        load_config(None, ["data.sources=[{format: karpathy}]"])
 
 
 def test_bad_yaml_and_missing_file(tmp_path):

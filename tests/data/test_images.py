@@ -197,3 +197,103 @@ def test_transform_rejects_bad_arguments() -> None:
         ImageTransform(8, mean=(0.5, 0.5))
     with pytest.raises(ValueError, match="std must be positive"):
         ImageTransform(8, std=(0.5, 0.0, 0.5))
+
+
+def test_transform_output_is_contiguous_float32() -> None:
+    out = ImageTransform(8)(Image.new("RGB", (12, 9), (10, 20, 30)))
+    assert out.is_contiguous() and out.dtype == torch.float32
+
+
+def test_transform_accepts_and_ignores_an_rng() -> None:
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8))
+    a = ImageTransform(16)(image, np.random.default_rng(1))
+    assert torch.equal(a, ImageTransform(16)(image, np.random.default_rng(2)))
+    assert torch.equal(a, ImageTransform(16)(image))
+
+
+def test_transform_for_model_takes_the_encoders_statistics() -> None:
+    from dataclasses import replace
+
+    from tiny import tiny_spec
+
+    spec = replace(tiny_spec(), image_mean=(0.1, 0.2, 0.3), image_std=(0.4, 0.5, 0.6))
+    transform = ImageTransform.for_model(spec)
+    assert transform == ImageTransform(spec.image_size, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    assert transform.min_side == spec.image_size
+
+
+@pytest.mark.parametrize("width, height", [(50, 37), (37, 50), (41, 41), (90, 33)])
+def test_transform_matches_hugging_face_clip_processor(width: int, height: int) -> None:
+    """Same resize (shorter side, bicubic, longer side rounded down), crop and normalisation
+    as transformers' CLIPImageProcessor, to float rounding."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    rng = np.random.default_rng(width * height)
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 24},
+                                      crop_size={"height": 24, "width": 24})
+    reference = torch.from_numpy(processor(image)["pixel_values"][0])
+    ours = ImageTransform(24, mean, std)(image)
+    assert ours.shape == reference.shape == (3, 24, 24)
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+
+# --- JPEG draft decoding --------------------------------------------------------------------
+
+
+def _photo_jpeg(path: Path, size: tuple[int, int], **save) -> Path:
+    image = _two_halves(*size)
+    image.save(path, quality=92, **save)
+    return path
+
+
+@pytest.mark.parametrize("min_side, expected", [
+    (None, (640, 480)),   # no hint: full size
+    (224, (320, 240)),    # 1/2 keeps the shorter side >= 224; 1/4 (120) would not
+    (100, (160, 120)),    # 1/4
+    (50, (80, 60)),       # 1/8, libjpeg's smallest scale
+    (300, (640, 480)),    # 1/2 would give 240 < 300
+    (480, (640, 480)),
+])
+def test_jpeg_draft_never_goes_below_min_side(tmp_path: Path, min_side, expected) -> None:
+    path = _photo_jpeg(tmp_path / "big.jpg", (640, 480))
+    loaded = load_image(path, min_side=min_side)
+    assert loaded.size == expected and loaded.mode == "RGB"
+    assert _close(loaded.getpixel((2, 2)), RED) and _close(loaded.getpixel(
+        (expected[0] - 3, expected[1] - 3)), BLUE)
+
+
+def test_jpeg_draft_with_exif_rotation(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned 90 degrees clockwise to view: red ends up on top
+    path = _photo_jpeg(tmp_path / "turned.jpg", (640, 480), exif=exif.tobytes())
+    loaded = load_image(path, min_side=224)
+    assert loaded.size == (240, 320)
+    assert _close(loaded.getpixel((120, 5)), RED) and _close(loaded.getpixel((120, 314)), BLUE)
+
+
+def test_draft_leaves_other_formats_alone(tmp_path: Path) -> None:
+    _two_halves(640, 480).save(tmp_path / "big.png")
+    assert load_image(tmp_path / "big.png", min_side=100).size == (640, 480)
+
+
+def test_drafted_transform_stays_close_to_the_full_decode(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    coarse = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    photo = Image.fromarray(coarse).resize((640, 480), Image.Resampling.BICUBIC)
+    photo.save(tmp_path / "photo.jpg", quality=90)
+    transform = ImageTransform(64)
+    full = transform(load_image(tmp_path / "photo.jpg"))
+    fast = transform(load_image(tmp_path / "photo.jpg", min_side=transform.min_side))
+    # a quarter-size decode of a smooth photo: differences of a grey level or two
+    assert (full - fast).abs().mean() < 2 * 2 / 255
+
+
+def test_truncated_jpeg_raises_with_draft_too(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(DataError, match=r"cut\.jpg: image data is truncated or corrupt"):
+        load_image(tmp_path / "cut.jpg", min_side=100)

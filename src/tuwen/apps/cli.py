@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -34,14 +35,32 @@ def cmd_data_shapes(args: argparse.Namespace) -> None:
         {k: manifest[k] for k in manifest if k.startswith("n_")}))
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_data_check(args: argparse.Namespace) -> int:
     from tuwen.config import load_config
-    from tuwen.training.loop import train
+    from tuwen.data.doctor import check_data
+    from tuwen.data.doctor_report import format_table, write_report
 
     config = load_config(args.config, args.set)
-    result = train(config, args.out, resume=args.resume)
+    splits = args.splits.split(",") if args.splits else None
+    report = check_data(config, splits=splits, min_side=args.min_side)
+    print(format_table(report))
+    print(f"wrote {write_report(report, args.out or config.data.root)}")
+    return 0 if report["ok"] else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tuwen.apps.training import run_training
+    from tuwen.config import load_config
+
+    config = load_config(args.config, args.set)
+    result = run_training(config, args.out, resume=args.resume)
+    if result.stopped_by in ("SIGTERM", "SIGINT"):  # preempted: checkpoint saved, exit 128+N
+        print(f"stopped by {result.stopped_by} at step {result.steps}; checkpoint saved in "
+              f"{result.run_dir / 'checkpoints'}; continue with --resume")
+        return 128 + signal.Signals[result.stopped_by].value
     print(f"trained {result.steps} steps in {result.elapsed_s / 60:.1f} min, "
           f"stopped by {result.stopped_by}; model in {result.model_dir}")
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -51,7 +70,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     tasks = args.tasks.split(",") if args.tasks else None
     metrics = evaluate_run(args.run, args.split, tasks=tasks, overrides=args.set)
     print(results_table({args.split: metrics}))
-    print(f"\nwrote {Path(args.run) / 'eval' / args.split}/metrics.json and predictions.jsonl")
+    print(f"\nwrote {Path(args.run) / 'eval' / args.split}/metrics.json, predictions.jsonl, "
+          "report.html and attention/*.png")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -84,6 +104,81 @@ def cmd_ask(args: argparse.Namespace) -> None:
     print(Pipeline.from_pretrained(args.model).ask([args.image], [args.question])[0])
 
 
+def cmd_attention(args: argparse.Namespace) -> None:
+    from tuwen.evaluation import attention
+    from tuwen.evaluation.plots import attention_grid
+
+    loaded = attention.LoadedModel.load(args.model)
+    result = attention.attention_maps(
+        loaded, attention.image_pixels(loaded, args.image), text=args.text,
+        question=args.question, source=args.source or ("fusion" if args.question else "decoder"),
+        layer=attention.parse_pick(args.layer, "layer"),
+        head=attention.parse_pick(args.head, "head"), rollout=args.rollout)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(attention_grid(attention.display_image(args.image), result))
+    answer = f" -> {result.answer}" if result.answer is not None else ""
+    print(f"{result.text}{answer}\nwrote {len(result.tokens)} {result.source} attention maps "
+          f"({result.grid[0]}x{result.grid[1]} patches) to {out}")
+
+
+def _add_attention(sub) -> None:
+    att = sub.add_parser("attention", help="per-token attention heatmaps over an image")
+    att.add_argument("model", help="saved model folder (RUN/model)")
+    att.add_argument("image")
+    text = att.add_mutually_exclusive_group()
+    text.add_argument("--text", help="caption to draw maps for (default: generate one)")
+    text.add_argument("--question", help="question: maps through the fusion, with the answer")
+    att.add_argument("--out", required=True, help="PNG file to write")
+    att.add_argument("--source", choices=["decoder", "fusion"],
+                     help="decoder cross-attention (default) or fusion attention")
+    att.add_argument("--layer", default="mean", help="layer index or 'mean' (default)")
+    att.add_argument("--head", default="mean", help="head index or 'mean' (default)")
+    att.add_argument("--rollout", action="store_true",
+                     help="carry the maps back to input patches by ViT attention rollout")
+    att.set_defaults(func=cmd_attention)
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from tuwen.evaluation import score
+
+    if args.score_command == "captions":
+        metrics = score.score_captions(args.predictions, args.references, split=args.split,
+                                       subset=args.subset)
+    elif args.score_command == "vqa":
+        metrics = score.score_vqa(args.predictions, args.questions, args.annotations)
+    else:
+        metrics = score.score_retrieval(args.similarities, args.ground_truth)
+    if args.out is None:
+        print(json.dumps(metrics, indent=2))
+        return
+    print(score.score_summary(metrics))
+    print(f"\nwrote {score.write_metrics(metrics, args.out)}")
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    kinds = sub.add_parser("score", help="metrics on result files from any model").add_subparsers(
+        dest="score_command", required=True)
+    cap = kinds.add_parser("captions", help='COCO caption results [{"image_id", "caption"}]')
+    cap.add_argument("--predictions", required=True, metavar="RES.json")
+    cap.add_argument("--references", required=True, metavar="REFS.json",
+                     help="COCO captions JSON or Karpathy split JSON")
+    cap.add_argument("--split", help="Karpathy split to score (default test); a label for COCO")
+    cap.add_argument("--subset", action="store_true",
+                     help="score only the reference images that have a prediction (COCOEvalCap)")
+    vqa = kinds.add_parser("vqa", help='VQAv2 results [{"question_id", "answer"}]')
+    vqa.add_argument("--predictions", required=True, metavar="RES.json")
+    vqa.add_argument("--questions", required=True, metavar="Q.json")
+    vqa.add_argument("--annotations", required=True, metavar="A.json")
+    ret = kinds.add_parser("retrieval", help="similarity matrix (n_images, n_texts)")
+    ret.add_argument("--similarities", required=True, metavar="S.npy")
+    ret.add_argument("--ground-truth", required=True, metavar="G.json",
+                     help='{"text_image": [image row of each text column]}')
+    for p in (cap, vqa, ret):
+        p.add_argument("--out", metavar="METRICS.json", help="write here (default: print JSON)")
+        p.set_defaults(func=cmd_score)
+
+
 def _add_counts(p: argparse.ArgumentParser) -> None:
     for name in ("train", "val", "test", "test_novel"):
         p.add_argument(f"--n-{name.replace('_', '-')}", dest=f"n_{name}", type=int,
@@ -102,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--image-size", type=int, default=64)
     _add_counts(shapes)
     shapes.set_defaults(func=cmd_data_shapes)
+    check = data.add_parser("check", help="the dataset doctor: counts, missing and broken "
+                                          "images, text lengths, split leakage")
+    check.add_argument("config")
+    check.add_argument("--out", help="folder (or .json file) for check.json "
+                                     "(default: the config's data.root)")
+    check.add_argument("--splits", help="comma-separated splits (default: the train, val and "
+                                        "eval splits of the config)")
+    check.add_argument("--min-side", type=int, help="images with a shorter side are 'tiny' "
+                                                    "(default: data.image_size / 4, at least 8)")
+    check.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    check.set_defaults(func=cmd_data_check)
 
     train = sub.add_parser("train", help="joint training from a YAML config")
     train.add_argument("config")
@@ -132,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap = sub.add_parser("caption", help="caption images with a saved model")
     cap.add_argument("model")
     cap.add_argument("images", nargs="+")
-    cap.add_argument("--decoding", choices=["greedy", "beam"], default="beam")
+    cap.add_argument("--decoding", choices=["greedy", "beam", "top_p"], default="beam")
     cap.set_defaults(func=cmd_caption)
 
     ask = sub.add_parser("ask", help="answer a question about an image")
@@ -140,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("image")
     ask.add_argument("question")
     ask.set_defaults(func=cmd_ask)
+
+    _add_score(sub)
+    _add_attention(sub)
     return parser
 
 
@@ -147,14 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except TuwenError as err:
         print(f"tuwen: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tuwen: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ def run_demo(out: Path, config: Config, *, data_seed: int = 0,
                for split in DEMO_SPLITS}
     print(results_table(metrics))
     print(f"\nrun directory: {out}\n  model: {out / 'model'}\n  metrics: "
-          + ", ".join(str(out / 'eval' / s / 'metrics.json') for s in DEMO_SPLITS))
+          + ", ".join(str(out / 'eval' / s / 'metrics.json') for s in DEMO_SPLITS)
+          + "\n  reports: " + ", ".join(str(out / 'eval' / s / 'report.html') for s in DEMO_SPLITS))
     return metrics
 
 

@@ -14,6 +14,7 @@ import torch
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform, load_image
 from tuwen.data.tokenizer import decode_text, load_tokenizer
+from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import captioning, vqa
 from tuwen.training.assets import VOCAB_FILE
@@ -49,6 +50,15 @@ class Pipeline:
                 for row in ids.tolist()]
 
     def ask(self, images: list[str | Path], questions: list[str]) -> list[str]:
+        device = next(self.model.parameters()).device
+        if vqa.generates_answers(self.model):  # model.vqa.mode: generate
+            ids, mask = left_padded_prompts(self.tokenizer, questions,
+                                            self.model.spec.max_text_length)
+            out = vqa.generate_answers(self.model, self._pixels(images), ids.to(device),
+                                       mask.to(device))
+            eos = self.model.spec.eos_token_id
+            return [decode_text(self.tokenizer, row[: row.index(eos)] if eos in row else row)
+                    for row in out.tolist()]
         if self.vocab is None:
             raise ValueError("this model was trained without VQA data; it cannot answer")
         enc = self.tokenizer(questions, padding="longest", truncation=True,

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tuwen.data.answers import AnswerVocab
+from tuwen.data.augment import image_rng
 from tuwen.data.images import load_image
 from tuwen.data.records import ImageCaptions, VQAItem
+from tuwen.data.vqa_text import answer_sequences
 from tuwen.errors import DataError
 
 
@@ -45,6 +47,13 @@ def join_by_image(captions: Sequence[ImageCaptions],
             for path, e in by_path.items()]
 
 
+def example_repeats(examples: Sequence[JointExample],
+                    weights: dict[Path, float]) -> list[float] | None:
+    """Each example's repeat factor (its sources' ``weight``); None when all are 1."""
+    repeats = [weights.get(ex.image_path, 1.0) for ex in examples]
+    return None if all(r == 1.0 for r in repeats) else repeats
+
+
 class JointDataset(Dataset):
     """Yields the image tensor with up to ``captions_per_image`` captions and
     ``questions_per_image`` questions drawn without replacement.
@@ -59,18 +68,27 @@ class JointDataset(Dataset):
                  captions_per_image: int = 1, questions_per_image: int = 1) -> None:
         self.examples, self.transform, self.seed = list(examples), transform, seed
         self.captions_per_image, self.questions_per_image = captions_per_image, questions_per_image
-        self.epoch = 0
+        # In shared memory: persistent loader workers hold a copy of the dataset, and would
+        # otherwise keep epoch 0 (the same draws and crops every epoch).
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.examples)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __getitem__(self, index: int) -> dict:
-        ex = self.examples[index]
+        # index >= len: a repeat of examples[index % len] (EpochBatchSampler repeats), with
+        # its own caption draw
+        ex = self.examples[index % len(self.examples)]
         try:
-            pixels = self.transform(load_image(ex.image_path))
+            image = load_image(ex.image_path, self.transform.min_side)
+            pixels = self.transform(image, image_rng(self.seed, self.epoch, index))
         except DataError as err:
             return {"bad": str(err)}
         rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -89,25 +107,74 @@ class EpochBatchSampler(Sampler[list[int]]):
     """A seeded permutation per epoch, cut into batches; can start mid-epoch.
 
     Owning the order (rather than a global RNG) is what makes resume exact: the position
-    is just (epoch, batches already consumed).
+    is just (epoch, batches already consumed). ``repeats`` (one per example, the sources'
+    ``weight``) draws example i floor(r) times per epoch, plus once more with probability
+    r - floor(r); its k-th copy has index ``i + k * size``.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, drop_last: bool = True) -> None:
+    def __init__(self, size: int, batch_size: int, seed: int, drop_last: bool = True,
+                 repeats: Sequence[float] | None = None) -> None:
         self.size, self.batch_size, self.seed, self.drop_last = size, batch_size, seed, drop_last
+        self.repeats = None if repeats is None else torch.tensor(repeats, dtype=torch.float64)
         self.epoch, self.start_batch = 0, 0
+        self._order: tuple[int, list[int]] | None = None  # (epoch, its order), cached
 
     def set_position(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
+    def order(self) -> list[int]:
+        """This epoch's example indexes, in the order they are drawn."""
+        if self._order is None or self._order[0] != self.epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            if self.repeats is None:
+                order = torch.randperm(self.size, generator=g).tolist()
+            else:
+                order = self._repeated(g)
+            self._order = (self.epoch, order)
+        return self._order[1]
+
+    def _repeated(self, g: torch.Generator) -> list[int]:
+        whole = self.repeats.floor()
+        counts = (whole + (torch.rand(self.size, generator=g, dtype=torch.float64)
+                           < self.repeats - whole)).long().tolist()
+        copies = [i + k * self.size for i, n in enumerate(counts) for k in range(n)]
+        return [copies[j] for j in torch.randperm(len(copies), generator=g).tolist()]
+
     def __len__(self) -> int:
-        full, rest = divmod(self.size, self.batch_size)
+        full, rest = divmod(len(self.order()), self.batch_size)
         return full if self.drop_last or not rest else full + 1
 
     def __iter__(self) -> Iterator[list[int]]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.size, generator=g).tolist()
+        order = self.order()
         for b in range(self.start_batch, len(self)):
             yield order[b * self.batch_size: (b + 1) * self.batch_size]
+
+
+class MapBatches:
+    """Endless training batches from a map-style dataset, epoch after epoch.
+
+    The data position is (epoch, batches of it consumed): ``state_dict()`` after any batch
+    and ``load_state_dict()`` before iterating continue exactly where a run stopped.
+    """
+
+    def __init__(self, loader: DataLoader, sampler: EpochBatchSampler) -> None:
+        self.loader, self.sampler = loader, sampler
+        self.epoch, self.batch_in_epoch = 0, 0
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            self.sampler.set_position(self.epoch, self.batch_in_epoch)
+            self.loader.dataset.set_epoch(self.epoch)
+            for batch in self.loader:
+                self.batch_in_epoch += 1
+                yield batch
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
 
 
 SPATIAL_SWAPS = {"left": "right", "right": "left", "above": "below", "below": "above",
@@ -135,15 +202,19 @@ class Collator:
     """
 
     def __init__(self, tokenizer, vocab: AnswerVocab | None, max_length: int,
-                 spatial_negatives: bool = False) -> None:
+                 spatial_negatives: bool = False, vqa_answers: bool = False) -> None:
         self.tok, self.vocab, self.max_length = tokenizer, vocab, max_length
         self.spatial_negatives = spatial_negatives
-        self._soft_scores: dict[int, dict[int, float]] = {}  # question_id -> targets
+        self.vqa_answers = vqa_answers  # generative VQA: prompt + answer rows (data.vqa_text)
+        # question -> targets; keyed by the whole item since sources may share question ids
+        self._soft_scores: dict[VQAItem, dict[int, float]] = {}
 
     def __call__(self, items: list[dict]) -> dict:
         good = [it for it in items if "bad" not in it]
         bad = [it["bad"] for it in items if "bad" in it]
         batch: dict = {"n_skipped": len(bad), "skipped": bad, "size": len(good)}
+        if "position" in items[0]:  # streamed: where each item came from (StreamBatches)
+            batch["positions"] = [it["position"] for it in items]
         if not good:
             return batch
         batch["pixel_values"] = torch.stack([it["pixel_values"] for it in good])
@@ -199,9 +270,9 @@ class Collator:
 
     def soft_scores(self, q: VQAItem) -> dict[int, float]:
         """Answer normalisation is slow Python; each question's targets are computed once."""
-        if q.question_id not in self._soft_scores:
-            self._soft_scores[q.question_id] = self.vocab.soft_scores(q.answers)
-        return self._soft_scores[q.question_id]
+        if q not in self._soft_scores:
+            self._soft_scores[q] = self.vocab.soft_scores(q.answers)
+        return self._soft_scores[q]
 
     def questions(self, rows: list[tuple[int, VQAItem]]) -> dict:
         enc = self.encode([q.question for _, q in rows])
@@ -214,4 +285,8 @@ class Collator:
                 for idx, score in self.soft_scores(q).items():
                     targets[r, idx] = score
             out["vqa_targets"] = targets
+        if self.vqa_answers:
+            out["answer_input_ids"], out["answer_labels"] = answer_sequences(
+                self.tok, [q.question for _, q in rows],
+                [q.multiple_choice_answer for _, q in rows], self.max_length)
         return out

@@ -1,7 +1,7 @@
 """From a data config to records, a tokenizer and an answer vocabulary.
 
-Paths in the data config are relative to ``data.root``; ``{split}`` in a VQA file name
-is replaced by the split name.
+Every source in ``data.sources`` is read for the split (:mod:`tuwen.data.sources`) and the
+results are pooled; paths are relative to ``data.root``.
 """
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ from pathlib import Path
 
 from tuwen.config import DataConfig
 from tuwen.data.answers import AnswerVocab
-from tuwen.data.readers import read_karpathy, read_vqav2
+from tuwen.data.readers_wds import shard_texts
 from tuwen.data.records import ImageCaptions, VQAItem
+from tuwen.data.sources import ShardSource, SourceData, read_source
 from tuwen.data.tokenizer import train_tokenizer
 from tuwen.errors import DataError
+
+# Captions read from streamed shards to train the tokenizer on (a sample is plenty)
+MAX_STREAM_TEXTS = 200_000
 
 
 @dataclass
@@ -23,34 +27,52 @@ class SplitData:
     captions: list[ImageCaptions] = field(default_factory=list)
     questions: list[VQAItem] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    # image file -> repeat factor per epoch: the largest weight of the sources that have it
+    weights: dict[Path, float] = field(default_factory=dict)
+    streams: list[ShardSource] = field(default_factory=list)  # webdataset sources, training
 
     def texts(self) -> list[str]:
-        return [c for r in self.captions for c in r.captions] + [q.question for q in self.questions]
+        texts = [c for r in self.captions for c in r.captions]
+        texts += [q.question for q in self.questions]
+        for stream in self.streams:
+            texts += shard_texts(list(stream.shards), stream.caption_key, MAX_STREAM_TEXTS)
+        return texts
+
+    def add(self, part: SourceData) -> None:
+        labels = part.labels
+        self.captions += labels.captions
+        self.questions += labels.questions
+        self.skipped += labels.skipped
+        for item in [*labels.captions, *labels.questions]:
+            self.weights[item.image_path] = max(self.weights.get(item.image_path, 0.0),
+                                                part.weight)
+        if part.stream is not None:
+            self.streams.append(part.stream)
 
 
-def _resolve(root: Path, relative: str | None) -> Path | None:
-    return None if relative is None else root / relative
+def cache_dir(cfg: DataConfig) -> Path:
+    """Where images held inside other files (HF datasets, tar shards) are written."""
+    return Path(cfg.root) / (cfg.cache_dir if cfg.cache_dir is not None else ".cache")
 
 
-def read_split(cfg: DataConfig, split: str) -> SplitData:
+def read_split(cfg: DataConfig, split: str, *, stream: bool = False) -> SplitData:
+    """Every source's records for ``split``; ``stream=True`` leaves webdataset shards to be
+    streamed (training) instead of reading them into records."""
+    root = check_root(cfg)
+    data = SplitData(split)
+    for source in cfg.sources:
+        data.add(read_source(source, root, split, cache_dir(cfg), stream=stream))
+    if not data.captions and not data.questions and not data.streams:
+        raise DataError(root, f"split {split!r} has no usable captions or questions")
+    return data
+
+
+def check_root(cfg: DataConfig) -> Path:
     root = Path(cfg.root)
     if not root.is_dir():
         raise DataError(root, "data folder not found (for the built-in data run "
                               "`tuwen data shapes data/shapes`)")
-    data = SplitData(split)
-    if cfg.captions is not None:
-        read = read_karpathy(root / cfg.captions.path, splits=[split],
-                             image_root=_resolve(root, cfg.captions.image_root))
-        data.captions, data.skipped = read.records, data.skipped + read.skipped
-    if cfg.vqa is not None:
-        questions = root / cfg.vqa.questions.format(split=split)
-        annotations = root / cfg.vqa.annotations.format(split=split)
-        read = read_vqav2(questions, annotations, image_pattern=cfg.vqa.image_pattern,
-                          image_root=_resolve(root, cfg.vqa.image_root) or root)
-        data.questions, data.skipped = read.records, data.skipped + read.skipped
-    if not data.captions and not data.questions:
-        raise DataError(root, f"split {split!r} has no usable captions or questions")
-    return data
+    return root
 
 
 def build_answer_vocab(train: SplitData, top_k: int) -> AnswerVocab | None:
@@ -62,3 +84,14 @@ def build_answer_vocab(train: SplitData, top_k: int) -> AnswerVocab | None:
 def build_tokenizer(train: SplitData, vocab_size: int):
     """A WordPiece tokenizer trained on the training captions and questions only."""
     return train_tokenizer(train.texts(), vocab_size=vocab_size)
+
+
+def check_train_labels(train: SplitData, tasks: dict[str, float]) -> None:
+    """Every task with a weight needs its labels in the training split."""
+    has_captions = bool(train.captions or train.streams)
+    if not has_captions and any(t in tasks for t in ("caption", "itc", "itm")):
+        raise DataError(train.split, "no captions in this split, but train.tasks weighs "
+                                     "caption/itc/itm (set their weights to 0)")
+    if not train.questions and "vqa" in tasks:
+        raise DataError(train.split, "no questions in this split, but train.tasks weighs vqa "
+                                     "(set its weight to 0)")

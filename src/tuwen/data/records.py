@@ -47,3 +47,13 @@ class ReadResult(Generic[T]):
 
     records: list[T] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Labelled:
+    """What a reader of a mixed format (JSONL, CSV, HF datasets, tar shards) returns: the
+    captioned images and the questions it found, and why other records were left out."""
+
+    captions: list[ImageCaptions] = field(default_factory=list)
+    questions: list[VQAItem] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)

@@ -6,7 +6,6 @@ Writes ``metrics.json`` (keys as in DESIGN.md §4, plus the protocol used) and
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,14 +15,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tuwen import __version__
 from tuwen.config import EvalConfig, load_config
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform, load_image
 from tuwen.data.prepare import SplitData, read_split
 from tuwen.data.tokenizer import decode_text, load_tokenizer
+from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.errors import DataError
 from tuwen.evaluation.caption_metrics import caption_scores
+from tuwen.evaluation.protocol import (
+    RETRIEVAL_PROTOCOL,
+    VQA_PROTOCOL,
+    base_protocol,
+    count_histogram,
+    decoding_settings,
+    ids_sha256,
+    references_per_image,
+)
+from tuwen.evaluation.report import write_report
 from tuwen.evaluation.retrieval_metrics import retrieval_recall
 from tuwen.evaluation.vqa_accuracy import vqa_accuracy
 from tuwen.models.image_text_model import ImageTextModel
@@ -68,11 +77,14 @@ def _device(model: ImageTextModel) -> torch.device:
 def generate_captions(model: ImageTextModel, tokenizer, images: LoadedImages, cfg: EvalConfig,
                       decoding: str, show: bool = True) -> list[str]:
     out: list[str] = []
+    sampler = torch.Generator(_device(model)).manual_seed(cfg.seed)  # decoding=top_p only
     for start in _batches(len(images.paths), cfg.batch_size, f"caption ({decoding})", show):
         px = images.pixels[start: start + cfg.batch_size].to(_device(model))
         ids = captioning.predict_step(model, px, decoding=decoding,
                                       max_new_tokens=cfg.max_new_tokens,
-                                      beam_size=cfg.beam_size, length_penalty=cfg.length_penalty)
+                                      beam_size=cfg.beam_size, length_penalty=cfg.length_penalty,
+                                      top_p=cfg.top_p, temperature=cfg.temperature,
+                                      generator=sampler)
         out.extend(decode_text(tokenizer, _until_eos(row, model.spec.eos_token_id))
                    for row in ids.tolist())
     return out
@@ -148,6 +160,12 @@ def answer_questions(model: ImageTextModel, tokenizer, vocab: AnswerVocab, image
     for start in _batches(len(questions), cfg.batch_size, "vqa", show):
         chunk = questions[start: start + cfg.batch_size]
         px = images.pixels[[images.row[q.image_path] for q in chunk]].to(device)
+        if vqa.generates_answers(model):  # model.vqa.mode: generate
+            ids, mask = left_padded_prompts(tokenizer, [q.question for q in chunk], max_length)
+            out = vqa.generate_answers(model, px, ids.to(device), mask.to(device))
+            answers.extend(decode_text(tokenizer, _until_eos(row, model.spec.eos_token_id))
+                           for row in out.tolist())
+            continue
         enc = tokenizer([q.question for q in chunk], padding="longest", truncation=True,
                         max_length=max_length, return_tensors="pt")
         pred = vqa.predict_step(model, px, enc["input_ids"].to(device),
@@ -165,10 +183,6 @@ def _vqa_records(questions: list) -> tuple[list[dict], list[dict]]:
              "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(q.answers)]}
             for q in questions]
     return qs, anns
-
-
-def _ids_hash(ids: Sequence) -> str:
-    return hashlib.sha256(json.dumps(sorted(map(str, ids))).encode()).hexdigest()[:16]
 
 
 def _evaluation_set(model: ImageTextModel, data: SplitData, cfg: EvalConfig,
@@ -203,9 +217,10 @@ def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, 
 
     metrics: dict = {"split": data.split, "n_images": len(captions), "n_questions": len(questions),
                      "skipped": len(skipped)}
-    protocol: dict = {"tuwen_version": __version__, "split": data.split,
-                      "image_ids_sha256": _ids_hash([r.image_id for r in captions]),
-                      "question_ids_sha256": _ids_hash([q.question_id for q in questions])}
+    protocol = base_protocol(data.split, source="tuwen eval", n_images=len(captions),
+                             n_questions=len(questions))
+    protocol.update(image_ids_sha256=ids_sha256([r.image_id for r in captions]),
+                    question_ids_sha256=ids_sha256([q.question_id for q in questions]))
     lines: list[dict] = []
     if "caption" in cfg.tasks and captions:
         _eval_captions(model, tokenizer, images, captions, cfg, metrics, protocol, lines,
@@ -246,15 +261,13 @@ def _eval_captions(model, tokenizer, images, captions, cfg, metrics, protocol, l
         metrics[key] = {k: scores[k] for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor",
                                                "rouge_l", "cider")}
         metrics[key]["distinct_captions"] = len(set(texts)) / max(len(texts), 1)
-        protocol[key] = {**scores.get("protocol", {}), "decoding": decoding,
-                         "beam_size": cfg.beam_size if decoding == "beam" else 1,
-                         "length_penalty": cfg.length_penalty,
-                         "max_new_tokens": cfg.max_new_tokens,
-                         "references_per_image": sorted({len(v) for v in refs.values()})}
+        protocol[key] = {**scores.get("protocol", {}), **decoding_settings(cfg, decoding),
+                         "references_per_image": references_per_image(refs)}
         if key == "caption":
             per_image = scores.get("per_image", {})
-            lines.extend({"task": "caption", "image_id": i, "caption": preds[i],
-                          "references": refs[i], **per_image.get(i, {})} for i in sub.ids)
+            lines.extend({"task": "caption", "image_id": i, "image": _abs(path),
+                          "caption": preds[i], "references": refs[i], **per_image.get(i, {})}
+                         for i, path in zip(sub.ids, sub.paths))
 
 
 def _eval_retrieval(model, tokenizer, images, captions, cfg, max_length, metrics, protocol,
@@ -266,21 +279,41 @@ def _eval_retrieval(model, tokenizer, images, captions, cfg, max_length, metrics
     sim = feats.similarity()
     itc = retrieval_recall(sim, owner)
     result = itc
-    protocol["retrieval"] = {"score": "itc cosine", "n_texts": len(texts),
-                             "found_by_any_caption": True, "rank_ties": "pessimistic"}
+    protocol["retrieval"] = {**RETRIEVAL_PROTOCOL, "score": "itc cosine", "n_texts": len(texts),
+                             "texts_per_image": count_histogram(len(r.captions) for r in captions)}
+    i2t_scores = t2i_scores = sim
     if cfg.itm_rerank_k:
         k = cfg.itm_rerank_k
-        i2t = retrieval_recall(itm_rerank(model, feats, sim, k, "i2t", cfg.batch_size, show), owner)
-        t2i = retrieval_recall(itm_rerank(model, feats, sim, k, "t2i", cfg.batch_size, show), owner)
+        i2t_scores = itm_rerank(model, feats, sim, k, "i2t", cfg.batch_size, show)
+        t2i_scores = itm_rerank(model, feats, sim, k, "t2i", cfg.batch_size, show)
+        i2t, t2i = retrieval_recall(i2t_scores, owner), retrieval_recall(t2i_scores, owner)
         result = {**{key: v for key, v in i2t.items() if key.startswith("i2t")},
                   **{key: v for key, v in t2i.items() if key.startswith("t2i")}}
         metrics["retrieval_itc"] = _summary(itc)
         protocol["retrieval"]["score"] = (f"itc cosine, top-{k} per query re-ranked by "
                                           "itm probability + itc (BLIP protocol)")
     metrics["retrieval"] = _summary(result)
-    lines.extend({"task": "retrieval", "image_id": r.image_id,
-                  "i2t_rank": int(result["i2t_ranks"][i]) + 1}
-                 for i, r in enumerate(captions))
+    lines.extend(_retrieval_lines(captions, texts, owner, i2t_scores, t2i_scores, result))
+
+
+def _abs(path) -> str:
+    """Image paths in predictions.jsonl are absolute: the report may be drawn elsewhere."""
+    return str(Path(path).absolute())
+
+
+def _retrieval_lines(captions, texts, owner, i2t_scores, t2i_scores, result, k=5) -> list[dict]:
+    """Per query (image, then caption): the 1-based rank of the right answer and the top k."""
+    ids = [r.image_id for r in captions]
+    top_texts = np.argsort(-i2t_scores, axis=1, kind="stable")[:, :k]     # (N_img, k)
+    top_images = np.argsort(-t2i_scores, axis=0, kind="stable")[:k].T     # (N_txt, k)
+    return [{"task": "retrieval", "direction": "i2t", "image_id": ids[i],
+             "image": _abs(r.image_path), "i2t_rank": int(result["i2t_ranks"][i]) + 1,
+             "top": [texts[j] for j in top_texts[i]],
+             "top_right": [owner[j] == i for j in top_texts[i]]}
+            for i, r in enumerate(captions)] + [
+            {"task": "retrieval", "direction": "t2i", "query": text, "image_id": ids[owner[j]],
+             "t2i_rank": int(result["t2i_ranks"][j]) + 1, "top": [ids[i] for i in top_images[j]]}
+            for j, text in enumerate(texts)]
 
 
 def _summary(result: dict) -> dict:
@@ -294,14 +327,19 @@ def _eval_vqa(model, tokenizer, vocab, images, questions, cfg, max_length, metri
     preds = {q.question_id: a for q, a in zip(questions, answers)}
     result = vqa_accuracy(preds, qs, anns)
     metrics["vqa"] = {k: result[k] for k in ("accuracy", "by_answer_type", "by_question_type")}
-    protocol["vqa"] = {"formula": "official VQAv2 (min(1, matches/3), 10-way leave-one-out)",
-                       "answer_normalisation": "official VQAv2 (punctuation, digits, articles)",
+    protocol["vqa"] = {**VQA_PROTOCOL,
+                       "answers_per_question": count_histogram(len(q.answers) for q in questions),
+                       "answering": ("generation, greedy (model.vqa.mode: generate)"
+                                     if vqa.generates_answers(model)
+                                     else "classification over the answer vocabulary"),
                        "answer_vocab_size": len(vocab),
                        "answer_vocab_coverage": vocab.coverage(
                            q.multiple_choice_answer for q in questions)}
     per_q = result.get("per_question", {})
     lines.extend({"task": "vqa", "question_id": q.question_id, "image_id": q.image_id,
+                  "image": _abs(q.image_path),
                   "question": q.question, "question_type": q.question_type,
+                  "answer_type": q.answer_type,
                   "answer": preds[q.question_id], "gt": q.multiple_choice_answer,
                   "accuracy": per_q.get(q.question_id)} for q in questions)
 
@@ -318,5 +356,7 @@ def evaluate_run(run_dir: str | Path, split: str, *, tasks: list[str] | None = N
     vocab_path = model_dir / "answer_vocab.json"
     vocab = AnswerVocab.load(vocab_path) if vocab_path.is_file() else None
     data = read_split(config.data, split)
-    return evaluate_split(model, load_tokenizer(model_dir), vocab, data, config.eval,
-                          run_dir / "eval" / split, config.data.max_text_length, show_progress)
+    metrics = evaluate_split(model, load_tokenizer(model_dir), vocab, data, config.eval,
+                             run_dir / "eval" / split, config.data.max_text_length, show_progress)
+    write_report(run_dir / "eval" / split, run_dir, show_progress=show_progress)
+    return metrics

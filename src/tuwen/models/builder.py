@@ -2,51 +2,160 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
+from tuwen.errors import ConfigError
 from tuwen.models.decoder import CaptionDecoder
 from tuwen.models.fusion import CrossAttentionFusion
+from tuwen.models.fusion_concat import ConcatFusion
+from tuwen.models.fusion_weighted_sum import WeightedSumFusion
 from tuwen.models.heads import AnswerHead, ContrastiveHead, MatchingHead
+from tuwen.models.hf_backbone import hf_tower, hidden_size_of
+from tuwen.models.hf_decoder import HFCausalLMDecoder, causal_lm
+from tuwen.models.hf_image import HFImageEncoder
+from tuwen.models.hf_text import HFTextEncoder
 from tuwen.models.image_encoders import SmallCNN, SmallViT
 from tuwen.models.image_text_model import ImageTextModel, ModelSpec
+from tuwen.models.rnn_text import RNNTextEncoder
 from tuwen.models.text_encoders import TextTransformer
+from tuwen.models.towers import Tower
 
+# Tower builders take (spec, hf_configs) and record an hf tower's resolved config in
+# hf_configs, which the saved config.json keeps so that from_pretrained rebuilds it offline.
 
-def build_image_encoder(spec: ModelSpec) -> nn.Module:
+def _small_vit(spec: ModelSpec, hf_configs: dict) -> Tower:
     cfg, m = spec.model.image_encoder, spec.model
-    if cfg.type == "small_vit":
-        return SmallViT(spec.image_size, cfg.patch_size, m.hidden_size, cfg.layers, cfg.heads,
-                        m.mlp_ratio, m.dropout)
+    _check_patches(spec)
+    return SmallViT(spec.image_size, cfg.patch_size, m.hidden_size, cfg.layers, cfg.heads,
+                    m.mlp_ratio, m.dropout)
+
+
+def _small_cnn(spec: ModelSpec, hf_configs: dict) -> Tower:
+    cfg, m = spec.model.image_encoder, spec.model
+    _check_patches(spec)
     return SmallCNN(spec.image_size, cfg.patch_size, m.hidden_size, cfg.layers, m.dropout)
 
 
-TEXT_ENCODERS = {"transformer": TextTransformer}
-FUSIONS = {"cross_attention": CrossAttentionFusion}
-DECODERS = {"transformer": CaptionDecoder}
+def _check_patches(spec: ModelSpec) -> None:
+    if spec.image_size % spec.model.image_encoder.patch_size:
+        raise ValueError(f"data.image_size={spec.image_size} is not a multiple of "
+                         f"model.image_encoder.patch_size={spec.model.image_encoder.patch_size}")
+
+
+def _hf_image(spec: ModelSpec, hf_configs: dict) -> Tower:
+    where = "model.image_encoder"
+    backbone, config = hf_tower(spec.model.image_encoder, "image", where,
+                                hf_configs.get("image_encoder"), {"image_size": spec.image_size})
+    size, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
+    if size is not None and size != spec.image_size:
+        raise ConfigError(f"{where}: {config.model_type!r} takes {size}-px images, but the model "
+                          f"is set up for {spec.image_size}-px ones (data.image_size)")
+    if size is not None and isinstance(patch, int) and size % patch:
+        raise ConfigError(f"{where}: image_size {size} is not a multiple of patch_size {patch}")
+    hf_configs["image_encoder"] = config.to_dict()
+    return HFImageEncoder(backbone, hidden_size_of(config), spec.model.hidden_size)
+
+
+IMAGE_ENCODERS = {"small_vit": _small_vit, "small_cnn": _small_cnn, "hf": _hf_image}
+
+
+def _transformer_text(spec: ModelSpec, hf_configs: dict) -> Tower:
+    cfg, m = spec.model.text_encoder, spec.model
+    return TextTransformer(spec.vocab_size, spec.max_text_length, m.hidden_size, cfg.layers,
+                           cfg.heads, m.mlp_ratio, m.dropout, spec.pad_token_id)
+
+
+def _rnn_text(spec: ModelSpec, hf_configs: dict) -> Tower:
+    cfg, m = spec.model.text_encoder, spec.model
+    return RNNTextEncoder(cfg.type, spec.vocab_size, m.hidden_size, cfg.layers, cfg.bidirectional,
+                          m.dropout, spec.pad_token_id)
+
+
+def _hf_text(spec: ModelSpec, hf_configs: dict) -> Tower:
+    where = "model.text_encoder"
+    backbone, config = hf_tower(spec.model.text_encoder, "text", where,
+                                hf_configs.get("text_encoder"),
+                                {"vocab_size": spec.vocab_size, "pad_token_id": spec.pad_token_id})
+    if config.vocab_size < spec.vocab_size:
+        raise ConfigError(f"{where}: {config.model_type!r} has {config.vocab_size} token "
+                          f"embeddings, fewer than the tokenizer's {spec.vocab_size} tokens")
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and positions < spec.max_text_length:
+        raise ConfigError(f"{where}: {config.model_type!r} takes at most {positions} tokens, "
+                          f"less than data.max_text_length={spec.max_text_length}")
+    hf_configs["text_encoder"] = config.to_dict()
+    return HFTextEncoder(backbone, hidden_size_of(config), spec.model.hidden_size)
+
+
+TEXT_ENCODERS = {"transformer": _transformer_text, "lstm": _rnn_text, "gru": _rnn_text,
+                 "hf": _hf_text}
+
+
+def build_tower(builders: dict, name: str, spec: ModelSpec, hf_configs: dict) -> Tower:
+    tower = builders[getattr(spec.model, name).type](spec, hf_configs)
+    if getattr(spec.model, name).freeze:
+        tower.freeze()
+    return tower
+# Each fusion takes (hidden_size, <its config keys>, mlp_ratio=, dropout=).
+FUSIONS = {"concat": ConcatFusion, "weighted_sum": WeightedSumFusion,
+           "cross_attention": CrossAttentionFusion}
+
+
+def _transformer_decoder(spec: ModelSpec, hf_configs: dict) -> nn.Module:
+    cfg, m = spec.model.decoder, spec.model
+    return CaptionDecoder(spec.vocab_size, spec.max_text_length, m.hidden_size, cfg.layers,
+                          cfg.heads, m.mlp_ratio, m.dropout, spec.pad_token_id)
+
+
+def _hf_decoder(spec: ModelSpec, hf_configs: dict) -> nn.Module:
+    cfg, where = spec.model.decoder, "model.decoder"
+    special = {"vocab_size": spec.vocab_size, "pad_token_id": spec.pad_token_id,
+               "bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id}
+    lm, config = causal_lm(cfg, where, hf_configs.get("decoder"), special)
+    if config.vocab_size < spec.vocab_size:
+        raise ConfigError(f"{where}: {config.model_type!r} has {config.vocab_size} token "
+                          f"embeddings, fewer than the tokenizer's {spec.vocab_size} tokens")
+    hf_configs["decoder"] = config.to_dict()
+    decoder = HFCausalLMDecoder(lm, spec.model.hidden_size, cfg.conditioning, cfg.projector,
+                                spec.max_text_length)
+    if cfg.freeze:
+        decoder.freeze()
+    return decoder
+
+
+DECODERS = {"transformer": _transformer_decoder, "hf_causal_lm": _hf_decoder}
 
 
 def build_model(spec: ModelSpec) -> ImageTextModel:
-    m = spec.model
-    if spec.image_size % m.image_encoder.patch_size:
-        raise ValueError(f"data.image_size={spec.image_size} is not a multiple of "
-                         f"model.image_encoder.patch_size={m.image_encoder.patch_size}")
-    text_cfg, fusion_cfg, dec_cfg = m.text_encoder, m.fusion, m.decoder
-    text_encoder = TEXT_ENCODERS[text_cfg.type](
-        spec.vocab_size, spec.max_text_length, m.hidden_size, text_cfg.layers, text_cfg.heads,
-        m.mlp_ratio, m.dropout, spec.pad_token_id)
-    fusion = FUSIONS[fusion_cfg.type](m.hidden_size, fusion_cfg.layers, fusion_cfg.heads,
-                                      m.mlp_ratio, m.dropout)
-    decoder = DECODERS[dec_cfg.type](
-        spec.vocab_size, spec.max_text_length, m.hidden_size, dec_cfg.layers, dec_cfg.heads,
-        m.mlp_ratio, m.dropout, spec.pad_token_id)
+    m, hf_configs = spec.model, dict(spec.hf_configs)
+    image_encoder = build_tower(IMAGE_ENCODERS, "image_encoder", spec, hf_configs)
+    text_encoder = build_tower(TEXT_ENCODERS, "text_encoder", spec, hf_configs)
+    decoder = DECODERS[m.decoder.type](spec, hf_configs)
+    spec = replace(spec, hf_configs=hf_configs)
+    fusion_cfg = m.fusion
+    fusion = FUSIONS[fusion_cfg.type](m.hidden_size, **fusion_cfg.model_dump(exclude={"type"}),
+                                      mlp_ratio=m.mlp_ratio, dropout=m.dropout)
     model = ImageTextModel(
-        spec, build_image_encoder(spec), text_encoder, fusion, decoder,
+        spec, image_encoder, text_encoder, fusion, decoder,
         ContrastiveHead(m.hidden_size, m.embed_dim), MatchingHead(m.hidden_size),
         AnswerHead(m.hidden_size, spec.num_answers, m.dropout))
-    with torch.no_grad():
-        model.apply(init_weights)
+    init_new_weights(model)
     return model
+
+
+def init_new_weights(model: nn.Module) -> None:
+    """``init_weights`` on every module outside Hugging Face models (pretrained weights, or
+    the HF init of a random one; LoRA's B = 0 start too)."""
+    keep = {id(sub) for module in model.modules() if isinstance(module, PreTrainedModel)
+            for sub in module.modules()}
+    with torch.no_grad():
+        for module in model.modules():
+            if id(module) not in keep:
+                init_weights(module)
 
 
 def init_weights(module: nn.Module) -> None:

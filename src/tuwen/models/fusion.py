@@ -1,4 +1,9 @@
-"""Fusion of text and image tokens.
+"""Fusion of text and image tokens: the output contract, and ``cross_attention``.
+
+Every fusion type (this one, ``fusion_concat.ConcatFusion``,
+``fusion_weighted_sum.WeightedSumFusion``) has one signature,
+``forward(text_tokens (B, L, D), text_mask (B, L), image_tokens (B, N, D),
+output_attentions=False) -> FusionOutput``, so tasks and attention maps work with any.
 
 ``cross_attention``: the text sequence attends to the image patches in every layer
 (after self-attention over the text), as in ALBEF/BLIP's multimodal encoder. The fused
@@ -17,9 +22,12 @@ from tuwen.models.layers import Block, padding_bias
 
 @dataclass
 class FusionOutput:
-    fused: torch.Tensor                              # (B, L, D)
+    fused: torch.Tensor                              # (B, L, D) one vector per text position
     pooled: torch.Tensor                             # (B, D)
-    attentions: tuple[torch.Tensor, ...] | None      # per layer (B, H, L, N_img)
+    # Text -> image attention, only with output_attentions=True: per layer (B, H, L, N_img)
+    attentions: tuple[torch.Tensor, ...] | None
+    # How much of the text each position kept, (B, L, 1) or (B, L, D); None without gates
+    gates: torch.Tensor | None = None
 
 
 class CrossAttentionFusion(nn.Module):
@@ -39,4 +47,4 @@ class CrossAttentionFusion(nn.Module):
             weights.append(w)
         x = self.norm(x)
         return FusionOutput(fused=x, pooled=x[:, 0],
-                            attentions=tuple(weights) if output_attentions else None)
+                            attentions=tuple(weights) if output_attentions else None, gates=None)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from tuwen.models.layers import Block
+from tuwen.models.towers import Tower
 
 
 @dataclass
@@ -20,6 +21,10 @@ class ImageFeatures:
     tokens: torch.Tensor           # (B, N, D) patch tokens, row-major over `grid`
     pooled: torch.Tensor           # (B, D)
     grid: tuple[int, int]          # (rows, cols) of the patch grid
+    # ViT self-attention per layer (B, H, 1+N, 1+N), CLS first; when asked for
+    # (an hf encoder's may have no CLS, or register tokens after it: P+N, prefix first)
+    attentions: tuple[torch.Tensor, ...] | None = None
+    has_cls: bool = False          # the encoder had a CLS token (kept out of `tokens`)
 
 
 class ResidualConv(nn.Module):
@@ -66,7 +71,7 @@ def patch_grid(image_size: int, patch_size: int) -> tuple[int, int]:
     return image_size // patch_size, image_size // patch_size
 
 
-class SmallViT(nn.Module):
+class SmallViT(Tower):
     """Conv stem to a (H/p, W/p) grid, learned 2-D position embeddings, a CLS token, blocks."""
 
     def __init__(self, image_size: int, patch_size: int, dim: int, layers: int, heads: int,
@@ -80,16 +85,21 @@ class SmallViT(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, pixel_values: torch.Tensor) -> ImageFeatures:
+    def forward(self, pixel_values: torch.Tensor,
+                output_attentions: bool = False) -> ImageFeatures:
         x = self.stem(pixel_values).flatten(2).transpose(1, 2)  # (B, N, D)
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos  # (B, 1+N, D)
+        weights = []
         for block in self.blocks:
-            x, _ = block(x)
+            x, w = block(x, output_attentions=output_attentions)
+            weights.append(w)
         x = self.norm(x)
-        return ImageFeatures(tokens=x[:, 1:], pooled=x[:, 0], grid=self.grid)
+        return ImageFeatures(tokens=x[:, 1:], pooled=x[:, 0], grid=self.grid,
+                             attentions=tuple(weights) if output_attentions else None,
+                             has_cls=True)
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(Tower):
     """A convolutional encoder: stem plus residual 3x3 stages, grid cells become tokens."""
 
     def __init__(self, image_size: int, patch_size: int, dim: int, layers: int,

@@ -1,27 +1,30 @@
 """ImageTextModel: the composite of the towers, the fusion, the decoder and the heads.
 
 It takes built modules (see ``builder.build_model``) and offers the few entry points the
-tasks need. Saving writes ``config.json`` + ``model.safetensors``; tokenizer and answer
-vocabulary files live beside them but are written by the layers that own them.
+tasks need. Saving writes ``config.json`` + ``model.safetensors``, the tokenizer the model
+holds (``from_encoders``/``from_pretrained`` set it) and, for a Hugging Face image tower,
+``preprocessor_config.json``; training writes its tokenizer and answer vocabulary itself.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
+from transformers import AutoTokenizer
 
 from tuwen import __version__
 from tuwen.config import ModelConfig
 from tuwen.errors import TuwenError
-from tuwen.models.decoder import CaptionDecoder, DecoderOutput
-from tuwen.models.fusion import CrossAttentionFusion, FusionOutput
+from tuwen.models.decoder import DecoderOutput
+from tuwen.models.fusion import FusionOutput
 from tuwen.models.heads import AnswerHead, ContrastiveHead, MatchingHead
+from tuwen.models.hf_image import PROCESSOR_FILE, Preprocessing, preprocessor_config
 from tuwen.models.image_encoders import ImageFeatures
 from tuwen.models.text_encoders import TextFeatures
 
@@ -40,6 +43,9 @@ class ModelSpec:
     eos_token_id: int = 5
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # tower name -> its Hugging Face config (to_dict()), recorded when the model is built:
+    # from_pretrained rebuilds hf towers from these, offline, not from the hub name
+    hf_configs: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -66,7 +72,7 @@ class ImageTextOutput:
 
 class ImageTextModel(nn.Module):
     def __init__(self, spec: ModelSpec, image_encoder: nn.Module, text_encoder: nn.Module,
-                 fusion: CrossAttentionFusion, decoder: CaptionDecoder,
+                 fusion: nn.Module, decoder: nn.Module,
                  itc_head: ContrastiveHead, itm_head: MatchingHead,
                  vqa_head: AnswerHead) -> None:
         super().__init__()
@@ -74,6 +80,17 @@ class ImageTextModel(nn.Module):
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
         self.fusion, self.decoder = fusion, decoder
         self.itc_head, self.itm_head, self.vqa_head = itc_head, itm_head, vqa_head
+        self.tokenizer = None  # saved with the model when set (not used by forward)
+
+    @classmethod
+    def from_encoders(cls, image_encoder, text_encoder, *, hidden_size: int = 256,
+                      fusion: str | dict = "cross_attention", **options) -> ImageTextModel:
+        """A model from two towers: hub names, folders, HF configs (objects or dicts with
+        ``model_type``) or tuwen tower types/sections. See ``seed_api.from_encoders``."""
+        from tuwen.models.seed_api import from_encoders  # it imports the builder
+
+        return from_encoders(image_encoder, text_encoder, hidden_size=hidden_size,
+                             fusion=fusion, **options)
 
     def encode_image(self, pixel_values: torch.Tensor) -> ImageFeatures:
         return self.image_encoder(pixel_values)
@@ -86,8 +103,11 @@ class ImageTextModel(nn.Module):
         return self.fusion(text.tokens, text.attention_mask, image_tokens, output_attentions)
 
     def decode(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
-               output_attentions: bool = False) -> DecoderOutput:
-        return self.decoder(input_ids, image_tokens, output_attentions=output_attentions)
+               output_attentions: bool = False, attention_mask: torch.Tensor | None = None,
+               cache=None) -> DecoderOutput:
+        """Next-token logits; ``cache`` (from ``decoder.new_cache()``) makes it incremental."""
+        return self.decoder(input_ids, image_tokens, attention_mask=attention_mask,
+                            output_attentions=output_attentions, cache=cache)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor, output_attentions: bool = False) -> ImageTextOutput:
@@ -106,6 +126,13 @@ class ImageTextModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "config.json").write_text(json.dumps(self.spec.to_dict(), indent=2))
         save_model(self, str(directory / "model.safetensors"))  # handles the tied LM head
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(directory))
+        if self.spec.model.image_encoder.type == "hf":  # tuwen's preprocessing, for HF tools
+            spec = self.spec
+            processor = preprocessor_config(Preprocessing(spec.image_size, spec.image_mean,
+                                                          spec.image_std))
+            (directory / PROCESSOR_FILE).write_text(json.dumps(processor, indent=2))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> ImageTextModel:
@@ -129,4 +156,16 @@ class ImageTextModel(nn.Module):
         if missing or unexpected:
             raise TuwenError(f"{weights_path}: weights do not fit the config (missing "
                              f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        model.tokenizer = saved_tokenizer(directory)
         return model.eval()
+
+
+def saved_tokenizer(directory: Path):
+    """The tokenizer saved beside a model, or None when there is none."""
+    if not (directory / "tokenizer_config.json").is_file():
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except Exception as err:  # tokenizers' Rust errors are bare Exceptions
+        first = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise TuwenError(f"{directory}: cannot load the saved tokenizer ({first})") from None

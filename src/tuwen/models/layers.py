@@ -8,6 +8,8 @@ kernels never expose them, and tuwen's attention maps need them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +25,45 @@ def padding_bias(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> tor
     return bias[:, None, None, :]
 
 
-def causal_bias(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(1, 1, L, L) additive bias that hides future positions."""
-    mask = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype, device=device)
-    return torch.triu(mask, diagonal=1)[None, None]
+def causal_bias(length: int, dtype: torch.dtype, device: torch.device,
+                past: int = 0) -> torch.Tensor:
+    """(1, 1, L, past + L) additive bias that hides future positions from ``length`` new
+    queries that follow ``past`` cached positions."""
+    mask = torch.full((length, past + length), torch.finfo(dtype).min, dtype=dtype,
+                      device=device)
+    return torch.triu(mask, diagonal=past + 1)[None, None]
+
+
+@dataclass
+class LayerCache:
+    """Keys and values one decoder layer already computed (a KV cache), each (B, H, T, Dh).
+
+    The self-attention's grow by the new positions at every step; the cross-attention's
+    are the context's (the image), projected once on the first step.
+    """
+
+    self_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+    cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def extend(self, kv: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.self_kv is not None:
+            kv = (torch.cat([self.self_kv[0], kv[0]], dim=2),
+                  torch.cat([self.self_kv[1], kv[1]], dim=2))
+        self.self_kv = kv
+        return kv
+
+    def context(self, project: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cross_kv is None:
+            self.cross_kv = project()
+        return self.cross_kv
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (beam search: each new beam continues an old one)."""
+        for name in ("self_kv", "cross_kv"):
+            kv = getattr(self, name)
+            if kv is not None:
+                setattr(self, name, (kv[0][index], kv[1][index]))
 
 
 class Attention(nn.Module):
@@ -40,14 +77,20 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.dropout = dropout
 
+    def project_kv(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Lk, D) -> keys, values (B, H, Lk, Dh)."""
+        b, lk, _ = source.shape
+        k, v = self.kv(source).view(b, lk, 2, self.heads, self.head_dim).unbind(2)
+        return k.transpose(1, 2), v.transpose(1, 2)
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None, output_attentions: bool = False,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``kv``: keys and values already projected (from a KV cache) instead of ``context``."""
         b, lq, d = x.shape
-        context = x if context is None else context
         q = self.q(x).view(b, lq, self.heads, self.head_dim).transpose(1, 2)  # (B, H, Lq, Dh)
-        k, v = self.kv(context).view(b, context.shape[1], 2, self.heads, self.head_dim).unbind(2)
-        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, H, Lk, Dh)
+        k, v = kv if kv is not None else self.project_kv(x if context is None else context)
         p = self.dropout if self.training else 0.0
         if output_attentions:
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, Lq, Lk)
@@ -74,7 +117,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm Transformer block: self-attention, optional cross-attention, MLP."""
+    """Pre-norm Transformer block: self-attention, optional cross-attention, MLP.
+
+    With ``output_attentions=True`` it also returns the weights of its attention to the
+    context: the cross-attention's (B, H, L, N_ctx) in a cross-attention block, else the
+    self-attention's (B, H, L, L).
+    """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
                  cross_attention: bool = False) -> None:
@@ -89,14 +137,19 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None,
                 context: torch.Tensor | None = None, context_bias: torch.Tensor | None = None,
-                output_attentions: bool = False,
+                output_attentions: bool = False, cache: LayerCache | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        h, _ = self.attn(self.norm1(x), bias=bias)
+        """With ``cache``, ``x`` holds only the new positions; the cache is updated."""
+        want_self = output_attentions and self.cross_attn is None
+        h = self.norm1(x)
+        kv = None if cache is None else cache.extend(self.attn.project_kv(h))
+        h, weights = self.attn(h, bias=bias, output_attentions=want_self, kv=kv)
         x = x + self.drop(h)
-        cross_weights = None
         if self.cross_attn is not None:
-            h, cross_weights = self.cross_attn(self.cross_norm(x), context, context_bias,
-                                               output_attentions)
+            kv = None if cache is None else cache.context(
+                lambda: self.cross_attn.project_kv(context))
+            h, weights = self.cross_attn(self.cross_norm(x), context, context_bias,
+                                         output_attentions, kv=kv)
             x = x + self.drop(h)
         x = x + self.mlp(self.norm2(x))
-        return x, cross_weights
+        return x, weights

@@ -1,4 +1,8 @@
-"""Text encoders trained from scratch: a small bidirectional Transformer."""
+"""Text encoders trained from scratch: a small bidirectional Transformer.
+
+LSTM/GRU encoders are in rnn_text.py, Hugging Face ones in hf_text.py; all return
+``TextFeatures``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import torch
 from torch import nn
 
 from tuwen.models.layers import Block, padding_bias
+from tuwen.models.towers import Tower
 
 
 @dataclass
@@ -17,7 +22,7 @@ class TextFeatures:
     attention_mask: torch.Tensor   # (B, L)
 
 
-class TextTransformer(nn.Module):
+class TextTransformer(Tower):
     def __init__(self, vocab_size: int, max_length: int, dim: int, layers: int, heads: int,
                  mlp_ratio: float = 4.0, dropout: float = 0.0, pad_token_id: int = 0) -> None:
         super().__init__()

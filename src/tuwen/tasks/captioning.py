@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tuwen.models.generation import beam_generate, greedy_generate
+from tuwen.models.generation import generate
 from tuwen.models.image_encoders import ImageFeatures
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.models.losses import caption_loss
@@ -22,10 +22,8 @@ def training_step(model: ImageTextModel, batch: dict, image: ImageFeatures,
 
 @torch.no_grad()
 def predict_step(model: ImageTextModel, pixel_values: torch.Tensor, *, decoding: str = "greedy",
-                 max_new_tokens: int = 30, beam_size: int = 3,
-                 length_penalty: float = 1.0) -> torch.Tensor:
-    """Generated token ids (B, T), without BOS, padded after EOS."""
+                 max_new_tokens: int = 30, **options) -> torch.Tensor:
+    """Generated token ids (B, T), without BOS, padded after EOS; ``options`` as
+    ``generation.generate`` takes them (beam_size, length_penalty, top_p, generator, ...)."""
     tokens = model.encode_image(pixel_values).tokens
-    if decoding == "beam" and beam_size > 1:
-        return beam_generate(model, tokens, max_new_tokens, beam_size, length_penalty)
-    return greedy_generate(model, tokens, max_new_tokens)
+    return generate(model, tokens, decoding=decoding, max_new_tokens=max_new_tokens, **options)

@@ -9,15 +9,17 @@ from tuwen.tasks import captioning, retrieval, vqa
 
 
 def joint_step(model: ImageTextModel, batch: dict, weights: dict[str, float],
-               label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Returns the weighted total and each task's unweighted loss."""
+               label_smoothing: float = 0.0, *,
+               gather: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Returns the weighted total and each task's unweighted loss; with ``gather`` the
+    contrastive negatives come from every process (see tasks.gather)."""
     image = model.encode_image(batch["pixel_values"])
     losses: dict[str, torch.Tensor] = {}
     if "caption" in weights:
         losses.update(captioning.training_step(model, batch, image, label_smoothing))
     if "itc" in weights or "itm" in weights:
         losses.update(retrieval.training_step(model, batch, image, itc="itc" in weights,
-                                              itm="itm" in weights))
+                                              itm="itm" in weights, gather=gather))
     if "vqa" in weights:
         losses.update(vqa.training_step(model, batch, image))
     if not losses:

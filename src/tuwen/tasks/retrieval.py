@@ -12,6 +12,7 @@ from tuwen.models.image_encoders import ImageFeatures
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.models.losses import contrastive_loss, matching_loss, sample_hard_negatives
 from tuwen.models.text_encoders import TextFeatures
+from tuwen.tasks.gather import gather_cat, gather_sizes, pad_to, rank, world_size
 
 
 def duplicate_text_mask(input_ids: torch.Tensor) -> torch.Tensor:
@@ -28,31 +29,56 @@ def caption_positives(images: torch.Tensor, owner: torch.Tensor,
 
 
 def training_step(model: ImageTextModel, batch: dict, image: ImageFeatures, *,
-                  itc: bool = True, itm: bool = True) -> dict[str, torch.Tensor]:
+                  itc: bool = True, itm: bool = True,
+                  gather: bool = False) -> dict[str, torch.Tensor]:
+    """ITC and ITM losses. With ``gather`` (a multi-process run) the ITC negatives are the
+    global batch and ITM's hard negatives are mined from the global similarity matrix."""
     if "caption_image" not in batch:
         return {}
     owner, first = batch["caption_image"], batch["caption_first"]
     images = owner.unique()  # sorted, as the rows are; first[r] rows align with it
-    if len(images) < 2:  # a contrastive batch of one image has no negatives
+    if len(images) < 2 and not gather:  # a contrastive batch of one image has no negatives
         return {}
     ids, mask = batch["caption_input_ids"], batch["caption_attention_mask"]
     text = model.encode_text(ids, mask)
     image_embeds = model.itc_head.embed_image(image.pooled[images])  # (B_img, E)
     text_embeds = model.itc_head.embed_text(text.pooled)              # (R, E)
-    positives = caption_positives(images, owner, ids)
+    world = _World(model, images, owner, ids, image_embeds, text_embeds, gather)
     losses = {}
     if itc:
-        losses["itc"] = contrastive_loss(image_embeds, text_embeds, model.itc_head.scale(),
-                                         positives)
+        losses["itc"] = contrastive_loss(world.image_embeds, world.text_embeds,
+                                         model.itc_head.scale(), world.positives)
     if itm:  # on each image's first caption only: three fusion passes per pair are costly
-        first_text = TextFeatures(tokens=text.tokens[first], pooled=text.pooled[first],
-                                  attention_mask=text.attention_mask[first])
-        with torch.no_grad():
-            similarity = image_embeds @ text_embeds[first].t()
-        extra = _swap_negatives(model, batch, images)
-        losses["itm"] = _matching(model, first_text, image.tokens[images], similarity,
-                                  positives[:, first], extra)
+        losses["itm"] = _matching(model, world, image.tokens[images], text, first,
+                                  _swap_negatives(model, batch, images))
     return losses
+
+
+class _World:
+    """The ITC inputs of every process, concatenated in rank order (one process: its own).
+
+    ``offset`` is where this process's images start among all images; its caption rows are
+    ``text_offset`` onwards among all caption rows."""
+
+    def __init__(self, model: ImageTextModel, images: torch.Tensor, owner: torch.Tensor,
+                 ids: torch.Tensor, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
+                 gather: bool) -> None:
+        gather = gather and world_size() > 1
+        self.gather = gather
+        self.image_sizes = gather_sizes(len(images)) if gather else [len(images)]
+        self.text_sizes = gather_sizes(len(ids)) if gather else [len(ids)]
+        self.offset = sum(self.image_sizes[:rank()]) if gather else 0
+        self.text_offset = sum(self.text_sizes[:rank()]) if gather else 0
+        owner_row = torch.searchsorted(images, owner) + self.offset  # row among all images
+        self.image_embeds = self.cat(image_embeds, self.image_sizes)       # (B_all, E)
+        self.text_embeds = self.cat(text_embeds, self.text_sizes)          # (R_all, E)
+        all_rows = self.cat(owner_row, self.text_sizes)
+        all_ids = self.cat(ids, self.text_sizes, width_dim=1, pad_value=model.spec.pad_token_id)
+        self.positives = caption_positives(torch.arange(len(self.image_embeds),
+                                                        device=ids.device), all_rows, all_ids)
+
+    def cat(self, x: torch.Tensor, sizes: list[int], **kwargs) -> torch.Tensor:
+        return gather_cat(x, sizes, **kwargs) if self.gather else x
 
 
 def _swap_negatives(model: ImageTextModel, batch: dict,
@@ -65,32 +91,60 @@ def _swap_negatives(model: ImageTextModel, batch: dict,
     return text, torch.searchsorted(images, batch["swap_image"])
 
 
-def _matching(model: ImageTextModel, text: TextFeatures, image_tokens: torch.Tensor,
-              similarity: torch.Tensor, positives: torch.Tensor,
+def _concat_text(parts: list[TextFeatures]) -> TextFeatures:
+    """Text features of several batches in one, padded to the longest."""
+    width = max(p.tokens.shape[1] for p in parts)
+    return TextFeatures(tokens=torch.cat([pad_to(p.tokens, width, 1) for p in parts]),
+                        pooled=torch.cat([p.pooled for p in parts]),
+                        attention_mask=torch.cat([pad_to(p.attention_mask, width, 1)
+                                                  for p in parts]))
+
+
+def _gather_text(world: _World, text: TextFeatures) -> TextFeatures:
+    if not world.gather:
+        return text
+    sizes = world.image_sizes  # one first caption per image
+    width = max(gather_sizes(text.tokens.shape[1]))
+    return TextFeatures(tokens=gather_cat(pad_to(text.tokens, width, 1), sizes),
+                        pooled=gather_cat(text.pooled, sizes),
+                        attention_mask=gather_cat(pad_to(text.attention_mask, width, 1), sizes))
+
+
+def _matching(model: ImageTextModel, world: _World, image_tokens: torch.Tensor,
+              text: TextFeatures, first: torch.Tensor,
               extra: tuple[TextFeatures, torch.Tensor] | None = None) -> torch.Tensor:
-    """ITM over the positives, one mined negative caption per image and one mined negative
-    image per caption, plus ``extra`` negative (text, image row) pairs if given."""
-    n = similarity.shape[0]
-    rows = torch.arange(n, device=similarity.device)
-    neg_text = sample_hard_negatives(similarity, positives)        # a caption per image
-    neg_image = sample_hard_negatives(similarity.t(), positives)   # an image per caption
+    """ITM over this process's positive pairs, one mined negative caption per image and one
+    mined negative image per caption (both drawn from every process's), plus ``extra``
+    negative (text, local image row) pairs if given."""
+    n = len(image_tokens)
+    rows = world.offset + torch.arange(n, device=first.device)   # this process, among all
+    first_rows = world.text_offset + torch.nonzero(first).squeeze(1)
+    all_first = torch.zeros(len(world.text_embeds), dtype=torch.bool, device=first.device)
+    all_first[world.cat(first_rows, world.image_sizes)] = True
+    with torch.no_grad():
+        i2t = world.image_embeds[rows] @ world.text_embeds[all_first].t()  # (n, B_all)
+        t2i = world.text_embeds[first_rows] @ world.image_embeds.t()       # (n, B_all)
+    positives = world.positives[:, all_first]                              # (B_all, B_all)
+    neg_text = sample_hard_negatives(i2t, positives[rows])        # a caption per image
+    neg_image = sample_hard_negatives(t2i, positives.t()[rows])   # an image per caption
     ok_t, ok_i = neg_text >= 0, neg_image >= 0
     text_idx = torch.cat([rows, neg_text[ok_t], rows[ok_i]])
     image_idx = torch.cat([rows, rows[ok_t], neg_image[ok_i]])
+    first_text = TextFeatures(tokens=text.tokens[first], pooled=text.pooled[first],
+                              attention_mask=text.attention_mask[first])
+    all_text = _gather_text(world, first_text)
+    image_tokens = world.cat(image_tokens, world.image_sizes)  # (B_all, N, D)
     if extra is not None:
         extra_text, extra_rows = extra
-        text = TextFeatures(tokens=torch.cat([text.tokens, extra_text.tokens]),
-                            pooled=torch.cat([text.pooled, extra_text.pooled]),
-                            attention_mask=torch.cat([text.attention_mask,
-                                                      extra_text.attention_mask]))
-        text_idx = torch.cat([text_idx, n + torch.arange(len(extra_rows))])
-        image_idx = torch.cat([image_idx, extra_rows])
+        text_idx = torch.cat([text_idx, len(all_text.pooled) + torch.arange(len(extra_rows))])
+        image_idx = torch.cat([image_idx, world.offset + extra_rows])
+        all_text = _concat_text([all_text, extra_text])
     labels = torch.zeros(len(text_idx))
     labels[:n] = 1
-    pairs = TextFeatures(tokens=text.tokens[text_idx], pooled=text.pooled[text_idx],
-                         attention_mask=text.attention_mask[text_idx])
+    pairs = TextFeatures(tokens=all_text.tokens[text_idx], pooled=all_text.pooled[text_idx],
+                         attention_mask=all_text.attention_mask[text_idx])
     fused = model.fuse(pairs, image_tokens[image_idx])
-    return matching_loss(model.itm_head(fused.pooled), labels.to(similarity.device))
+    return matching_loss(model.itm_head(fused.pooled), labels.to(i2t.device))
 
 
 @torch.no_grad()

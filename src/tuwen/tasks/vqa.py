@@ -1,12 +1,20 @@
-"""Visual question answering as classification over an answer vocabulary."""
+"""Visual question answering: classification over an answer vocabulary (the VQAv2
+standard), or generation (``model.vqa.mode: generate``): the decoder reads the question as a
+prompt and writes the answer, with the loss on the answer tokens only (data.vqa_text)."""
 
 from __future__ import annotations
 
 import torch
 
+from tuwen.errors import TuwenError
+from tuwen.models.generation import generate
 from tuwen.models.image_encoders import ImageFeatures
 from tuwen.models.image_text_model import ImageTextModel
-from tuwen.models.losses import soft_answer_loss
+from tuwen.models.losses import caption_loss, soft_answer_loss
+
+
+def generates_answers(model: ImageTextModel) -> bool:
+    return model.spec.model.vqa.mode == "generate"
 
 
 def answer_logits(model: ImageTextModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -19,6 +27,8 @@ def training_step(model: ImageTextModel, batch: dict,
                   image: ImageFeatures) -> dict[str, torch.Tensor]:
     if "question_image" not in batch:
         return {}
+    if generates_answers(model):
+        return {"vqa": answer_loss(model, batch, image)}
     logits = answer_logits(model, batch["question_input_ids"], batch["question_attention_mask"],
                            image.tokens[batch["question_image"]])
     return {"vqa": soft_answer_loss(logits, batch["vqa_targets"])}
@@ -30,3 +40,23 @@ def predict_step(model: ImageTextModel, pixel_values: torch.Tensor, input_ids: t
     """Index of the most likely answer per question (B,)."""
     image = model.encode_image(pixel_values)
     return answer_logits(model, input_ids, attention_mask, image.tokens).argmax(dim=-1)
+
+
+def answer_loss(model: ImageTextModel, batch: dict, image: ImageFeatures) -> torch.Tensor:
+    """Teacher-forced LM loss of the answers after their question prompts."""
+    if "answer_input_ids" not in batch:
+        raise TuwenError("model.vqa.mode=generate needs answer sequences in the batch "
+                         "(data.dataset.Collator(..., vqa_answers=True))")
+    out = model.decode(batch["answer_input_ids"], image.tokens[batch["question_image"]])
+    return caption_loss(out.logits, batch["answer_labels"])
+
+
+@torch.no_grad()
+def generate_answers(model: ImageTextModel, pixel_values: torch.Tensor, prompt_ids: torch.Tensor,
+                     prompt_mask: torch.Tensor, max_new_tokens: int = 8,
+                     **options) -> torch.Tensor:
+    """Generated answer ids (B, T) after left-padded prompts (data.vqa_text); greedy unless
+    ``options`` say otherwise (as ``generation.generate`` takes them)."""
+    tokens = model.encode_image(pixel_values).tokens
+    return generate(model, tokens, prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+                    max_new_tokens=max_new_tokens, **{"decoding": "greedy", **options})

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import yaml
 
-from tuwen.config import Config
+from tuwen.config import Config, HFTowerConfig, ModelConfig
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.prepare import SplitData, build_answer_vocab, build_tokenizer, read_split
 from tuwen.data.tokenizer import load_tokenizer, save_tokenizer
 from tuwen.errors import ConfigError, TuwenError
+from tuwen.models.hf_image import Preprocessing, resolve_preprocessing
+from tuwen.models.hf_text import hf_tokenizer
 from tuwen.models.image_text_model import ModelSpec
 
 VOCAB_FILE = "answer_vocab.json"
@@ -38,15 +40,50 @@ def check_bad_fraction(data: SplitData, max_fraction: float) -> None:
                          f"{data.skipped[0]}")
 
 
+def with_tower_preprocessing(config: Config) -> Config:
+    """``data.image_size/image_mean/image_std`` replaced by what an hf image tower's image
+    processor says (logged when they change); other configs come back as they are."""
+    data = config.data
+    default = Preprocessing(data.image_size, tuple(data.image_mean), tuple(data.image_std))
+    pre = resolve_preprocessing(config.model, default)
+    if pre == default:
+        return config
+    data = data.model_copy(update={"image_size": pre.size, "image_mean": pre.mean,
+                                   "image_std": pre.std})
+    return config.model_copy(update={"data": data})
+
+
+def tokenizer_sources(model: ModelConfig) -> dict[str, str]:
+    """Model sections that bring their own tokenizer: section -> hub name or folder."""
+    sections = {name: getattr(model, name) for name in ("text_encoder", "decoder")}
+    return {f"model.{name}": section.name_or_path for name, section in sections.items()
+            if isinstance(section, HFTowerConfig) and section.name_or_path is not None}
+
+
+def choose_tokenizer(config: Config, train: SplitData):
+    """A named hf tower's own tokenizer (BERT's: BOS/EOS mapped to CLS/SEP); otherwise a
+    WordPiece trained on the training texts (an ``hf_config`` tower is sized to it)."""
+    sources = tokenizer_sources(config.model)
+    if len(set(sources.values())) > 1:
+        named = " and ".join(f"{k} ({v!r})" for k, v in sources.items())
+        raise ConfigError(f"{named} bring different tokenizers; tuwen uses one tokenizer for "
+                          "the text encoder and the decoder, so this pairing is not supported")
+    if sources:
+        where, name = next(iter(sources.items()))
+        return hf_tokenizer(name, where)
+    return build_tokenizer(train, config.data.tokenizer.vocab_size)
+
+
 def prepare_assets(config: Config, model_dir: Path, reuse: bool = False) -> Assets:
-    train = read_split(config.data, config.data.train_split)
+    config = with_tower_preprocessing(config)  # train() has done it; direct callers too
+    train = read_split(config.data, config.data.train_split, stream=True)  # shards: streamed
     check_bad_fraction(train, config.data.max_bad_fraction)
     if reuse and (model_dir / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(model_dir)
         vocab = AnswerVocab.load(model_dir / VOCAB_FILE) if (model_dir / VOCAB_FILE).is_file() \
             else None
     else:
-        tokenizer = build_tokenizer(train, config.data.tokenizer.vocab_size)
+        tokenizer = choose_tokenizer(config, train)
         vocab = build_answer_vocab(train, config.data.answer_vocab_size)
         model_dir.mkdir(parents=True, exist_ok=True)
         save_tokenizer(tokenizer, model_dir)

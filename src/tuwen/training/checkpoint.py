@@ -1,29 +1,53 @@
-"""Checkpoints: written to a temporary folder and renamed, so a kill never leaves half a one.
+"""Checkpoints: atomic, verifiable, and enough to continue a run exactly.
 
-``step-N/`` holds the model (safetensors), the optimiser state, and ``state.json`` with the
-step, data position, elapsed time and RNG states. Nothing is unpickled on load
-(``torch.load(weights_only=True)``).
+``checkpoints/step-N/`` holds
+
+- ``model.safetensors`` — the weights;
+- ``optimizer.pt`` — the optimiser state (tensors and numbers only; loaded with
+  ``torch.load(weights_only=True)``, nothing is unpickled);
+- ``rng.pt`` — the torch CPU (and CUDA) RNG state of every rank;
+- ``state.json`` — step, epoch, data position, LR schedule, grad scaler, and the Python and
+  NumPy RNG states of every rank;
+- ``manifest.json`` — the sha256 of each file above, written last.
+
+Everything is written into ``.tmp-step-N/`` and renamed, so a kill at any moment leaves
+either the whole checkpoint or none. A checkpoint whose manifest is missing, or whose files
+are missing or do not match their hash, is skipped by ``latest_checkpoint`` with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from tuwen.errors import TuwenError
 
-REQUIRED = ("model.safetensors", "optimizer.pt", "rng.pt", "state.json")
+MANIFEST = "manifest.json"
+FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "state.json")
+BEST = "best.json"
 
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped because it is incomplete or corrupt."""
+
+
+# ---------------------------------------------------------------- RNG states
 
 def rng_state() -> tuple[dict, dict]:
+    """This process's RNG states: (tensors for rng.pt, JSON-able Python/NumPy states)."""
     tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["cuda"] = torch.cuda.get_rng_state()
     py_version, py_state, py_gauss = random.getstate()
     np_state = np.random.get_state()
     plain = {"python": [py_version, list(py_state), py_gauss],
@@ -33,54 +57,134 @@ def rng_state() -> tuple[dict, dict]:
 
 def restore_rng(tensors: dict, plain: dict) -> None:
     torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
     version, state, gauss = plain["python"]
     random.setstate((version, tuple(state), gauss))
     name, keys, pos, has_gauss, cached = plain["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict) -> Path:
-    final = directory / f"step-{state['step']}"
-    tmp = directory / f".tmp-step-{state['step']}"
+# ---------------------------------------------------------------- writing
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with path.open("w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(directory: Path, step: int, model: torch.nn.Module | dict,
+                    optimizer_state: dict, state: dict,
+                    rng_states: list[tuple[dict, dict]]) -> Path:
+    """Write ``directory/step-{step}`` atomically; ``model`` is the module or its whole
+    state dict (FSDP); ``rng_states`` holds one entry per rank."""
+    final, tmp = directory / f"step-{step}", directory / f".tmp-step-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    tensors, plain = rng_state()
-    torch.save(tensors, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({**state, "rng": plain}))  # last: marks complete
+    if isinstance(model, dict):  # tied weights become two copies; load_model accepts that
+        save_file({k: v.contiguous().clone() for k, v in model.items()},
+                  str(tmp / "model.safetensors"))
+    else:
+        save_model(model, str(tmp / "model.safetensors"))
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    torch.save({"ranks": [tensors for tensors, _ in rng_states]}, tmp / "rng.pt")
+    _write_json(tmp / "state.json", {**state, "rng": [plain for _, plain in rng_states]})
+    _write_json(tmp / MANIFEST, {"step": step, "files": {n: sha256(tmp / n) for n in FILES}})
     shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    os.replace(tmp, final)
     return final
 
+
+# ---------------------------------------------------------------- finding and checking
 
 def list_checkpoints(directory: Path) -> list[Path]:
     found = [p for p in directory.glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def prune(directory: Path, keep_last: int) -> None:
-    for old in list_checkpoints(directory)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+def step_of(path: Path) -> int:
+    return int(path.name[5:])
 
 
-def is_complete(path: Path) -> bool:
-    return all((path / name).is_file() for name in REQUIRED)
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    for path in reversed(list_checkpoints(directory)):
-        if is_complete(path):
-            return path
+def problem(path: Path) -> str | None:
+    """Why ``path`` cannot be resumed from (missing files, hash mismatch), or None."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return f"incomplete checkpoint (no {MANIFEST})"
+    try:
+        expected = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"corrupt {MANIFEST}"
+    missing = [name for name in FILES if not (path / name).is_file()]
+    if missing:
+        return f"incomplete checkpoint (missing {', '.join(missing)})"
+    bad = [name for name in FILES if sha256(path / name) != expected.get(name)]
+    if bad:
+        return f"corrupt checkpoint (sha256 mismatch: {', '.join(bad)})"
     return None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer) -> dict:
-    if not is_complete(path):
-        missing = [n for n in REQUIRED if not (path / n).is_file()]
-        raise TuwenError(f"{path}: incomplete checkpoint (missing {', '.join(missing)})")
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest checkpoint that verifies; each newer broken one is skipped with a warning."""
+    for path in reversed(list_checkpoints(directory)):
+        reason = problem(path)
+        if reason is None:
+            return path
+        warnings.warn(f"{path}: {reason}; falling back to the previous checkpoint",
+                      CheckpointWarning, stacklevel=2)
+    return None
+
+
+def read_best(directory: Path) -> dict | None:
+    path = directory / BEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_best(directory: Path, step: int, metric: str, value: float) -> None:
+    tmp = directory / f".{BEST}.tmp"
+    _write_json(tmp, {"step": step, "metric": metric, "value": value})
+    os.replace(tmp, directory / BEST)
+
+
+def prune(directory: Path, keep_last: int) -> None:
+    """Keep the newest ``keep_last`` checkpoints and the best one (``best.json``)."""
+    best = read_best(directory)
+    for old in list_checkpoints(directory)[:-keep_last]:
+        if best is None or step_of(old) != best["step"]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- loading
+
+def load_checkpoint(path: Path, model: torch.nn.Module | None) -> tuple[dict, dict, list]:
+    """Verify ``path``, load the weights into ``model`` (None: leave them to the caller,
+    see ``load_weights``); returns (state, optimizer state, per-rank RNG states as
+    (tensors, plain) pairs)."""
+    reason = problem(path)
+    if reason is not None:
+        raise TuwenError(f"{path}: {reason}")
+    if model is not None:
+        load_weights_into(path, model)
+    optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
+    state = json.loads((path / "state.json").read_text())
+    tensors = torch.load(path / "rng.pt", weights_only=True)["ranks"]
+    return state, optimizer_state, list(zip(tensors, state.pop("rng")))
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "model.safetensors")
+
+
+def load_weights_into(path: Path, model: torch.nn.Module) -> None:
     try:
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     except (RuntimeError, OSError, SafetensorError) as err:
@@ -89,7 +193,13 @@ def load_checkpoint(path: Path, model: torch.nn.Module,
     if missing or unexpected:
         raise TuwenError(f"{path}: checkpoint weights do not fit this model "
                          f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    state = json.loads((path / "state.json").read_text())
-    restore_rng(torch.load(path / "rng.pt", weights_only=True), state.pop("rng"))
-    return state
+
+
+def restore_rank_rng(rng_states: list, rank: int, world_size: int) -> None:
+    """Restore this rank's RNG; a run resumed on a different number of processes reuses
+    the saved ranks cyclically (the data order stays exact, random draws do not)."""
+    if len(rng_states) != world_size and rank == 0:
+        warnings.warn(f"checkpoint has RNG states for {len(rng_states)} processes, resuming "
+                      f"on {world_size}", CheckpointWarning, stacklevel=2)
+    tensors, plain = rng_states[rank % len(rng_states)]
+    restore_rng(tensors, plain)

@@ -1,10 +1,13 @@
-"""The training loop: prepare, resume, loop, log, save.
+"""The training loop: prepare, resume, loop, log, validate, save.
 
-Evaluation is not imported here; callers pass ``on_checkpoint`` if they want to evaluate.
+One explicit function, ``train``, reads top to bottom; the parts it uses live next to it
+(checkpoint, optim, precision, distributed, validation, cache). Evaluation is not imported
+here: callers pass ``evaluate`` (task metrics at each validation) and ``on_checkpoint``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -17,19 +20,56 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from tuwen.config import Config, TrainConfig, save_config
-from tuwen.data.dataset import Collator, EpochBatchSampler, JointDataset, join_by_image
+from tuwen.config import TASKS, Config, TrainConfig, save_config
+from tuwen.data.dataset import (
+    Collator,
+    EpochBatchSampler,
+    JointDataset,
+    MapBatches,
+    example_repeats,
+    join_by_image,
+)
 from tuwen.data.images import ImageTransform
+from tuwen.data.prepare import check_train_labels
+from tuwen.data.streaming import StreamBatches, streaming_batches
 from tuwen.errors import TuwenError
 from tuwen.models.builder import build_model
 from tuwen.models.image_text_model import ImageTextModel
-from tuwen.tasks.joint import joint_step
-from tuwen.training.assets import Assets, check_resume_config, prepare_assets
-from tuwen.training.checkpoint import latest_checkpoint, load_checkpoint, prune, save_checkpoint
+from tuwen.models.towers import lr_multipliers
+from tuwen.training.assets import (
+    Assets,
+    check_resume_config,
+    prepare_assets,
+    with_tower_preprocessing,
+)
+from tuwen.training.cache import FeatureCache, make_feature_cache
+from tuwen.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    prune,
+    read_best,
+    restore_rank_rng,
+    save_checkpoint,
+    write_best,
+)
+from tuwen.training.distributed import (
+    ShardedBatchSampler,
+    any_rank,
+    full_states,
+    gather_rng_states,
+    is_fsdp,
+    load_full_states,
+    make_accelerator,
+    mean_over_ranks,
+    whole_model,
+)
 from tuwen.training.metrics_log import MetricsLog
-from tuwen.training.optim import build_optimizer, lr_factor, progress, set_lr
-
-PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+from tuwen.training.objective import JointObjective
+from tuwen.training.optim import LRSchedule, build_optimizer, task_weights
+from tuwen.training.precision import autocast, compile_towers, enable_gradient_checkpointing
+from tuwen.training.preemption import StopRequest
+from tuwen.training.validation import Evaluate, Validation, best_mode, is_better, make_validation
 
 
 @dataclass
@@ -40,7 +80,7 @@ class TrainResult:
     elapsed_s: float
     samples: int
     skipped: int
-    stopped_by: str  # "max_steps" or "max_minutes"
+    stopped_by: str  # "max_steps", "max_minutes", "SIGTERM" or "SIGINT"
 
 
 @dataclass
@@ -49,7 +89,7 @@ class TrainState:
 
     step: int = 0
     epoch: int = 0
-    batch_in_epoch: int = 0   # batches of `epoch` already consumed
+    data: dict = field(default_factory=dict)  # the batch source's state_dict(): data position
     elapsed_s: float = 0.0
     samples: int = 0
     skipped: int = 0
@@ -65,57 +105,72 @@ class Window:
     samples: int = 0
     start: float = field(default_factory=time.perf_counter)
 
-    def add(self, total: torch.Tensor, losses: dict, grad_norm, samples: int) -> None:
-        self.sums["loss"] += total.item()
-        for name, value in losses.items():
-            self.sums[f"loss_{name}"] += value.item()
-        if grad_norm is not None:
-            self.sums["grad_norm"] += float(grad_norm)
+    def add(self, step: StepResult) -> None:
+        self.sums["loss"] += step.total
+        for name, value in step.losses.items():
+            self.sums[f"loss_{name}"] += value
+        for name, value in step.weights.items():
+            self.sums[f"weight_{name}"] += value
+        if step.grad_norm is not None:
+            self.sums["grad_norm"] += step.grad_norm
         self.steps += 1
-        self.samples += samples
+        self.samples += step.samples
 
-    def record(self, state: TrainState, lr: float) -> dict:
+    def record(self, state: TrainState, lr: float, world_size: int = 1) -> dict:
         now = time.perf_counter()
         out = {"step": state.step, "epoch": state.epoch, "lr": lr,
                **{k: v / self.steps for k, v in self.sums.items()},
-               "samples_per_sec": self.samples / max(now - self.start, 1e-9),
+               "samples_per_sec": world_size * self.samples / max(now - self.start, 1e-9),
                "elapsed_s": round(state.elapsed_s, 2)}
         self.sums.clear()
         self.steps, self.samples, self.start = 0, 0, now
         return out
 
 
-def build_loader(config: Config, assets: Assets) -> tuple[DataLoader, EpochBatchSampler]:
+def build_loader(config: Config, assets: Assets, rank: int = 0,
+                 world_size: int = 1) -> MapBatches | StreamBatches:
+    """The endless training batches, with the data position as state_dict()."""
     data, tcfg = config.data, config.train
-    dataset = JointDataset(join_by_image(assets.train.captions, assets.train.questions),
-                           ImageTransform(data.image_size, data.image_mean, data.image_std),
-                           seed=tcfg.seed, captions_per_image=data.captions_per_image,
+    check_train_labels(assets.train, tcfg.tasks.active())
+    transform = ImageTransform(data.image_size, data.image_mean, data.image_std)
+    examples = join_by_image(assets.train.captions, assets.train.questions)
+    repeats = example_repeats(examples, assets.train.weights)
+    collate = Collator(assets.tokenizer, assets.vocab, data.max_text_length,
+                       data.spatial_negatives,
+                       vqa_answers=config.model.vqa.mode == "generate")
+    if assets.train.streams:  # webdataset: each rank and worker streams its own shards
+        return streaming_batches(assets.train.streams, transform, collate,
+                                 batch_size=tcfg.batch_size, num_workers=data.num_workers,
+                                 seed=tcfg.seed, examples=examples, repeats=repeats,
+                                 captions_per_image=data.captions_per_image,
+                                 questions_per_image=data.questions_per_image, rank=rank,
+                                 world_size=world_size)
+    dataset = JointDataset(examples, transform, seed=tcfg.seed,
+                           captions_per_image=data.captions_per_image,
                            questions_per_image=data.questions_per_image)
-    sampler = EpochBatchSampler(len(dataset), tcfg.batch_size, tcfg.seed)
+    sampler = EpochBatchSampler(len(dataset), tcfg.batch_size, tcfg.seed, repeats=repeats)
+    if world_size > 1:  # each rank its share of every global batch
+        sampler = ShardedBatchSampler(sampler, rank, world_size)
     if len(sampler) == 0:
         raise TuwenError(f"train split has {len(dataset)} images, fewer than one batch of "
                          f"train.batch_size={tcfg.batch_size}")
     # The loader gets its own generator: starting an iterator draws a worker seed, and from
     # the global RNG that draw would shift every later random number after a resume.
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers,
-                        collate_fn=Collator(assets.tokenizer, assets.vocab, data.max_text_length,
-                                            data.spatial_negatives),
-                        generator=torch.Generator().manual_seed(tcfg.seed))
-    return loader, sampler
+                        collate_fn=collate, generator=torch.Generator().manual_seed(tcfg.seed))
+    return MapBatches(loader, sampler)
 
 
-def batches(loader: DataLoader, sampler: EpochBatchSampler, state: TrainState,
+def batches(source: MapBatches | StreamBatches, state: TrainState,
             max_bad_fraction: float) -> Iterator[dict]:
     """Endless batches from the saved data position on; keeps ``state`` current."""
-    while True:
-        sampler.set_position(state.epoch, state.batch_in_epoch)
-        loader.dataset.set_epoch(state.epoch)
-        for batch in loader:
-            state.batch_in_epoch += 1
-            count_bad(state, batch, max_bad_fraction)
-            if batch["size"]:
-                yield batch
-        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    if state.data:
+        source.load_state_dict(state.data)
+    for batch in source:
+        state.data, state.epoch = source.state_dict(), source.epoch
+        count_bad(state, batch, max_bad_fraction)
+        if batch["size"]:
+            yield batch
 
 
 def count_bad(state: TrainState, batch: dict, max_fraction: float) -> None:
@@ -130,76 +185,225 @@ def count_bad(state: TrainState, batch: dict, max_fraction: float) -> None:
                          f"{batch['skipped'][-1] if batch['skipped'] else 'see log above'}")
 
 
-def optimisation_step(accelerator: Accelerator, model, optimizer, batch: dict,
-                      tcfg: TrainConfig, state: TrainState, started: float):
-    batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    with accelerator.autocast():
-        total, losses = joint_step(accelerator.unwrap_model(model), batch, tcfg.tasks.active(),
-                                   tcfg.label_smoothing)
-    accelerator.backward(total)
-    grad_norm = (accelerator.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+@dataclass
+class StepResult:
+    total: float
+    losses: dict[str, float]
+    weights: dict[str, float]
+    grad_norm: float | None
+    samples: int
+    lr: float
+
+
+@dataclass
+class Parts:
+    """What the loop works with once prepared."""
+
+    accelerator: Accelerator
+    objective: torch.nn.Module      # JointObjective, wrapped by Accelerate (DDP/FSDP)
+    model: ImageTextModel           # the bare model inside it
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    cache: FeatureCache | None
+    best: tuple[str, float] | None = None  # (metric, value) of the last improvement
+
+
+def accumulate_gradients(parts: Parts, micro_batches: list[dict], weights: dict[str, float],
+                         precision: str) -> tuple[dict[str, float], int]:
+    """Forward and backward over the micro-batches of one step; the gradient is that of the
+    mean of their losses, synchronised across processes on the last one only. Returns the
+    mean losses and the number of samples."""
+    accelerator, n = parts.accelerator, len(micro_batches)
+    sums: dict[str, float] = defaultdict(float)
+    samples = 0
+    for i, batch in enumerate(micro_batches):
+        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v
+                 for k, v in batch.items()}
+        sync = accelerator.no_sync(parts.objective) if i < n - 1 else contextlib.nullcontext()
+        with sync:
+            with autocast(precision, accelerator.device):
+                total, losses = parts.objective(batch, weights)
+            accelerator.backward(total / n)
+        sums["loss"] += total.item() / n
+        for name, value in losses.items():
+            sums[name] += value.item() / n
+        samples += batch["size"]
+    return mean_over_ranks(dict(sums), ("loss", *TASKS)), samples
+
+
+def optimisation_step(parts: Parts, micro_batches: list[dict], tcfg: TrainConfig,
+                      state: TrainState, started: float) -> StepResult:
+    """One optimiser step over ``grad_accumulation`` micro-batches."""
+    weights = task_weights(state.step, tcfg)
+    losses, samples = accumulate_gradients(parts, micro_batches, weights, tcfg.precision)
+    grad_norm = (parts.accelerator.clip_grad_norm_(parts.objective.parameters(), tcfg.grad_clip)
                  if tcfg.grad_clip else None)
     state.elapsed_s = time.perf_counter() - started
-    lr = tcfg.lr * lr_factor(state.step, progress(state.step, state.elapsed_s, tcfg), tcfg)
-    set_lr(optimizer, lr)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    lr = parts.schedule.step(state.step, state.elapsed_s)
+    parts.optimizer.step()
+    parts.optimizer.zero_grad(set_to_none=True)
     state.step += 1
-    state.samples += batch["size"]
-    return total, losses, grad_norm, lr
+    state.samples += samples
+    total = losses.pop("loss")
+    return StepResult(total, losses, weights if tcfg.task_schedule else {},
+                      None if grad_norm is None else float(grad_norm), samples, lr)
 
 
-def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_progress: bool = True,
-          on_checkpoint: Callable[[int, ImageTextModel], None] | None = None) -> TrainResult:
-    run_dir, tcfg = Path(run_dir), config.train
-    accelerator = Accelerator(mixed_precision=PRECISION[tcfg.precision])
-    main = accelerator.is_main_process
+def micro_batch_groups(stream: Iterator[dict], size: int) -> Iterator[list[dict]]:
+    while True:
+        yield [next(stream) for _ in range(size)]
+
+
+def prepare(config: Config, assets: Assets, accelerator: Accelerator, run_dir: Path) -> Parts:
+    tcfg = config.train
+    model = build_model(assets.spec)
+    if tcfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    cache = make_feature_cache(config, model, run_dir, str(accelerator.process_index))
+    if tcfg.compile:
+        compile_towers(model)
+    objective = JointObjective(model, tcfg.label_smoothing,
+                               gather=accelerator.num_processes > 1)
+    optimizer = build_optimizer(model, tcfg, lr_multipliers(model, config.model))
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    model = accelerator.unwrap_model(objective).model
+    return Parts(accelerator, objective, model, optimizer, LRSchedule(optimizer, tcfg), cache)
+
+
+def train_mode(parts: Parts) -> None:
+    parts.objective.train()
+    if parts.cache is not None:  # a frozen, cached encoder runs as it did when cached
+        parts.model.image_encoder.eval()
+
+
+def resume_state(parts: Parts, ckpt_dir: Path) -> TrainState | None:
+    """Restore the newest complete checkpoint (weights, optimiser, schedule, grad scaler,
+    this rank's RNG); None when there is none."""
+    path = latest_checkpoint(ckpt_dir)
+    if path is None:
+        return None
+    fsdp = is_fsdp(parts.accelerator)
+    saved, optimizer_state, rng_states = load_checkpoint(path, None if fsdp else parts.model)
+    if fsdp:
+        load_full_states(parts.objective, parts.optimizer, load_weights(path), optimizer_state)
+    else:
+        parts.optimizer.load_state_dict(optimizer_state)
+    parts.schedule.load_state_dict(saved["scheduler"])
+    if parts.accelerator.scaler is not None and saved.get("scaler"):
+        parts.accelerator.scaler.load_state_dict(saved["scaler"])
+    accelerator = parts.accelerator
+    restore_rank_rng(rng_states, accelerator.process_index, accelerator.num_processes)
+    accelerator.print(f"resumed from {path} at step {saved['train']['step']}")
+    return TrainState(**saved["train"])
+
+
+def save(parts: Parts, ckpt_dir: Path, state: TrainState, keep_last: int) -> None:
+    """A checkpoint of every rank's state, written by the main process (call on all ranks)."""
+    accelerator = parts.accelerator
+    rng_states = gather_rng_states()
+    if is_fsdp(accelerator):
+        weights, optimizer_state = full_states(parts.objective, parts.optimizer)
+    else:
+        weights, optimizer_state = parts.model, parts.optimizer.state_dict()
+    if accelerator.is_main_process:
+        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        save_checkpoint(ckpt_dir, state.step, weights, optimizer_state,
+                        {"train": vars(state), "scheduler": parts.schedule.state_dict(),
+                         "scaler": scaler, "world_size": accelerator.num_processes},
+                        rng_states)
+        prune(ckpt_dir, keep_last)
+    accelerator.wait_for_everyone()
+
+
+def validate(parts: Parts, validation: Validation | None, state: TrainState, tcfg: TrainConfig,
+             log: MetricsLog, ckpt_dir: Path) -> bool:
+    """Validation record to the log (main process); True on every rank if ``best_metric``
+    improved, so that the caller saves this step as the best checkpoint."""
+    improved = False
+    if validation is not None and parts.accelerator.is_main_process:
+        record = validation.run(parts.model, state.step, task_weights(state.step, tcfg),
+                                parts.accelerator.device)
+        train_mode(parts)
+        log.log(record)
+        metric = tcfg.best_metric
+        if metric is not None and metric in record:
+            improved = is_better(record[metric], read_best(ckpt_dir),
+                                 best_mode(metric, tcfg.best_mode))
+            if improved:
+                parts.best = (metric, record[metric])
+    return any_rank(improved)
+
+
+def setup_run(config: Config, run_dir: Path, accelerator: Accelerator, resume: bool) -> Assets:
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         check_resume_config(config, run_dir)
-    save_config(config, run_dir / "config.yaml")
-    set_seed(tcfg.seed)
+    if accelerator.is_main_process:
+        save_config(config, run_dir / "config.yaml")
+    set_seed(config.train.seed)
+    # The main process builds and writes the tokenizer; the others then read it.
+    with accelerator.main_process_first():
+        return prepare_assets(config, run_dir / "model",
+                              reuse=resume or not accelerator.is_main_process)
 
-    assets = prepare_assets(config, run_dir / "model", reuse=resume)
-    model = build_model(assets.spec)
-    optimizer = build_optimizer(model, tcfg)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    loader, sampler = build_loader(config, assets)
 
-    state, log, ckpt_dir = TrainState(), MetricsLog(run_dir, enabled=main), run_dir / "checkpoints"
-    if resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
-        state = TrainState(**load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer))
+def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_progress: bool = True,
+          on_checkpoint: Callable[[int, ImageTextModel], None] | None = None,
+          evaluate: Evaluate | None = None) -> TrainResult:
+    config = with_tower_preprocessing(config)  # an hf image tower's size and normalisation
+    run_dir, tcfg = Path(run_dir), config.train
+    accelerator = make_accelerator(tcfg)
+    main = accelerator.is_main_process
+    assets = setup_run(config, run_dir, accelerator, resume)
+    parts = prepare(config, assets, accelerator, run_dir)
+    loader = build_loader(config, assets, accelerator.process_index, accelerator.num_processes)
+    validation = make_validation(config, assets, evaluate) if main else None
+
+    ckpt_dir = run_dir / "checkpoints"
+    log = MetricsLog(run_dir, enabled=main, config=config.model_dump(mode="json"),
+                     wandb_project=tcfg.wandb_project if tcfg.wandb else None)
+    state = (resume and resume_state(parts, ckpt_dir)) or TrainState()
+    if resume:
         log.truncate_after(state.step)
-        accelerator.print(f"resumed from {ckpt} at step {state.step}")
 
     bar = tqdm(total=tcfg.max_steps, initial=state.step, disable=not (main and show_progress),
                desc="train", dynamic_ncols=True)
     window, started, stopped_by = Window(), time.perf_counter() - state.elapsed_s, "max_steps"
-    model.train()
-    for batch in batches(loader, sampler, state, config.data.max_bad_fraction):
-        total, losses, grad_norm, lr = optimisation_step(accelerator, model, optimizer, batch,
-                                                         tcfg, state, started)
-        window.add(total, losses, grad_norm, batch["size"])
-        bar.update(1)
-        out_of_time = tcfg.max_minutes is not None and state.elapsed_s >= 60 * tcfg.max_minutes
-        finished = state.step >= tcfg.max_steps or out_of_time
-        if state.step % tcfg.log_every == 0 or finished:
-            record = window.record(state, lr)
-            log.log(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", sps=f"{record['samples_per_sec']:.0f}")
-        if main and (state.step % tcfg.save_every == 0 or finished):
-            save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, vars(state))
-            prune(ckpt_dir, tcfg.keep_last)
-            if on_checkpoint is not None:
-                on_checkpoint(state.step, accelerator.unwrap_model(model))
-        if finished:
-            stopped_by = "max_steps" if state.step >= tcfg.max_steps else "max_minutes"
-            break
+    train_mode(parts)
+    stream = batches(loader, state, config.data.max_bad_fraction)
+    with StopRequest() as stop:
+        for group in micro_batch_groups(stream, tcfg.grad_accumulation):
+            step = optimisation_step(parts, group, tcfg, state, started)
+            window.add(step)
+            bar.update(1)
+            out_of_time = tcfg.max_minutes is not None and state.elapsed_s >= 60 * tcfg.max_minutes
+            finished = any_rank(state.step >= tcfg.max_steps or out_of_time)  # all ranks agree
+            if state.step % tcfg.log_every == 0 or finished:
+                record = window.record(state, step.lr, accelerator.num_processes)
+                log.log(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}",
+                                sps=f"{record['samples_per_sec']:.0f}")
+            best = tcfg.eval_every is not None and state.step % tcfg.eval_every == 0 and \
+                validate(parts, validation, state, tcfg, log, ckpt_dir)
+            stopping = any_rank(stop.signal is not None)
+            if best or stopping or finished or state.step % tcfg.save_every == 0:
+                save(parts, ckpt_dir, state, tcfg.keep_last)
+                if main and best:
+                    write_best(ckpt_dir, state.step, *parts.best)
+                if main and on_checkpoint is not None:
+                    on_checkpoint(state.step, parts.model)
+            if finished or stopping:
+                stopped_by = ("max_steps" if state.step >= tcfg.max_steps else "max_minutes") \
+                    if finished else (stop.name or "SIGTERM")
+                break
     bar.close()
     log.close()
 
     model_dir = run_dir / "model"
-    if main:
-        accelerator.unwrap_model(model).save_pretrained(model_dir)
+    if not stopping:
+        whole = whole_model(accelerator, parts.objective, parts.model)
+        if main:
+            whole.save_pretrained(model_dir)
+    accelerator.wait_for_everyone()
     return TrainResult(run_dir, model_dir, state.step, state.elapsed_s, state.samples,
                        state.skipped, stopped_by)

@@ -1,4 +1,5 @@
-"""Training logs: metrics.jsonl (one object per logged step) and TensorBoard events."""
+"""Training logs: metrics.jsonl (one object per logged step), TensorBoard events, and
+optionally Weights & Biases in offline mode (``wandb sync RUN/wandb/offline-run-*`` uploads)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,31 @@ import json
 import math
 from pathlib import Path
 
+from tuwen.errors import ConfigError
+
+
+def start_wandb(run_dir: Path, project: str, config: dict):
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("train.wandb=true needs the wandb package (pip install wandb), "
+                          "or set train.wandb=false") from None
+    return wandb.init(project=project, dir=str(run_dir), mode="offline", config=config,
+                      name=run_dir.name, resume="allow")
+
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True, wandb_project: str | None = None,
+                 config: dict | None = None) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
-        self.writer = None
+        self.writer = self.wandb = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            if wandb_project is not None:
+                self.wandb = start_wandb(run_dir, wandb_project, config or {})
 
     def log(self, record: dict) -> None:
         if not self.enabled:
@@ -23,9 +39,12 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         step = record["step"]
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                self.writer.add_scalar(key.replace("loss_", "loss/"), value, step)
+        scalars = {k: v for k, v in record.items() if k != "step" and
+                   isinstance(v, (int, float)) and math.isfinite(v)}
+        for key, value in scalars.items():
+            self.writer.add_scalar(key.replace("loss_", "loss/"), value, step)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines logged after the checkpoint so the file has no repeats."""
@@ -38,3 +57,5 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()

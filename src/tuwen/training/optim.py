@@ -1,7 +1,10 @@
-"""AdamW with the usual no-decay groups, and a warmup + cosine learning-rate schedule.
+"""AdamW with the usual no-decay groups, the learning-rate schedule and the task-weight schedule.
 
-The schedule is a function of *progress*, the larger of steps done / max_steps and
-time spent / time budget, so a run stopped by a wall-clock budget still ends its cosine.
+The learning rate is a linear warmup then ``train.schedule`` (cosine, linear or constant)
+as a function of *progress*, the larger of steps done / max_steps and time spent / time
+budget, so a run stopped by a wall-clock budget still ends its decay. Both schedules are
+pure functions of the step and the elapsed time, which checkpoints hold, so a resumed run
+continues them exactly.
 """
 
 from __future__ import annotations
@@ -11,22 +14,32 @@ import math
 import torch
 from torch import nn
 
-from tuwen.config import TrainConfig
+from tuwen.config import TASKS, TrainConfig
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
+def build_optimizer(model: nn.Module, cfg: TrainConfig,
+                    lr_multipliers: dict[str, float] | None = None) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg, lr_multipliers or {}), lr=cfg.lr,
+                             betas=cfg.betas)
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig,
+                 lr_multipliers: dict[str, float]) -> list[dict]:
+    """Decay and no-decay groups, split by learning-rate multiplier (parameter-name prefix ->
+    multiplier, e.g. a tower's; the longest matching prefix wins). Frozen parameters are
+    left out; each group's ``lr`` is ``cfg.lr`` times its multiplier."""
+    groups: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         # Norms, biases, embeddings, position tables and the temperature are not decayed.
-        if param.ndim < 2 or "embed" in name or name.endswith(("pos", "cls")):
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+        decay = not (param.ndim < 2 or "embed" in name or name.endswith(("pos", "cls")))
+        prefixes = [prefix for prefix in lr_multipliers if name.startswith(prefix)]
+        multiplier = lr_multipliers[max(prefixes, key=len)] if prefixes else 1.0
+        groups.setdefault((decay, multiplier), []).append(param)
+    return [{"params": params, "weight_decay": cfg.weight_decay if decay else 0.0,
+             "lr": cfg.lr * multiplier, "lr_multiplier": multiplier}
+            for (decay, multiplier), params in groups.items()]
 
 
 def progress(step: int, elapsed_s: float, cfg: TrainConfig) -> float:
@@ -37,12 +50,55 @@ def progress(step: int, elapsed_s: float, cfg: TrainConfig) -> float:
 
 
 def lr_factor(step: int, fraction_done: float, cfg: TrainConfig) -> float:
-    """Linear warmup over ``warmup_steps``, then cosine from 1 to ``min_lr_ratio``."""
+    """Linear warmup over ``warmup_steps``, then ``cfg.schedule`` from 1 to ``min_lr_ratio``."""
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    cosine = 0.5 * (1 + math.cos(math.pi * fraction_done))
-    return warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+    decay = {"cosine": 0.5 * (1 + math.cos(math.pi * fraction_done)),
+             "linear": 1.0 - fraction_done, "constant": 1.0}[cfg.schedule]
+    return warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+class LRSchedule:
+    """Sets each parameter group's lr to its initial lr (which may carry a per-group
+    multiplier) times ``lr_factor``; ``state_dict`` records where the schedule stands."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+        self.optimizer, self.cfg, self.factor = optimizer, cfg, 0.0
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+
+    def step(self, step: int, elapsed_s: float) -> float:
+        """Set the lr for optimiser step ``step``; returns the base lr (``train.lr`` scaled)."""
+        self.factor = lr_factor(step, progress(step, elapsed_s, self.cfg), self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * self.factor
+        return self.cfg.lr * self.factor
+
+    def state_dict(self) -> dict:
+        cfg = self.cfg
+        return {"schedule": cfg.schedule, "warmup_steps": cfg.warmup_steps,
+                "max_steps": cfg.max_steps, "max_minutes": cfg.max_minutes,
+                "min_lr_ratio": cfg.min_lr_ratio, "factor": self.factor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.factor = state["factor"]
+
+
+def task_weights(step: int, cfg: TrainConfig) -> dict[str, float]:
+    """The task loss weights at ``step``: ``train.tasks``, except where ``train.task_schedule``
+    names a task; it is interpolated linearly between its points and held after the last.
+    Tasks with weight 0 at this step are left out (not computed)."""
+    weights = {name: getattr(cfg.tasks, name) for name in TASKS}
+    for name in TASKS:
+        points = [(p.step, w[name]) for p in cfg.task_schedule if name in (w := p.weights())]
+        if points:
+            weights[name] = _interpolate(step, points)
+    return {name: w for name, w in weights.items() if w > 0}
+
+
+def _interpolate(step: int, points: list[tuple[int, float]]) -> float:
+    if step <= points[0][0]:
+        return points[0][1]
+    for (s0, w0), (s1, w1) in zip(points, points[1:]):
+        if step <= s1:
+            return w0 + (w1 - w0) * (step - s0) / (s1 - s0)
+    return points[-1][1]

@@ -1,0 +1,50 @@
+"""``tuwen train``: the training loop with evaluation wired in as its validation callback.
+
+Training does not import evaluation (layering); this is where the two meet. At each
+``train.eval_every`` the callback scores the model on the validation subset with the same
+metrics as ``tuwen eval`` (greedy captions, to stay quick) and writes them to
+``RUN/eval/val-during-training/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuwen.config import Config
+from tuwen.data.answers import AnswerVocab
+from tuwen.data.prepare import read_split
+from tuwen.data.tokenizer import load_tokenizer
+from tuwen.evaluation.evaluate import evaluate_split
+from tuwen.models.image_text_model import ImageTextModel
+from tuwen.training.assets import VOCAB_FILE
+from tuwen.training.loop import TrainResult, train
+
+METRIC_SECTIONS = ("caption", "retrieval", "vqa")
+
+
+def validation_metrics(config: Config, run_dir: Path):
+    """``evaluate(model, step) -> {"caption": {...}, "retrieval": {...}, "vqa": {...}}``."""
+    cfg = config.eval.model_copy(update={"max_images": config.train.val_max_images,
+                                         "decoding": "greedy"})
+    loaded: dict = {}
+
+    def evaluate(model: ImageTextModel, step: int) -> dict:
+        if not loaded:  # the run writes its tokenizer and vocabulary before the first step
+            model_dir = run_dir / "model"
+            loaded["tokenizer"] = load_tokenizer(model_dir)
+            vocab = model_dir / VOCAB_FILE
+            loaded["vocab"] = AnswerVocab.load(vocab) if vocab.is_file() else None
+            loaded["data"] = read_split(config.data, config.data.val_split)
+        metrics = evaluate_split(model, loaded["tokenizer"], loaded["vocab"], loaded["data"], cfg,
+                                 run_dir / "eval" / "val-during-training",
+                                 config.data.max_text_length, show_progress=False)
+        return {k: metrics[k] for k in METRIC_SECTIONS if k in metrics}
+
+    return evaluate
+
+
+def run_training(config: Config, run_dir: str | Path, *, resume: bool = False,
+                 show_progress: bool = True) -> TrainResult:
+    run_dir = Path(run_dir)
+    evaluate = validation_metrics(config, run_dir) if config.train.eval_every else None
+    return train(config, run_dir, resume=resume, show_progress=show_progress, evaluate=evaluate)

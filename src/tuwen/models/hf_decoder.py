@@ -1,0 +1,183 @@
+"""Hugging Face causal language models (GPT-2, Llama, SmolLM, ...) as the decoder.
+
+The image reaches the LM in one of two ways (``model.decoder.conditioning``):
+
+- ``prefix`` (LLaVA): the image tokens (B, N, hidden) go through a projector (``mlp``:
+  Linear-GELU-Linear as in LLaVA-1.5, or ``linear``) to the LM's width and are prepended to
+  the token embeddings as ``inputs_embeds``. Logits come back for the text positions only,
+  so a loss never covers the image.
+- ``cross_attention``: the LM is built with ``add_cross_attention=True`` (GPT-2, and any
+  causal LM whose forward takes ``encoder_hidden_states``); the projected image tokens are
+  its ``encoder_hidden_states``.
+
+The module has ``CaptionDecoder``'s interface (``forward(input_ids, image_tokens,
+attention_mask, output_attentions, cache) -> DecoderOutput``, ``new_cache()``,
+``max_length``), so training, generation and attention maps treat both alike. Generation
+uses the LM's own KV cache; with ``prefix`` the image enters it once, on the first step.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, DynamicCache, EncoderDecoderCache, PretrainedConfig
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+from tuwen.config import HFTowerConfig
+from tuwen.errors import ConfigError
+from tuwen.models.decoder import DecoderOutput, positions_from_mask
+from tuwen.models.hf_backbone import adapt, config_from_dict
+from tuwen.models.towers import Tower
+
+
+def build_projector(kind: str, dim_in: int, dim_out: int) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(dim_in, dim_out)
+    return nn.Sequential(nn.Linear(dim_in, dim_out), nn.GELU(), nn.Linear(dim_out, dim_out))
+
+
+@dataclass
+class HFDecoderCache:
+    """The LM's own cache (updated in place by the LM) and what it holds."""
+
+    past: Any                 # DynamicCache, or EncoderDecoderCache with cross-attention
+    length: int = 0           # text positions in it
+    prefix: int = 0           # image positions in front of them (prefix conditioning)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.past.reorder_cache(index)
+
+
+@contextmanager
+def eager_attention(lm: nn.Module, needed: bool) -> Iterator[None]:
+    """Fused attention kernels return no weights; switch to the eager path while asked."""
+    before = getattr(lm.config, "_attn_implementation", "eager")
+    if not needed or before == "eager" or not hasattr(lm, "set_attn_implementation"):
+        yield
+        return
+    lm.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        lm.set_attn_implementation(before)
+
+
+class HFCausalLMDecoder(Tower):
+    body_name = "lm"
+
+    def __init__(self, lm: nn.Module, hidden_size: int, conditioning: str = "prefix",
+                 projector: str = "mlp", max_length: int = 40) -> None:
+        super().__init__()
+        if conditioning not in ("prefix", "cross_attention"):
+            raise ValueError(f"conditioning must be prefix or cross_attention, got {conditioning}")
+        self.lm, self.conditioning, self.max_length = lm, conditioning, max_length
+        self.projector = build_projector(projector, hidden_size, lm.config.hidden_size)
+        self.positions = getattr(lm.config, "max_position_embeddings", None)
+        # transformers 5 renamed past_key_values to cache (peft wraps the model: look inside)
+        base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+        params = inspect.signature(base.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    def new_cache(self) -> HFDecoderCache:
+        past = DynamicCache()
+        if self.conditioning == "cross_attention":
+            past = EncoderDecoderCache(past, DynamicCache())
+        return HFDecoderCache(past)
+
+    def forward(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, output_attentions: bool = False,
+                cache: HFDecoderCache | None = None) -> DecoderOutput:
+        """``attention_mask`` covers the text positions, cached and new (B, past + L); with a
+        ``cache``, ``input_ids`` are only the new tokens."""
+        batch, length = input_ids.shape
+        past = 0 if cache is None else cache.length
+        embeds = self.lm.get_input_embeddings()(input_ids)  # (B, L, W)
+        kwargs: dict[str, Any] = {}
+        prefix = cache.prefix if past else 0
+        if self.conditioning == "cross_attention":
+            kwargs["encoder_hidden_states"] = self.projector(image_tokens)  # (B, N, W)
+        elif past == 0:  # the image enters the sequence (and the cache) once
+            image = self.projector(image_tokens).to(embeds.dtype)  # (B, N, W)
+            embeds, prefix = torch.cat([image, embeds], dim=1), image.shape[1]
+        if attention_mask is None:
+            attention_mask = input_ids.new_ones(batch, past + length)
+        mask = torch.cat([attention_mask.new_ones(batch, prefix), attention_mask], dim=1)
+        self._check_length(mask.shape[1])
+        if cache is not None:
+            kwargs[self.cache_arg] = cache.past
+        with eager_attention(self.lm, output_attentions):
+            out = self.lm(inputs_embeds=embeds, attention_mask=mask,
+                          position_ids=positions_from_mask(mask, embeds.shape[1]),
+                          use_cache=cache is not None, output_attentions=output_attentions,
+                          **kwargs)
+        if cache is not None:
+            cache.length, cache.prefix = past + length, prefix
+        weights = self._image_attentions(out, prefix, length) if output_attentions else None
+        return DecoderOutput(logits=out.logits[:, -length:], cross_attentions=weights)
+
+    def _check_length(self, total: int) -> None:
+        if self.positions is not None and total > self.positions:
+            raise ValueError(f"{total} positions (image prefix + text) exceed the LM's "
+                             f"max_position_embeddings={self.positions}")
+
+    def _image_attentions(self, out, prefix: int, length: int) -> tuple[torch.Tensor, ...]:
+        """Per layer (B, H, L, N): the text positions' attention to the image."""
+        if self.conditioning == "cross_attention":
+            return tuple(a[:, :, -length:] for a in out.cross_attentions)
+        return tuple(a[:, :, -length:, :prefix] for a in out.attentions)
+
+
+# ---------------------------------------------------------------- building
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip() or type(err).__name__).splitlines()[0]
+
+
+def lm_config(cfg: HFTowerConfig, where: str, defaults: dict[str, Any]) -> PretrainedConfig:
+    """The architecture the decoder section names; ``defaults`` (the tokenizer's sizes and
+    special ids) fill what an ``hf_config`` leaves out."""
+    if cfg.hf_config is not None:
+        config = config_from_dict(cfg.hf_config, f"{where}.hf_config")
+        for key, value in defaults.items():
+            if key not in cfg.hf_config:
+                setattr(config, key, value)
+        return config
+    try:
+        return AutoConfig.from_pretrained(cfg.name_or_path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{where}.name_or_path: {cfg.name_or_path!r} could not be found "
+                          f"locally or online ({_first_line(err)})") from None
+
+
+def causal_lm(cfg: HFTowerConfig, where: str, saved: dict[str, Any] | None,
+              defaults: dict[str, Any]) -> tuple[nn.Module, PretrainedConfig]:
+    """The LM, ready to train, and its resolved config (to save). ``saved``: the config a
+    saved tuwen model recorded; the LM is then rebuilt from it offline, with random weights
+    that ``from_pretrained`` overwrites."""
+    config = (config_from_dict(saved, f"{where} (saved hf config)") if saved is not None
+              else lm_config(cfg, where, defaults))
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if model_class is None:
+        raise ConfigError(f"{where}: {config.model_type!r} is not a causal language model "
+                          "(e.g. gpt2, llama, smollm) in transformers")
+    if cfg.conditioning == "cross_attention":
+        if "encoder_hidden_states" not in inspect.signature(model_class.forward).parameters:
+            raise ConfigError(f"{where}.conditioning: {config.model_type!r} has no "
+                              "cross-attention in transformers; use conditioning: prefix "
+                              "(or a model such as gpt2)")
+        config.add_cross_attention = True
+    if saved is None and cfg.name_or_path is not None:
+        try:
+            lm = model_class.from_pretrained(cfg.name_or_path, config=config)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{where}.name_or_path: {cfg.name_or_path!r} could not be "
+                              f"loaded ({_first_line(err)})") from None
+    else:
+        lm = model_class(config)
+    return adapt(lm.float(), cfg, where), config

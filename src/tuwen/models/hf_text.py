@@ -1,0 +1,60 @@
+"""Hugging Face text encoders (BERT and its family) as the text tower, and their tokenizer.
+
+tuwen's decoder needs BOS/EOS ids; BERT-style tokenizers have none, so the caption starts
+at [CLS] and ends at [SEP] (PAD stays [PAD]) — the tokenizer is saved with that mapping.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from tuwen.errors import ConfigError
+from tuwen.models.text_encoders import TextFeatures
+from tuwen.models.towers import Tower
+
+
+class HFTextEncoder(Tower):
+    body_name = "backbone"
+
+    def __init__(self, backbone: nn.Module, feature_size: int, dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.proj = nn.Linear(feature_size, dim)
+        self.pooled_proj = nn.Linear(feature_size, dim)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        pooled = getattr(out, "pooler_output", None)  # CLIP text: its EOS state
+        if pooled is None:  # BERT built without its NSP pooler: the [CLS] position
+            pooled = out.last_hidden_state[:, 0]
+        return TextFeatures(tokens=self.proj(out.last_hidden_state),  # (B, L, D)
+                            pooled=self.pooled_proj(pooled), attention_mask=attention_mask)
+
+
+def hf_tokenizer(name_or_path: str, where: str) -> PreTrainedTokenizerBase:
+    """The text tower's own tokenizer, from its hub name or folder, with BOS/EOS set."""
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        first = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise ConfigError(f"{where}.name_or_path: no tokenizer found for {name_or_path!r} "
+                          f"locally or online ({first})") from None
+    return with_bos_eos(tok, where)
+
+
+def with_bos_eos(tok: PreTrainedTokenizerBase, where: str) -> PreTrainedTokenizerBase:
+    """BOS/EOS from CLS/SEP where missing (BERT), PAD from EOS where missing (GPT-2)."""
+    missing = {key: value for key, value in (("bos_token", tok.cls_token),
+                                             ("eos_token", tok.sep_token))
+               if getattr(tok, key) is None}
+    eos = tok.eos_token or missing.get("eos_token")
+    if tok.pad_token is None:
+        missing["pad_token"] = eos
+    if None in missing.values():
+        raise ConfigError(f"{where}: tokenizer {type(tok).__name__} has no BOS/EOS/PAD tokens "
+                          "(nor CLS/SEP to stand in for them); the decoder needs them")
+    if missing:
+        tok.add_special_tokens(missing)  # existing tokens: the vocabulary does not grow
+    return tok

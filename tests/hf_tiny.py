@@ -1,0 +1,81 @@
+"""Tiny Hugging Face towers for the tests: configs, and folders saved the way the hub has
+them (weights, config, image processor or tokenizer), loaded back by path."""
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, BertTokenizer
+
+from tuwen.config import ModelConfig
+from tuwen.models.image_text_model import ModelSpec
+
+SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+         "intermediate_size": 64}
+IMAGE_CONFIGS = {
+    "vit": {"model_type": "vit", "image_size": 32, "patch_size": 8, **SMALL},
+    "resnet": {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16],
+               "depths": [1, 1], "layer_type": "basic"},
+    "clip_vision_model": {"model_type": "clip_vision_model", "image_size": 32, "patch_size": 8,
+                          **SMALL},
+    "siglip_vision_model": {"model_type": "siglip_vision_model", "image_size": 32,
+                            "patch_size": 8, **SMALL},
+}
+# (grid, has CLS, feature width) of each at 32 px: ResNet's stem and stage 2 divide by 8
+IMAGE_LAYOUT = {"vit": ((4, 4), True, 32), "resnet": ((4, 4), False, 16),
+                "clip_vision_model": ((4, 4), True, 32),
+                "siglip_vision_model": ((4, 4), False, 32)}
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "green", "circle",
+         "square", "triangle", "left", "right", "of", "the", "what", "colour", "is", "?", ".",
+         "##s", "above", "below"]
+BERT = {"model_type": "bert", "vocab_size": len(WORDS), "max_position_embeddings": 64, **SMALL}
+PROCESSOR = {"image_processor_type": "ViTImageProcessor", "do_resize": True,
+             "size": {"height": 32, "width": 32}, "do_normalize": True,
+             "image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]}
+
+
+def hf_model(raw: dict) -> torch.nn.Module:
+    raw = dict(raw)
+    return AutoModel.from_config(AutoConfig.for_model(raw.pop("model_type"), **raw))
+
+
+def save_image_model(kind: str, directory: Path, processor: dict | None = PROCESSOR) -> Path:
+    """A random tiny vision model saved like a hub checkpoint (with a processor config)."""
+    torch.manual_seed(11)
+    hf_model(IMAGE_CONFIGS[kind]).save_pretrained(directory)
+    if processor is not None:
+        (directory / "preprocessor_config.json").write_text(json.dumps(processor))
+    return directory
+
+
+def bert_tokenizer() -> BertTokenizer:
+    return BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)})
+
+
+def save_bert(directory: Path) -> Path:
+    """A random tiny BERT and its WordPiece tokenizer (no BOS/EOS, like bert-base)."""
+    torch.manual_seed(12)
+    hf_model(BERT).save_pretrained(directory)
+    bert_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def hf_spec(image: dict | None = None, text: dict | None = None, vocab_size: int = 50,
+            **model_overrides) -> ModelSpec:
+    """tests/tiny.py's tiny_spec with other towers (tower sections as dicts)."""
+    fields = {"hidden_size": 32, "embed_dim": 16,
+              "image_encoder": image or {"type": "small_vit", "patch_size": 8, "layers": 1,
+                                         "heads": 2},
+              "text_encoder": text or {"layers": 1, "heads": 2},
+              "fusion": {"layers": 1, "heads": 2}, "decoder": {"layers": 1, "heads": 2},
+              **model_overrides}
+    return ModelSpec(model=ModelConfig(**fields), vocab_size=vocab_size, num_answers=7,
+                     image_size=32, max_text_length=16)
+
+
+def text_batch(vocab_size: int = 50, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two texts, the second padded after 3 tokens; ids start at 5 (past the specials)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab_size, (2, 6), generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    return ids.masked_fill(mask == 0, 0), mask

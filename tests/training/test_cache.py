@@ -1,0 +1,104 @@
+"""Frozen-feature cache: hit when nothing changed, miss when weights or pixels change."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tiny import tiny_overrides
+from tuwen.config import load_config
+from tuwen.errors import ConfigError
+from tuwen.models.image_encoders import SmallViT
+from tuwen.training.cache import FeatureCache, make_feature_cache
+from tuwen.training.loop import train
+
+
+def frozen_vit(seed=0):
+    torch.manual_seed(seed)
+    vit = SmallViT(32, 8, 32, 1, 2)
+    vit.freeze()
+    return vit
+
+
+def pixels(n=5, seed=1):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def test_second_pass_is_read_from_disk_and_equals_the_encoder(tmp_path):
+    vit, px = frozen_vit(), pixels()
+    expected = vit(px)
+    cache = FeatureCache(vit, tmp_path, "fp32")
+    first = vit(px)  # module.forward is the cached one now
+    assert (cache.misses, cache.hits) == (5, 0)
+    second = vit(px[[4, 0, 2]])
+    assert (cache.misses, cache.hits) == (5, 3)
+    torch.testing.assert_close(first.tokens, expected.tokens)
+    torch.testing.assert_close(second.pooled, expected.pooled[[4, 0, 2]])
+    assert second.grid == expected.grid and second.has_cls == expected.has_cls
+
+    cache.close()  # a new run (new process): the files on disk are hit
+    again = FeatureCache(vit, tmp_path, "fp32")
+    out = vit(px)
+    assert (again.misses, again.hits) == (0, 5)
+    torch.testing.assert_close(out.tokens, expected.tokens)
+
+
+def test_changed_weights_precision_or_pixels_miss(tmp_path):
+    px = pixels()
+    vit = frozen_vit()
+    FeatureCache(vit, tmp_path, "fp32")
+    vit(px)
+    changed = frozen_vit()
+    with torch.no_grad():
+        changed.norm.weight[0] += 1e-3  # one weight of one layer
+    cache = FeatureCache(changed, tmp_path, "fp32")
+    changed(px)
+    assert (cache.misses, cache.hits) == (5, 0)
+    bf16 = FeatureCache(frozen_vit(), tmp_path, "bf16")
+    bf16.module(px)
+    assert bf16.misses == 5
+    same = FeatureCache(frozen_vit(), tmp_path, "fp32")
+    shifted = px.clone()
+    shifted[0, 0, 0, 0] += 1e-6  # other image bytes or preprocessing: other pixels
+    same.module(shifted)
+    assert (same.misses, same.hits) == (1, 4)
+
+
+def test_a_half_written_index_line_is_ignored(tmp_path):
+    vit, px = frozen_vit(), pixels()
+    cache = FeatureCache(vit, tmp_path, "fp32")
+    vit(px)
+    with (cache.store.dir / "index-0.txt").open("a") as f:
+        f.write("deadbeef 9")  # killed mid-line
+    cache.close()
+    again = FeatureCache(vit, tmp_path, "fp32")
+    vit(px)
+    assert again.hits == 5 and "deadbeef" not in again.store.index
+
+
+def test_cache_needs_a_frozen_encoder_and_fixed_pixels(tiny_shapes, tmp_path):
+    from tuwen.models.builder import build_model
+    from tuwen.training.assets import prepare_assets
+
+    base = tiny_overrides(tiny_shapes) + ["train.feature_cache=true"]
+    config = load_config(None, base + ["data.augment=null"])
+    model = build_model(prepare_assets(config, tmp_path / "m").spec)
+    with pytest.raises(ConfigError, match="frozen image encoder"):
+        make_feature_cache(config, model, tmp_path)
+    config = load_config(None, base + ["model.image_encoder.freeze=true"])
+    model = build_model(prepare_assets(config, tmp_path / "m").spec)
+    with pytest.raises(ConfigError, match="data.augment: null"):
+        make_feature_cache(config, model, tmp_path)
+
+
+def test_training_with_the_cache_matches_training_without(tiny_shapes, tmp_path):
+    sets = tiny_overrides(tiny_shapes, batch_size=16, max_steps=5) + [  # 4 batches an epoch
+        "model.image_encoder.freeze=true", "data.augment=null"]
+    train(load_config(None, sets), tmp_path / "plain", show_progress=False)
+    train(load_config(None, sets + ["train.feature_cache=true"]), tmp_path / "cached",
+          show_progress=False)
+    index = (tmp_path / "cached" / "feature_cache").glob("*/index-0.txt")
+    assert len(next(index).read_text().splitlines()) == 64  # each image computed once
+    a = load_file(tmp_path / "plain" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "cached" / "model" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -1,0 +1,115 @@
+"""Precision and memory: gradient accumulation, bf16 autocast on CPU, gradient checkpointing."""
+
+import pytest
+import torch
+
+from tiny import tiny_overrides, tiny_spec
+from tuwen.config import load_config
+from tuwen.errors import ConfigError
+from tuwen.models.builder import build_model
+from tuwen.models.layers import Block
+from tuwen.tasks.joint import joint_step
+from tuwen.training.assets import prepare_assets
+from tuwen.training.distributed import make_accelerator
+from tuwen.training.loop import accumulate_gradients, build_loader, prepare
+from tuwen.training.optim import task_weights
+from tuwen.training.precision import autocast, enable_gradient_checkpointing
+
+VQA_ONLY = ["train.tasks.caption=0", "train.tasks.itc=0", "train.tasks.itm=0"]
+
+
+def setup(root, tmp_path, batch_size, *extra):
+    config = load_config(None, tiny_overrides(root, batch_size=batch_size) + list(extra))
+    assets = prepare_assets(config, tmp_path / f"model-{batch_size}")
+    torch.manual_seed(0)
+    parts = prepare(config, assets, make_accelerator(config.train), tmp_path)
+    return config, parts, iter(build_loader(config, assets))
+
+
+def grads(parts):
+    return {n: p.grad.clone() for n, p in parts.model.named_parameters() if p.grad is not None}
+
+
+def test_accumulating_2x32_gives_the_gradient_of_1x64(tiny_shapes, tmp_path):
+    """VQA's loss is a mean over equally many questions per image, so the mean of the two
+    halves' losses is the whole batch's; eval mode keeps BatchNorm off batch statistics."""
+    config, one, stream = setup(tiny_shapes, tmp_path, 64, *VQA_ONLY)
+    one.objective.eval()
+    weights = task_weights(0, config.train)
+    accumulate_gradients(one, [next(stream)], weights, "fp32")
+    _, two, stream = setup(tiny_shapes, tmp_path, 32, *VQA_ONLY)
+    two.objective.eval()
+    losses, samples = accumulate_gradients(two, [next(stream), next(stream)], weights, "fp32")
+    assert samples == 64
+    a, b = grads(one), grads(two)
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bf16_autocast_runs_on_cpu_and_trains(tiny_shapes, tmp_path):
+    config, parts, stream = setup(tiny_shapes, tmp_path, 16, "train.precision=bf16")
+    batch = next(stream)
+    with autocast("bf16", torch.device("cpu")):  # matmuls in bf16 (norms stay fp32)
+        image = parts.model.encode_image(batch["pixel_values"])
+        logits = parts.model.decode(batch["decoder_input_ids"][:2], image.tokens[:2]).logits
+    assert logits.dtype == torch.bfloat16
+    weights = task_weights(0, config.train)
+    losses = []
+    for _ in range(8):  # the same batch: the loss must fall
+        loss, _ = accumulate_gradients(parts, [batch], weights, "bf16")
+        parts.optimizer.step()
+        parts.optimizer.zero_grad()
+        losses.append(loss["loss"])
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_fp16_on_cpu_is_a_clear_error():
+    config = load_config(None, ["train.precision=fp16"])
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        make_accelerator(config.train)
+
+
+def counted(forward, calls):
+    def run(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+    return run
+
+
+def test_gradient_checkpointing_recomputes_blocks_with_the_same_gradients(tiny_batch):
+    def run(checkpointing):
+        torch.manual_seed(0)
+        model = build_model(tiny_spec()).train()
+        calls = []
+        for module in model.modules():  # count runs of every Block's own forward
+            if isinstance(module, Block):
+                module.forward = counted(module.forward, calls)
+        if checkpointing:
+            assert enable_gradient_checkpointing(model) == 5  # every Block of the small towers
+        torch.manual_seed(1)
+        total, _ = joint_step(model, tiny_batch, {"caption": 1.0, "itc": 1.0, "vqa": 1.0})
+        forward_calls = len(calls)
+        total.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, \
+            forward_calls, len(calls)
+
+    plain, f_plain, all_plain = run(False)
+    ckpt, f_ckpt, all_ckpt = run(True)
+    assert all_plain == f_plain and all_ckpt > f_ckpt == f_plain  # recomputed in backward
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], msg=name)
+
+
+@pytest.mark.slow  # inductor compiles C++ kernels: ~1 min on 2 cores
+def test_compiled_towers_train_and_keep_their_parameter_names(tiny_shapes, tmp_path):
+    from safetensors.torch import load_file
+
+    from tuwen.training.loop import train
+
+    config = load_config(None, tiny_overrides(tiny_shapes, max_steps=2, compile="true"))
+    result = train(config, tmp_path / "run", show_progress=False)
+    assert result.steps == 2
+    names = load_file(tmp_path / "run" / "model" / "model.safetensors").keys()
+    assert not any("_orig_mod" in n for n in names)
