@@ -35,11 +35,12 @@ class Pipeline:
         vocab = AnswerVocab.load(vocab_path) if vocab_path.is_file() else None
         spec = model.spec
         return cls(model, load_tokenizer(directory), vocab,
-                   ImageTransform(spec.image_size, spec.image_mean, spec.image_std))
+                   ImageTransform.for_model(spec))
 
     def _pixels(self, images: list[str | Path]) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        return torch.stack([self.transform(load_image(p)) for p in images]).to(device)
+        side = self.transform.min_side
+        return torch.stack([self.transform(load_image(p, side)) for p in images]).to(device)
 
     def caption(self, images: list[str | Path], decoding: str = "beam", beam_size: int = 3,
                 max_new_tokens: int = 30) -> list[str]:

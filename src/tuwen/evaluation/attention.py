@@ -61,7 +61,7 @@ class LoadedModel:
         vocab = AnswerVocab.load(vocab_path) if vocab_path.is_file() else None
         spec = model.spec
         return cls(model, load_tokenizer(directory), vocab,
-                   ImageTransform(spec.image_size, spec.image_mean, spec.image_std))
+                   ImageTransform.for_model(spec))
 
 
 def parse_pick(text: str, what: str) -> Pick:
@@ -223,7 +223,7 @@ def _answer(loaded: LoadedModel, pooled: torch.Tensor) -> str:
 def image_pixels(loaded: LoadedModel, image_path: str | Path) -> torch.Tensor:
     """The model's input for one image file, (1, 3, H, W) on the model's device."""
     device = next(loaded.model.parameters()).device
-    return loaded.transform(load_image(image_path))[None].to(device)
+    return loaded.transform(load_image(image_path, loaded.transform.min_side))[None].to(device)
 
 
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -55,7 +55,7 @@ def load_images(paths: Sequence[Path], ids: Sequence, transform: ImageTransform,
     for path, image_id in tqdm(list(zip(paths, ids)), desc="load images",
                                disable=not show_progress, leave=False):
         try:
-            tensors.append(transform(load_image(path)))
+            tensors.append(transform(load_image(path, transform.min_side)))
         except DataError as err:
             skipped.append(str(err))
             continue
@@ -201,7 +201,7 @@ def _evaluation_set(model: ImageTextModel, data: SplitData, cfg: EvalConfig,
             known.add(q.image_path)
             paths.append(q.image_path)
             ids.append(q.image_id)
-    transform = ImageTransform(spec.image_size, spec.image_mean, spec.image_std)
+    transform = ImageTransform.for_model(spec)
     images = load_images(paths, ids, transform, show)
     return ([r for r in captions if r.image_path in images.row],
             [q for q in questions if q.image_path in images.row], images)

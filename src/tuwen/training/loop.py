@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from tuwen.config import TASKS, Config, TrainConfig, save_config
+from tuwen.data.augment import build_train_transform
 from tuwen.data.dataset import (
     Collator,
     EpochBatchSampler,
@@ -132,7 +133,10 @@ def build_loader(config: Config, assets: Assets, rank: int = 0,
     """The endless training batches, with the data position as state_dict()."""
     data, tcfg = config.data, config.train
     check_train_labels(assets.train, tcfg.tasks.active())
-    transform = ImageTransform(data.image_size, data.image_mean, data.image_std)
+    transform = build_train_transform(data.augment, ImageTransform.for_model(assets.spec))
+    workers = data.num_workers
+    loader_options = ({"prefetch_factor": data.prefetch_factor,
+                       "persistent_workers": data.persistent_workers} if workers else {})
     examples = join_by_image(assets.train.captions, assets.train.questions)
     repeats = example_repeats(examples, assets.train.weights)
     collate = Collator(assets.tokenizer, assets.vocab, data.max_text_length,
@@ -144,7 +148,7 @@ def build_loader(config: Config, assets: Assets, rank: int = 0,
                                  seed=tcfg.seed, examples=examples, repeats=repeats,
                                  captions_per_image=data.captions_per_image,
                                  questions_per_image=data.questions_per_image, rank=rank,
-                                 world_size=world_size)
+                                 world_size=world_size, **loader_options)
     dataset = JointDataset(examples, transform, seed=tcfg.seed,
                            captions_per_image=data.captions_per_image,
                            questions_per_image=data.questions_per_image)
@@ -156,8 +160,8 @@ def build_loader(config: Config, assets: Assets, rank: int = 0,
                          f"train.batch_size={tcfg.batch_size}")
     # The loader gets its own generator: starting an iterator draws a worker seed, and from
     # the global RNG that draw would shift every later random number after a resume.
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers,
-                        collate_fn=collate, generator=torch.Generator().manual_seed(tcfg.seed))
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(tcfg.seed), **loader_options)
     return MapBatches(loader, sampler)
 
 
