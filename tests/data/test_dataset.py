@@ -6,6 +6,7 @@ from tuwen.data.answers import AnswerVocab
 from tuwen.data.dataset import Collator, EpochBatchSampler, JointDataset, join_by_image
 from tuwen.data.images import ImageTransform
 from tuwen.data.records import ImageCaptions, VQAItem
+from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import train_tokenizer
 
 
@@ -99,3 +100,23 @@ def test_collator_adds_swapped_first_captions(tmp_path):
     assert batch["swap_input_ids"].shape[1] == batch["caption_input_ids"].shape[1]
     assert tok.decode(batch["swap_input_ids"][0], skip_special_tokens=True) == \
         "a circle right of a square"
+
+
+def test_collator_normalises_texts_and_drops_stop_words_from_the_retrieval_input(tmp_path):
+    caps = [ImageCaptions(1, make_png(tmp_path / "a.png"), "train",
+                          ("A  red square  on the left.",))]
+    q = VQAItem(7, 1, caps[0].image_path, "What colour is the Square?", ("red",) * 10, "red",
+                "colour", "other")
+    ds = JointDataset(join_by_image(caps, [q]), ImageTransform(16))
+    tok = train_tokenizer(["a red square on the left", "what colour is the square"],
+                          vocab_size=60)
+    normalizer = TextNormalizer(strip_punctuation=True, stopwords_for_retrieval=True)
+    batch = Collator(tok, None, max_length=16, normalizer=normalizer)([ds[0]])
+
+    def words(ids):
+        return tok.decode([i for i in ids.tolist() if i > 6]).split()
+
+    # "on" and "left" stay: spatial words carry meaning in captions
+    assert words(batch["caption_input_ids"][0]) == ["red", "square", "on", "left"]
+    assert words(batch["decoder_input_ids"][0]) == ["a", "red", "square", "on", "the", "left"]
+    assert words(batch["question_input_ids"][0]) == ["what", "colour", "is", "the", "square"]

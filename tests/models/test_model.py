@@ -96,3 +96,16 @@ def test_weights_of_another_architecture_are_a_clear_error(tmp_path, tiny_model)
     (tmp_path / "a" / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(TuwenError, match="weights do not fit"):
         ImageTextModel.from_pretrained(tmp_path / "a")
+
+
+def test_spec_keeps_the_text_normalisation_the_model_was_trained_with():
+    from tuwen.config import TextConfig
+    from tuwen.models.image_text_model import ModelSpec
+
+    spec = tiny_spec()
+    spec.text = TextConfig(strip_punctuation=True, max_words=12)
+    again = ModelSpec.from_dict(spec.to_dict())
+    assert again.text == spec.text
+    legacy = spec.to_dict()
+    del legacy["text"]  # a model saved before the key existed: the defaults
+    assert ModelSpec.from_dict(legacy).text == TextConfig()

@@ -13,6 +13,7 @@ import torch
 
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform, load_image
+from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import decode_text, load_tokenizer
 from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.models.image_text_model import ImageTextModel
@@ -52,6 +53,8 @@ class Pipeline:
 
     def ask(self, images: list[str | Path], questions: list[str]) -> list[str]:
         device = next(self.model.parameters()).device
+        normalize = TextNormalizer.from_config(self.model.spec.text)  # as in training
+        questions = [normalize(q) for q in questions]
         if vqa.generates_answers(self.model):  # model.vqa.mode: generate
             ids, mask = left_padded_prompts(self.tokenizer, questions,
                                             self.model.spec.max_text_length)

@@ -21,6 +21,7 @@ from tuwen.data.answers import AnswerVocab
 from tuwen.data.augment import image_rng
 from tuwen.data.images import load_image
 from tuwen.data.records import ImageCaptions, VQAItem
+from tuwen.data.text import TextNormalizer
 from tuwen.data.vqa_text import answer_sequences
 from tuwen.errors import DataError
 
@@ -202,8 +203,10 @@ class Collator:
     """
 
     def __init__(self, tokenizer, vocab: AnswerVocab | None, max_length: int,
-                 spatial_negatives: bool = False, vqa_answers: bool = False) -> None:
+                 spatial_negatives: bool = False, vqa_answers: bool = False,
+                 normalizer: TextNormalizer | None = None) -> None:
         self.tok, self.vocab, self.max_length = tokenizer, vocab, max_length
+        self.normalize = normalizer or TextNormalizer()
         self.spatial_negatives = spatial_negatives
         self.vqa_answers = vqa_answers  # generative VQA: prompt + answer rows (data.vqa_text)
         # question -> targets; keyed by the whole item since sources may share question ids
@@ -233,9 +236,9 @@ class Collator:
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def captions(self, rows: list[tuple[int, int, str]]) -> dict:
-        texts = [c for _, _, c in rows]
-        enc = self.encode(texts)
-        dec_in, labels = self.decoder_inputs(texts)
+        # the ITC/ITM text may also drop stop words; the decoder learns the whole caption
+        enc = self.encode([self.normalize.retrieval(c) for _, _, c in rows])
+        dec_in, labels = self.decoder_inputs([self.normalize(c) for _, _, c in rows])
         out = {"caption_image": torch.tensor([i for i, _, _ in rows]),
                "caption_first": torch.tensor([j == 0 for _, j, _ in rows]),
                "caption_input_ids": enc["input_ids"],
@@ -247,7 +250,8 @@ class Collator:
 
     def swapped(self, rows: list[tuple[int, int, str]], width: int) -> dict:
         """Spatially mirrored first captions, padded like the captions, with their image."""
-        pairs = [(i, s) for i, j, c in rows if j == 0 and (s := swap_spatial(c)) is not None]
+        pairs = [(i, self.normalize.retrieval(s)) for i, j, c in rows
+                 if j == 0 and (s := swap_spatial(c)) is not None]
         if not pairs:
             return {}
         enc = self.tok([s for _, s in pairs], padding="max_length", truncation=True,
@@ -275,7 +279,8 @@ class Collator:
         return self._soft_scores[q]
 
     def questions(self, rows: list[tuple[int, VQAItem]]) -> dict:
-        enc = self.encode([q.question for _, q in rows])
+        questions = [self.normalize(q.question) for _, q in rows]
+        enc = self.encode(questions)
         out = {"question_image": torch.tensor([i for i, _ in rows]),
                "question_input_ids": enc["input_ids"],
                "question_attention_mask": enc["attention_mask"]}
@@ -287,6 +292,6 @@ class Collator:
             out["vqa_targets"] = targets
         if self.vqa_answers:
             out["answer_input_ids"], out["answer_labels"] = answer_sequences(
-                self.tok, [q.question for _, q in rows],
+                self.tok, questions,
                 [q.multiple_choice_answer for _, q in rows], self.max_length)
         return out

@@ -19,6 +19,7 @@ from tuwen.config import EvalConfig, load_config
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform, load_image
 from tuwen.data.prepare import SplitData, read_split
+from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import decode_text, load_tokenizer
 from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.errors import DataError
@@ -114,8 +115,9 @@ def retrieval_features(model: ImageTextModel, tokenizer, images: LoadedImages, t
                                        .to(device))
         image_embeds.append(model.itc_head.embed_image(feats.pooled).float().cpu())
         image_tokens.append(feats.tokens.cpu())
-    enc = tokenizer(texts, padding="longest", truncation=True, max_length=max_length,
-                    return_tensors="pt")
+    normalize = TextNormalizer.from_config(model.spec.text)  # as the model was trained
+    enc = tokenizer([normalize.retrieval(t) for t in texts], padding="longest",
+                    truncation=True, max_length=max_length, return_tensors="pt")
     for start in _batches(len(texts), cfg.batch_size, "embed texts", show):
         chunk = slice(start, start + cfg.batch_size)
         emb, feats = retrieval.embed_texts(model, enc["input_ids"][chunk].to(device),
@@ -156,17 +158,19 @@ def answer_questions(model: ImageTextModel, tokenizer, vocab: AnswerVocab, image
                      questions: list, cfg: EvalConfig, max_length: int,
                      show: bool = True) -> list[str]:
     device = _device(model)
+    normalize = TextNormalizer.from_config(model.spec.text)  # as the model was trained
     answers: list[str] = []
     for start in _batches(len(questions), cfg.batch_size, "vqa", show):
         chunk = questions[start: start + cfg.batch_size]
+        texts = [normalize(q.question) for q in chunk]
         px = images.pixels[[images.row[q.image_path] for q in chunk]].to(device)
         if vqa.generates_answers(model):  # model.vqa.mode: generate
-            ids, mask = left_padded_prompts(tokenizer, [q.question for q in chunk], max_length)
+            ids, mask = left_padded_prompts(tokenizer, texts, max_length)
             out = vqa.generate_answers(model, px, ids.to(device), mask.to(device))
             answers.extend(decode_text(tokenizer, _until_eos(row, model.spec.eos_token_id))
                            for row in out.tolist())
             continue
-        enc = tokenizer([q.question for q in chunk], padding="longest", truncation=True,
+        enc = tokenizer(texts, padding="longest", truncation=True,
                         max_length=max_length, return_tensors="pt")
         pred = vqa.predict_step(model, px, enc["input_ids"].to(device),
                                 enc["attention_mask"].to(device))
@@ -220,7 +224,8 @@ def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, 
     protocol = base_protocol(data.split, source="tuwen eval", n_images=len(captions),
                              n_questions=len(questions))
     protocol.update(image_ids_sha256=ids_sha256([r.image_id for r in captions]),
-                    question_ids_sha256=ids_sha256([q.question_id for q in questions]))
+                    question_ids_sha256=ids_sha256([q.question_id for q in questions]),
+                    text_normalization=model.spec.text.model_dump(mode="json"))
     lines: list[dict] = []
     if "caption" in cfg.tasks and captions:
         _eval_captions(model, tokenizer, images, captions, cfg, metrics, protocol, lines,

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from tuwen import __version__
-from tuwen.config import ModelConfig
+from tuwen.config import ModelConfig, TextConfig
 from tuwen.errors import TuwenError
 from tuwen.models.decoder import DecoderOutput
 from tuwen.models.fusion import FusionOutput
@@ -46,16 +46,20 @@ class ModelSpec:
     # tower name -> its Hugging Face config (to_dict()), recorded when the model is built:
     # from_pretrained rebuilds hf towers from these, offline, not from the hub name
     hf_configs: dict[str, dict] = field(default_factory=dict)
+    # how texts were normalised in training (data.text); inference applies the same
+    text: TextConfig = field(default_factory=TextConfig)
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["model"] = self.model.model_dump(mode="json")
+        out["text"] = self.text.model_dump(mode="json")
         return {"tuwen_version": __version__, **out}
 
     @classmethod
     def from_dict(cls, raw: dict) -> ModelSpec:
         raw = {k: v for k, v in raw.items() if k != "tuwen_version"}
         raw["model"] = ModelConfig.model_validate(raw["model"])
+        raw["text"] = TextConfig.model_validate(raw.get("text", {}))  # absent before 0.1 models
         for key in ("image_mean", "image_std"):
             raw[key] = tuple(raw[key])
         return cls(**raw)

@@ -95,7 +95,7 @@ def prepare_assets(config: Config, model_dir: Path, reuse: bool = False) -> Asse
                      max_text_length=config.data.max_text_length,
                      pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                      eos_token_id=tokenizer.eos_token_id, image_mean=config.data.image_mean,
-                     image_std=config.data.image_std)
+                     image_std=config.data.image_std, text=config.data.text)
     return Assets(train, tokenizer, vocab, spec)
 
 

@@ -33,6 +33,7 @@ from tuwen.data.dataset import (
 from tuwen.data.images import ImageTransform
 from tuwen.data.prepare import check_train_labels
 from tuwen.data.streaming import StreamBatches, streaming_batches
+from tuwen.data.text import TextNormalizer
 from tuwen.errors import TuwenError
 from tuwen.models.builder import build_model
 from tuwen.models.image_text_model import ImageTextModel
@@ -141,7 +142,8 @@ def build_loader(config: Config, assets: Assets, rank: int = 0,
     repeats = example_repeats(examples, assets.train.weights)
     collate = Collator(assets.tokenizer, assets.vocab, data.max_text_length,
                        data.spatial_negatives,
-                       vqa_answers=config.model.vqa.mode == "generate")
+                       vqa_answers=config.model.vqa.mode == "generate",
+                       normalizer=TextNormalizer.from_config(data.text))
     if assets.train.streams:  # webdataset: each rank and worker streams its own shards
         return streaming_batches(assets.train.streams, transform, collate,
                                  batch_size=tcfg.batch_size, num_workers=data.num_workers,

@@ -20,6 +20,7 @@ from tuwen.config import Config
 from tuwen.data.dataset import Collator, JointDataset, join_by_image
 from tuwen.data.images import ImageTransform
 from tuwen.data.prepare import read_split
+from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import decode_text
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import captioning
@@ -56,7 +57,8 @@ def validation_batches(config: Config, assets: Assets) -> list[dict]:
                            seed=tcfg.seed, captions_per_image=data.captions_per_image,
                            questions_per_image=data.questions_per_image)
     collate = Collator(assets.tokenizer, assets.vocab, data.max_text_length,
-                       vqa_answers=config.model.vqa.mode == "generate")
+                       vqa_answers=config.model.vqa.mode == "generate",
+                       normalizer=TextNormalizer.from_config(data.text))
     size = tcfg.batch_size
     batches = [collate([dataset[i] for i in range(s, min(s + size, len(dataset)))])
                for s in range(0, len(dataset), size)]
