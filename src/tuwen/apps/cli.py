@@ -53,6 +53,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tuwen.config import load_config
 
     config = load_config(args.config, args.set)
+    if args.dry_run:
+        from tuwen.apps.dry_run import dry_run
+
+        print("\n".join(dry_run(config, seed=config.train.seed).lines()))
+        return 0
+    if args.out is None:
+        raise TuwenError("tuwen train: --out RUN is required (except with --dry-run)")
     result = run_training(config, args.out, resume=args.resume)
     if result.stopped_by in ("SIGTERM", "SIGINT"):  # preempted: checkpoint saved, exit 128+N
         print(f"stopped by {result.stopped_by} at step {result.steps}; checkpoint saved in "
@@ -211,9 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="joint training from a YAML config")
     train.add_argument("config")
-    train.add_argument("--out", required=True, help="run directory")
+    train.add_argument("--out", help="run directory (required unless --dry-run)")
     train.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    train.add_argument("--dry-run", action="store_true",
+                       help="validate the config and run a tiny stand-in of its model offline")
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a run on a split")
