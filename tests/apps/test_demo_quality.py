@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def demo_metrics(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     config = load_config("configs/shapes.yaml",
-                         [f"data.root={out / 'data'}", "train.max_minutes=6.5"])
+                         [f"data.root={out / 'data'}", "train.max_minutes=7.5"])
     return run_demo(out / "run", config, show_progress=False)["test"]
 
 
