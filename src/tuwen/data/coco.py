@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tuwen.data.readers import _check_unique, _field, _json_type, _top_list, load_json
+from tuwen.data.readers import (
+    _check_unique,
+    _field,
+    _json_type,
+    _top_list,
+    caption_problem,
+    load_json,
+)
 from tuwen.data.records import ImageCaptions, ReadResult
 from tuwen.errors import DataError
 
@@ -53,11 +60,12 @@ def coco_captions_from_json(doc: Any, path: Path, *, image_root: str | Path | No
                                   f"(image_id {image_id!r})")
     for i, (image_id, file_name) in enumerate(files.items()):
         item = ImageCaptions(image_id, root / file_name, split, tuple(captions[image_id]))
-        reason = _problem(item, check_files)
+        reason = caption_problem(item, check_files)
         if reason is None:
             result.records.append(item)
         else:
-            result.skipped.append(f"{path.name} images record {i}: {reason}")
+            result.skipped.append(f"{path.name} images record {i}: {reason} "
+                                  f"(image_id {image_id!r})")
     return result
 
 
@@ -90,9 +98,3 @@ def _parse_annotation(rec: Mapping[str, Any], i: int, path: Path) -> tuple[Any, 
             _field(rec, "caption", (str,), path, i, label="annotations.caption"))
 
 
-def _problem(item: ImageCaptions, check_files: bool) -> str | None:
-    if not item.captions:
-        return f"no non-empty caption (image_id {item.image_id!r})"
-    if check_files and not item.image_path.is_file():
-        return f"image file not found: {item.image_path}"
-    return None

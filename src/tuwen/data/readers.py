@@ -131,7 +131,7 @@ def read_karpathy(path: str | Path, *, image_root: str | Path | None = None,
             continue
         result.skipped.extend(f"{path.name} record {i}: empty caption (sentence {j})"
                               for j in empty)
-        reason = _karpathy_problem(item, check_files)
+        reason = caption_problem(item, check_files)
         if reason is None:
             result.records.append(item)
         else:
@@ -179,7 +179,8 @@ def _karpathy_image_id(rec: Mapping[str, Any], filename: str, i: int, path: Path
     return Path(filename).stem
 
 
-def _karpathy_problem(item: ImageCaptions, check_files: bool) -> str | None:
+def caption_problem(item: ImageCaptions, check_files: bool) -> str | None:
+    """Why an image with its captions cannot be used, or None (Karpathy and COCO readers)."""
     if not item.captions:
         return "no non-empty caption"
     if check_files and not item.image_path.is_file():
