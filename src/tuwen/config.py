@@ -462,6 +462,8 @@ class TrainConfig(Section):
     best_metric: str | None = None             # validation key, e.g. val_loss or retrieval.t2i_r1
     best_mode: Literal["min", "max"] | None = None  # default: min for *loss*, else max
     eval_every: int | None = Field(None, ge=1)  # validation every N steps (None: never)
+    # each task's gradient norm every N steps (one extra backward per task; None: never)
+    task_grad_norm_every: int | None = Field(100, ge=1)
     val_max_images: int = Field(256, ge=1)     # validation subset size
     collapse_share: float = Field(0.9, gt=0, le=1)  # warn when one caption is this common
     wandb: bool = False                        # also log to Weights & Biases, offline

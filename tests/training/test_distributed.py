@@ -46,9 +46,10 @@ def test_global_itc_loss_equals_one_process_on_the_concatenated_batch(tmp_path):
 def test_two_processes_train_like_one_with_the_same_global_batch(tiny_shapes, tmp_path,
                                                                  launcher):
     """Caption + VQA (per-sample losses): 2 ranks x 4 images == 1 process accumulating 2 x 4.
-    BatchNorm sees the same 4-image batches either way."""
+    BatchNorm sees the same 4-image batches either way. Per-task gradient norms, measured
+    on steps 2 and 4, read the DDP graph without disturbing its gradient synchronisation."""
     sets = tiny_overrides(tiny_shapes, batch_size=4, max_steps=4, save_every=2, log_every=1) + \
-        ["train.tasks.itc=0", "train.tasks.itm=0"]
+        ["train.tasks.itc=0", "train.tasks.itm=0", "train.task_grad_norm_every=2"]
     config = load_config(None, sets)
     save_config(config, tmp_path / "tiny.yaml")
     one = load_config(None, sets + ["train.grad_accumulation=2"])
@@ -70,6 +71,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_shapes, tm
     losses = [[json.loads(x)["loss"] for x in (tmp_path / run / "metrics.jsonl").read_text()
                .splitlines()] for run in ("one", "two")]
     assert len(losses[1]) == 4  # logged once, by the main process, as the mean over ranks
+    norms = [json.loads(x).get("grad_norm_vqa") for x in
+             (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert norms[0] is None and norms[2] is None and norms[1] > 0 and norms[3] > 0
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-4)
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == \
         ["step-2", "step-4"]

@@ -6,11 +6,14 @@ import sys
 import types
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from tiny import tiny_overrides
 from tuwen.config import load_config
 from tuwen.errors import ConfigError
 from tuwen.training.checkpoint import list_checkpoints, read_best
+from tuwen.training.grad_norms import task_gradient_norms
 from tuwen.training.loop import train
 from tuwen.training.monitor import caption_diversity, collapse_warning
 from tuwen.training.optim import lr_factor, task_weights
@@ -103,3 +106,39 @@ def test_wandb_offline(tiny_shapes, tmp_path, monkeypatch):
     train(config, tmp_path / "b", show_progress=False)
     assert calls["init"]["mode"] == "offline" and calls["init"]["dir"] == str(tmp_path / "b")
     assert calls["log"] == [2] and calls["finish"]
+
+
+def test_task_gradient_norms_equal_separate_backwards_and_leave_grads_alone():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3)
+    x = torch.randn(5, 4)
+    out = layer(x)
+    losses = {"a": out.pow(2).mean(), "b": out[:, 0].sum(), "frozen": torch.tensor(1.0)}
+    norms = task_gradient_norms(losses, {"a": 2.0, "b": 0.5}, list(layer.parameters()))
+    assert layer.weight.grad is None  # measured without touching .grad
+    for name, weight in (("a", 2.0), ("b", 0.5)):
+        layer.zero_grad()
+        (weight * losses[name]).backward(retain_graph=True)
+        by_hand = torch.cat([p.grad.flatten() for p in layer.parameters()]).norm()
+        assert norms[f"grad_norm_{name}"] == pytest.approx(float(by_hand), rel=1e-6)
+    assert "grad_norm_frozen" not in norms  # a loss without a graph has no gradient
+
+
+def test_per_task_gradient_norms_are_logged_and_do_not_change_training(tiny_shapes, tmp_path):
+    runs = {}
+    for every in (2, None):
+        config = load_config(None, tiny_overrides(tiny_shapes, max_steps=4, save_every=100)
+                             + [f"train.task_grad_norm_every={every or 'null'}"])
+        train(config, tmp_path / str(every), show_progress=False)
+        runs[every] = load_file(str(tmp_path / str(every) / "model" / "model.safetensors"))
+        lines = [json.loads(x) for x in
+                 (tmp_path / str(every) / "metrics.jsonl").read_text().splitlines()]
+        logged = [sorted(k for k in x if k.startswith("grad_norm_")) for x in lines]
+        if every is None:
+            assert logged == [[], []]
+            continue
+        assert logged == [[f"grad_norm_{t}" for t in ("caption", "itc", "itm", "vqa")]] * 2
+        for line in lines:
+            assert all(math.isfinite(line[k]) and line[k] > 0 for k in logged[0])
+    for name, tensor in runs[2].items():  # bitwise: measuring only reads the graph
+        assert torch.equal(tensor, runs[None][name]), name

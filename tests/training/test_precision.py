@@ -39,7 +39,7 @@ def test_accumulating_2x32_gives_the_gradient_of_1x64(tiny_shapes, tmp_path):
     accumulate_gradients(one, [next(stream)], weights, "fp32")
     _, two, stream = setup(tiny_shapes, tmp_path, 32, *VQA_ONLY)
     two.objective.eval()
-    losses, samples = accumulate_gradients(two, [next(stream), next(stream)], weights, "fp32")
+    losses, samples, _ = accumulate_gradients(two, [next(stream), next(stream)], weights, "fp32")
     assert samples == 64
     a, b = grads(one), grads(two)
     assert a.keys() == b.keys() and len(a) > 10
@@ -57,7 +57,7 @@ def test_bf16_autocast_runs_on_cpu_and_trains(tiny_shapes, tmp_path):
     weights = task_weights(0, config.train)
     losses = []
     for _ in range(8):  # the same batch: the loss must fall
-        loss, _ = accumulate_gradients(parts, [batch], weights, "bf16")
+        loss, _, _ = accumulate_gradients(parts, [batch], weights, "bf16")
         parts.optimizer.step()
         parts.optimizer.zero_grad()
         losses.append(loss["loss"])

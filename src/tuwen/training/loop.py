@@ -66,6 +66,7 @@ from tuwen.training.distributed import (
     mean_over_ranks,
     whole_model,
 )
+from tuwen.training.grad_norms import task_gradient_norms
 from tuwen.training.metrics_log import MetricsLog
 from tuwen.training.objective import JointObjective
 from tuwen.training.optim import LRSchedule, build_optimizer, task_weights
@@ -106,6 +107,7 @@ class Window:
     steps: int = 0
     samples: int = 0
     start: float = field(default_factory=time.perf_counter)
+    task_grad_norms: dict[str, float] = field(default_factory=dict)  # the latest measured
 
     def add(self, step: StepResult) -> None:
         self.sums["loss"] += step.total
@@ -117,14 +119,17 @@ class Window:
             self.sums["grad_norm"] += step.grad_norm
         self.steps += 1
         self.samples += step.samples
+        if step.task_grad_norms:
+            self.task_grad_norms = step.task_grad_norms
 
     def record(self, state: TrainState, lr: float, world_size: int = 1) -> dict:
         now = time.perf_counter()
         out = {"step": state.step, "epoch": state.epoch, "lr": lr,
-               **{k: v / self.steps for k, v in self.sums.items()},
+               **{k: v / self.steps for k, v in self.sums.items()}, **self.task_grad_norms,
                "samples_per_sec": world_size * self.samples / max(now - self.start, 1e-9),
                "elapsed_s": round(state.elapsed_s, 2)}
         self.sums.clear()
+        self.task_grad_norms = {}
         self.steps, self.samples, self.start = 0, 0, now
         return out
 
@@ -199,6 +204,7 @@ class StepResult:
     grad_norm: float | None
     samples: int
     lr: float
+    task_grad_norms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -212,15 +218,19 @@ class Parts:
     schedule: LRSchedule
     cache: FeatureCache | None
     best: tuple[str, float] | None = None  # (metric, value) of the last improvement
+    task_grad_norm_every: int | None = None  # None where it cannot be measured (FSDP)
 
 
 def accumulate_gradients(parts: Parts, micro_batches: list[dict], weights: dict[str, float],
-                         precision: str) -> tuple[dict[str, float], int]:
+                         precision: str, measure_tasks: bool = False,
+                         ) -> tuple[dict[str, float], int, dict[str, float]]:
     """Forward and backward over the micro-batches of one step; the gradient is that of the
     mean of their losses, synchronised across processes on the last one only. Returns the
-    mean losses and the number of samples."""
+    mean losses, the number of samples and, with ``measure_tasks``, each task's gradient
+    norm on the first micro-batch (mean over processes)."""
     accelerator, n = parts.accelerator, len(micro_batches)
     sums: dict[str, float] = defaultdict(float)
+    norms: dict[str, float] = {}
     samples = 0
     for i, batch in enumerate(micro_batches):
         batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v
@@ -229,19 +239,27 @@ def accumulate_gradients(parts: Parts, micro_batches: list[dict], weights: dict[
         with sync:
             with autocast(precision, accelerator.device):
                 total, losses = parts.objective(batch, weights)
+            if measure_tasks and i == 0:
+                trainable = [p for p in parts.objective.parameters() if p.requires_grad]
+                norms = task_gradient_norms(losses, weights, trainable)
             accelerator.backward(total / n)
         sums["loss"] += total.item() / n
         for name, value in losses.items():
             sums[name] += value.item() / n
         samples += batch["size"]
-    return mean_over_ranks(dict(sums), ("loss", *TASKS)), samples
+    if measure_tasks:  # a collective: every rank measures on the same steps
+        norms = mean_over_ranks(norms, tuple(f"grad_norm_{t}" for t in TASKS))
+    return mean_over_ranks(dict(sums), ("loss", *TASKS)), samples, norms
 
 
 def optimisation_step(parts: Parts, micro_batches: list[dict], tcfg: TrainConfig,
                       state: TrainState, started: float) -> StepResult:
     """One optimiser step over ``grad_accumulation`` micro-batches."""
     weights = task_weights(state.step, tcfg)
-    losses, samples = accumulate_gradients(parts, micro_batches, weights, tcfg.precision)
+    every = parts.task_grad_norm_every
+    losses, samples, task_norms = accumulate_gradients(
+        parts, micro_batches, weights, tcfg.precision,
+        measure_tasks=every is not None and (state.step + 1) % every == 0)
     grad_norm = (parts.accelerator.clip_grad_norm_(parts.objective.parameters(), tcfg.grad_clip)
                  if tcfg.grad_clip else None)
     state.elapsed_s = time.perf_counter() - started
@@ -252,7 +270,7 @@ def optimisation_step(parts: Parts, micro_batches: list[dict], tcfg: TrainConfig
     state.samples += samples
     total = losses.pop("loss")
     return StepResult(total, losses, weights if tcfg.task_schedule else {},
-                      None if grad_norm is None else float(grad_norm), samples, lr)
+                      None if grad_norm is None else float(grad_norm), samples, lr, task_norms)
 
 
 def micro_batch_groups(stream: Iterator[dict], size: int) -> Iterator[list[dict]]:
@@ -273,7 +291,14 @@ def prepare(config: Config, assets: Assets, accelerator: Accelerator, run_dir: P
     optimizer = build_optimizer(model, tcfg, lr_multipliers(model, config.model))
     objective, optimizer = accelerator.prepare(objective, optimizer)
     model = accelerator.unwrap_model(objective).model
-    return Parts(accelerator, objective, model, optimizer, LRSchedule(optimizer, tcfg), cache)
+    every = tcfg.task_grad_norm_every
+    if every is not None and is_fsdp(accelerator):
+        accelerator.print("train.task_grad_norm_every: per-task gradient norms are not measured "
+                          "under FSDP (each rank holds a shard of the gradient); only the total "
+                          "grad_norm is logged")
+        every = None
+    return Parts(accelerator, objective, model, optimizer, LRSchedule(optimizer, tcfg), cache,
+                 task_grad_norm_every=every)
 
 
 def train_mode(parts: Parts) -> None:

@@ -42,7 +42,8 @@ class MetricsLog:
         scalars = {k: v for k, v in record.items() if k != "step" and
                    isinstance(v, (int, float)) and math.isfinite(v)}
         for key, value in scalars.items():
-            self.writer.add_scalar(key.replace("loss_", "loss/"), value, step)
+            name = key.replace("loss_", "loss/").replace("grad_norm_", "grad_norm/")
+            self.writer.add_scalar(name, value, step)
         if self.wandb is not None:
             self.wandb.log(scalars, step=step)
 
