@@ -1,5 +1,6 @@
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from tiny import tiny_spec
 from tuwen.errors import TuwenError
@@ -109,3 +110,14 @@ def test_spec_keeps_the_text_normalisation_the_model_was_trained_with():
     legacy = spec.to_dict()
     del legacy["text"]  # a model saved before the key existed: the defaults
     assert ModelSpec.from_dict(legacy).text == TextConfig()
+
+
+def test_a_model_saved_with_a_scalar_temperature_still_loads(tiny_model, tmp_path):
+    """logit_scale became shape (1,) so that FSDP can shard it; older files hold a 0-d one."""
+    tiny_model.save_pretrained(tmp_path)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    weights["itc_head.logit_scale"] = weights["itc_head.logit_scale"].reshape(())
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    loaded = ImageTextModel.from_pretrained(tmp_path)
+    assert loaded.itc_head.logit_scale.shape == (1,)
+    assert torch.equal(loaded.itc_head.scale(), tiny_model.itc_head.scale())

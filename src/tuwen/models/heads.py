@@ -16,7 +16,14 @@ class ContrastiveHead(nn.Module):
         super().__init__()
         self.image_proj = nn.Linear(dim, embed_dim)
         self.text_proj = nn.Linear(dim, embed_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)))
+        # Shape (1,), not a 0-d scalar: FSDP cannot shard 0-d parameters.
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / init_temperature)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        key = prefix + "logit_scale"  # models saved before the (1,) shape hold a 0-d scalar
+        if key in state_dict and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def embed_image(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image_proj(pooled), dim=-1)
@@ -26,7 +33,7 @@ class ContrastiveHead(nn.Module):
 
     def scale(self) -> torch.Tensor:
         # CLIP's clamp: beyond 100 the logits saturate and training becomes unstable.
-        return self.logit_scale.clamp(max=math.log(100.0)).exp()
+        return self.logit_scale.clamp(max=math.log(100.0)).exp().squeeze(0)
 
 
 class MatchingHead(nn.Module):

@@ -39,7 +39,8 @@ def make_accelerator(tcfg: TrainConfig, cpu: bool = False) -> Accelerator:
     # A step may leave a head unused (a batch without questions, ITM with one image):
     # DDP must not wait for gradients that will never come.
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
-    fsdp = FullyShardedDataParallelPlugin() if tcfg.distributed == "fsdp" else None
+    # FSDP2 (per-parameter sharding): the version whose state-dict handling the tests run
+    fsdp = FullyShardedDataParallelPlugin(fsdp_version=2) if tcfg.distributed == "fsdp" else None
     # On GPUs Accelerate adds the fp16 grad scaler and FSDP's precision policy; the autocast
     # itself is the loop's (precision.autocast), which also works on CPUs.
     mixed = PRECISION[tcfg.precision] if torch.cuda.is_available() and not cpu else "no"
@@ -118,7 +119,9 @@ class ShardedBatchSampler(Sampler[list[int]]):
 # With FSDP every rank holds a shard of each weight and of the optimiser state; checkpoints
 # and the final model need the whole of them. These gather (collectives: call on every rank)
 # and scatter them back with torch.distributed.checkpoint's state-dict API. DDP and single
-# processes never come here. (Not exercised by the test suite: FSDP needs GPUs.)
+# processes never come here. tests/training/test_fsdp_cpu.py runs these helpers on a model
+# sharded by FSDP2 over two CPU processes (gloo), against one unsharded process; Accelerate's
+# FSDP plugin path (make_accelerator, prepare) shards on GPUs only and is not tested.
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -144,9 +147,15 @@ def load_full_states(objective: torch.nn.Module, optimizer, weights: dict,
 
 def whole_model(accelerator: Accelerator, objective: torch.nn.Module, model):
     """The model with whole weights (FSDP: a CPU copy on every rank; else the model)."""
-    if not is_fsdp(accelerator):
-        return model
-    weights = get_model_state_dict(objective, options=FULL)
+    return gather_whole_model(objective, model) if is_fsdp(accelerator) else model
+
+
+def gather_whole_model(objective: torch.nn.Module, model):
+    """A CPU copy of ``model`` with the whole weights of the sharded ``objective``, on every
+    rank (a collective)."""
+    # Not FULL: with cpu_offload the ranks but 0 get an empty dict. Each rank holds the whole
+    # weights on its device until they are copied into the CPU model.
+    weights = get_model_state_dict(objective, options=StateDictOptions(full_state_dict=True))
     copy = build_model(model.spec)
     copy.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
     copy.tokenizer = getattr(model, "tokenizer", None)
