@@ -81,3 +81,43 @@ def test_the_model_learns_a_fixed_batch():
     for name in ("caption", "itc", "vqa"):
         assert losses[name] < 0.3 * first[name], (name, first[name].item(), losses[name].item())
     assert losses["itm"] < first["itm"]
+
+
+def test_swapped_captions_are_itc_negatives_except_where_they_describe_the_image():
+    """Image 1's caption is image 0's caption mirrored: that swap is a negative for image 0
+    and must not be one for image 1."""
+    torch.manual_seed(0)
+    model = build_model(tiny_spec()).train()
+    batch = batch_for(torch.Generator().manual_seed(3), b=4)
+    batch["caption_input_ids"][1] = batch["caption_input_ids"][0].flip(0)
+    batch["swap_image"] = torch.tensor([0])
+    batch["swap_input_ids"] = batch["caption_input_ids"][1:2].clone()
+    batch["swap_attention_mask"] = torch.ones(1, 6, dtype=torch.long)
+    image = model.encode_image(batch["pixel_values"])
+    text, rows = retrieval._swap_negatives(model, batch, torch.arange(4))
+    world = retrieval._World(model, torch.arange(4), batch["caption_image"],
+                             batch["caption_input_ids"],
+                             model.itc_head.embed_image(image.pooled),
+                             model.itc_head.embed_text(model.encode_text(
+                                 batch["caption_input_ids"],
+                                 batch["caption_attention_mask"]).pooled), gather=False)
+    embeds, mask = world.hard_negatives(model, text, batch["swap_input_ids"])
+    assert embeds.shape == (1, 16) and mask[:, 0].tolist() == [False, True, False, False]
+    with_swaps = retrieval.training_step(model, batch, image, itm=False)["itc"]
+    del batch["swap_input_ids"], batch["swap_attention_mask"], batch["swap_image"]
+    without = retrieval.training_step(model, batch, image, itm=False)["itc"]
+    assert with_swaps > without
+
+
+def test_itm_on_the_first_n_images_fuses_fewer_pairs():
+    torch.manual_seed(0)
+    model = build_model(tiny_spec()).train()
+    batch = batch_for(torch.Generator().manual_seed(4), b=8)
+    sizes = []
+    fuse = model.fuse
+    model.fuse = lambda text, tokens, **kw: (sizes.append(len(tokens)), fuse(text, tokens, **kw))[1]
+    image = model.encode_image(batch["pixel_values"])
+    for limit in (None, 3):
+        loss = retrieval.training_step(model, batch, image, itc=False, itm_images=limit)["itm"]
+        assert torch.isfinite(loss)
+    assert sizes == [24, 9]  # positive, mined caption, mined image per image
