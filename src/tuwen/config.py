@@ -237,7 +237,7 @@ class DataConfig(Section):
     max_text_length: int = Field(40, ge=4)
     captions_per_image: int = Field(4, ge=1)   # drawn per image per step (ITC uses all)
     questions_per_image: int = Field(3, ge=1)  # drawn per image per step
-    spatial_negatives: bool = True  # ITM and ITC also reject captions with left/right etc. swapped
+    spatial_negatives: bool = True  # ITM also rejects captions with left/right etc. swapped
     answer_vocab_size: int = Field(100, ge=2)
     tokenizer: TokenizerConfig = TokenizerConfig()
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
@@ -453,6 +453,7 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     tasks: TaskWeights = TaskWeights()
     itm_images: int | None = Field(None, ge=1)  # ITM on the first N images per batch (None: all)
+    itc_swap_negatives: bool = False  # data.spatial_negatives' swapped captions in ITC too
     # --- training at scale (README "Training at scale")
     schedule: Literal["cosine", "linear", "constant"] = "cosine"  # after the linear warmup
     task_schedule: list[TaskWeightPoint] = []  # weights interpolated linearly between points

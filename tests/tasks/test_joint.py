@@ -103,10 +103,12 @@ def test_swapped_captions_are_itc_negatives_except_where_they_describe_the_image
                                  batch["caption_attention_mask"]).pooled), gather=False)
     embeds, mask = world.hard_negatives(model, text, batch["swap_input_ids"])
     assert embeds.shape == (1, 16) and mask[:, 0].tolist() == [False, True, False, False]
-    with_swaps = retrieval.training_step(model, batch, image, itm=False)["itc"]
+    with_swaps = retrieval.training_step(model, batch, image, itm=False,
+                                        itc_swap_negatives=True)["itc"]
+    off = retrieval.training_step(model, batch, image, itm=False)["itc"]
     del batch["swap_input_ids"], batch["swap_attention_mask"], batch["swap_image"]
     without = retrieval.training_step(model, batch, image, itm=False)["itc"]
-    assert with_swaps > without
+    assert with_swaps > without and torch.equal(off, without)
 
 
 def test_itm_on_the_first_n_images_fuses_fewer_pairs():

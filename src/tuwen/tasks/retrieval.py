@@ -33,12 +33,14 @@ def caption_positives(images: torch.Tensor, owner: torch.Tensor,
 
 def training_step(model: ImageTextModel, batch: dict, image: ImageFeatures, *,
                   itc: bool = True, itm: bool = True, gather: bool = False,
-                  itm_images: int | None = None) -> dict[str, torch.Tensor]:
+                  itm_images: int | None = None,
+                  itc_swap_negatives: bool = False) -> dict[str, torch.Tensor]:
     """ITC and ITM losses. With ``gather`` (a multi-process run) the ITC negatives are the
     global batch and ITM's hard negatives are mined from the global similarity matrix.
-    Spatially swapped captions in the batch (``data.spatial_negatives``) are extra
-    negatives for both. ITM takes the first ``itm_images`` images of the batch (all if
-    None): its three fusion passes per image cost more than the rest of retrieval."""
+    Spatially swapped captions in the batch (``data.spatial_negatives``) are extra ITM
+    negatives and, with ``itc_swap_negatives``, extra ITC negatives. ITM takes the first
+    ``itm_images`` images of the batch (all if None): its three fusion passes per image cost
+    more than the rest of retrieval."""
     if "caption_image" not in batch:
         return {}
     owner, first = batch["caption_image"], batch["caption_first"]
@@ -54,7 +56,7 @@ def training_step(model: ImageTextModel, batch: dict, image: ImageFeatures, *,
     losses = {}
     if itc:
         hard, hard_mask = world.hard_negatives(model, swaps[0], batch["swap_input_ids"]) \
-            if swaps is not None else (None, None)
+            if swaps is not None and itc_swap_negatives else (None, None)
         losses["itc"] = contrastive_loss(world.image_embeds, world.text_embeds,
                                          model.itc_head.scale(), world.positives, hard,
                                          hard_mask)

@@ -287,7 +287,8 @@ def prepare(config: Config, assets: Assets, accelerator: Accelerator, run_dir: P
     if tcfg.compile:
         compile_towers(model)
     objective = JointObjective(model, tcfg.label_smoothing,
-                               gather=accelerator.num_processes > 1, itm_images=tcfg.itm_images)
+                               gather=accelerator.num_processes > 1, itm_images=tcfg.itm_images,
+                               itc_swap_negatives=tcfg.itc_swap_negatives)
     optimizer = build_optimizer(model, tcfg, lr_multipliers(model, config.model))
     objective, optimizer = accelerator.prepare(objective, optimizer)
     model = accelerator.unwrap_model(objective).model
