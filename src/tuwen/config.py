@@ -387,6 +387,9 @@ class VQAModeConfig(Section):
     # classify: a head over the answer vocabulary (VQAv2 standard); generate: the decoder
     # writes the answer after the question (loss on the answer tokens only)
     mode: Literal["classify", "generate"] = "classify"
+    # classify: learned queries that attention-pool the fused question tokens for the head,
+    # besides the fused [CLS] (0: [CLS] only)
+    readout_queries: int = Field(0, ge=0)
 
 
 class ModelConfig(Section):

@@ -82,6 +82,15 @@ def test_same_seed_gives_identical_bytes(tiny: Path, tmp_path: Path) -> None:
     assert _files(tmp_path) == _files(tiny)
 
 
+def test_worker_processes_write_the_same_bytes_as_one(tmp_path: Path) -> None:
+    counts = {"n_train": 700, "n_val": 100, "n_test": 150, "n_test_novel": 50}  # 2 workers
+    generate_shapes(tmp_path / "one", seed=3, progress=False, workers=1, image_size=32,
+                    **counts)
+    generate_shapes(tmp_path / "two", seed=3, progress=False, workers=2, image_size=32,
+                    **counts)
+    assert _files(tmp_path / "two") == _files(tmp_path / "one")
+
+
 def test_different_seed_gives_different_data(tiny: Path, tmp_path: Path) -> None:
     generate_shapes(tmp_path, seed=4, progress=False, **TINY)
     ours, theirs = _files(tmp_path), _files(tiny)

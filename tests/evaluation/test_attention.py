@@ -18,6 +18,7 @@ from tuwen.evaluation.attention import (
     upsample,
 )
 from tuwen.models.builder import FUSIONS, build_model
+from tuwen.tasks import vqa
 from tuwen.training.assets import VOCAB_FILE
 
 TEXTS = ["a red circle left of a blue square", "a green triangle above a red circle",
@@ -325,3 +326,12 @@ def test_rollout_through_a_hugging_face_vit(tokenizer, tmp_path):
     cnn = LoadedModel(build_model(spec).eval(), tokenizer, None, loaded.transform)
     with pytest.raises(TuwenError, match="--rollout needs a ViT"):
         attention_maps(cnn, PIXELS, text="a red circle", rollout=True)
+
+
+def test_the_answer_beside_the_maps_is_the_vqa_prediction_with_readout_queries(tokenizer):
+    loaded = loaded_model(tokenizer, vqa={"readout_queries": 2})
+    answered = attention_maps(loaded, PIXELS, question="what colour is the square?",
+                              source="fusion")
+    ids, mask = question_ids(loaded)
+    expected = vqa.predict_step(loaded.model, PIXELS, ids, mask)[0]
+    assert answered.answer == loaded.vocab.answer(int(expected))

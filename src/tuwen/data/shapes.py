@@ -19,6 +19,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +73,13 @@ def shapes_manifest(*, seed: int = 0, image_size: int = 64, n_train: int = 10000
 
 def generate_shapes(out_dir: str | Path, *, seed: int = 0, image_size: int = 64,
                     n_train: int = 10000, n_val: int = 500, n_test: int = 1000,
-                    n_test_novel: int = 500, progress: bool = True) -> dict:
-    """Writes the dataset and returns the manifest dict (also written to out_dir/manifest.json)."""
+                    n_test_novel: int = 500, progress: bool = True,
+                    workers: int | None = None) -> dict:
+    """Writes the dataset and returns the manifest dict (also written to out_dir/manifest.json).
+
+    Images are drawn by ``workers`` processes (default: one per CPU); each image's random
+    numbers depend only on the seed and its id, so the files are the same for any count.
+    """
     counts = {"train": n_train, "val": n_val, "test": n_test, "test_novel": n_test_novel}
     _check_params(seed, image_size, counts)
     out = Path(out_dir)
@@ -82,9 +90,14 @@ def generate_shapes(out_dir: str | Path, *, seed: int = 0, image_size: int = 64,
     karpathy: list[dict] = []
     scenes: dict[str, dict] = {}
     vqa: dict[str, tuple[list[dict], list[dict]]] = {s: ([], []) for s in SPLITS}
-    for imgid, (image_id, split) in enumerate(tqdm(plan, desc="shapes", unit="img",
-                                                   disable=not progress)):
-        objects = _write_image(images_dir, seed, image_id, split, image_size)
+    draw = partial(_write_image, images_dir, seed, image_size=image_size)
+    workers = min(workers or os.cpu_count() or 1, max(1, len(plan) // 500))
+    with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+        drawn = (pool.map(draw, *zip(*plan), chunksize=100) if workers > 1
+                 else (draw(image_id, split) for image_id, split in plan))
+        scene_objects = list(tqdm(drawn, total=len(plan), desc="shapes", unit="img",
+                                  disable=not progress))
+    for imgid, ((image_id, split), objects) in enumerate(zip(plan, scene_objects)):
         scenes[str(image_id)] = {"split": split, "objects": [o.to_json() for o in objects]}
         karpathy.append(_karpathy_entry(imgid, image_id, split, make_captions(objects)))
         text_rng = np.random.default_rng([seed, image_id, 1])

@@ -25,6 +25,7 @@ from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform, load_image, resize_and_crop, to_rgb
 from tuwen.data.tokenizer import decode_text, load_tokenizer
 from tuwen.errors import TuwenError
+from tuwen.models.fusion import FusionOutput
 from tuwen.models.generation import greedy_generate
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.training.assets import VOCAB_FILE
@@ -198,7 +199,7 @@ def attention_maps(loaded: LoadedModel, pixel_values: torch.Tensor, *, text: str
     answer, gates = None, None
     if question is not None:
         tokens, maps, fused, gates = _fusion_maps(loaded, feats.tokens, question, layer, head)
-        text, answer = question, _answer(loaded, fused.pooled)
+        text, answer = question, _answer(loaded, fused)
     else:
         ids = _caption_ids(model, loaded.tokenizer, feats.tokens, text, max_new_tokens)
         text = decode_text(loaded.tokenizer, ids)
@@ -214,10 +215,12 @@ def attention_maps(loaded: LoadedModel, pixel_values: torch.Tensor, *, text: str
                          source, text, answer, gates)
 
 
-def _answer(loaded: LoadedModel, pooled: torch.Tensor) -> str:
+def _answer(loaded: LoadedModel, fused: FusionOutput) -> str:
     if loaded.vocab is None:
         raise TuwenError("this model was trained without VQA data; it has no answers")
-    return loaded.vocab.answer(int(loaded.model.vqa_head(pooled).argmax(dim=-1)[0]))
+    mask = torch.ones(fused.fused.shape[:2], device=fused.fused.device)  # one unpadded question
+    logits = loaded.model.vqa_head(fused.pooled, fused.fused, mask)
+    return loaded.vocab.answer(int(logits.argmax(dim=-1)[0]))
 
 
 def image_pixels(loaded: LoadedModel, image_path: str | Path) -> torch.Tensor:

@@ -142,7 +142,7 @@ def build_model(spec: ModelSpec) -> ImageTextModel:
     model = ImageTextModel(
         spec, image_encoder, text_encoder, fusion, decoder,
         ContrastiveHead(m.hidden_size, m.embed_dim), MatchingHead(m.hidden_size),
-        AnswerHead(m.hidden_size, spec.num_answers, m.dropout))
+        AnswerHead(m.hidden_size, spec.num_answers, m.dropout, m.vqa.readout_queries))
     init_new_weights(model)
     return model
 

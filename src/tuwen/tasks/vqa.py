@@ -20,7 +20,8 @@ def generates_answers(model: ImageTextModel) -> bool:
 def answer_logits(model: ImageTextModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   image_tokens: torch.Tensor) -> torch.Tensor:
     question = model.encode_text(input_ids, attention_mask)
-    return model.vqa_head(model.fuse(question, image_tokens).pooled)
+    fused = model.fuse(question, image_tokens)
+    return model.vqa_head(fused.pooled, fused.fused, attention_mask)
 
 
 def training_step(model: ImageTextModel, batch: dict,

@@ -1,0 +1,50 @@
+"""The VQA answer head, with and without learned readout queries over the fused tokens."""
+
+import pytest
+import torch
+
+from tiny import tiny_spec
+from tuwen.models.builder import build_model
+from tuwen.models.heads import AnswerHead
+from tuwen.models.image_text_model import ImageTextModel
+from tuwen.tasks import vqa
+
+
+def test_readout_ignores_padding_and_needs_the_tokens():
+    torch.manual_seed(0)
+    head = AnswerHead(8, 5, queries=2).eval()
+    pooled, tokens = torch.randn(2, 8), torch.randn(2, 3, 8)
+    padded = torch.cat([tokens, torch.randn(2, 2, 8)], dim=1)  # two junk pad positions
+    mask = torch.tensor([[1, 1, 1, 0, 0]] * 2)
+    torch.testing.assert_close(head(pooled, padded, mask), head(pooled, tokens, mask[:, :3]))
+    with pytest.raises(ValueError, match="pass tokens and mask"):
+        head(pooled)
+    assert AnswerHead(8, 5)(pooled).shape == (2, 5)  # without queries: [CLS] only
+
+
+@pytest.mark.parametrize("fusion", ["cross_attention", "concat", "weighted_sum"])
+def test_a_model_with_readout_queries_learns_and_round_trips(fusion, tmp_path, tiny_batch):
+    torch.manual_seed(0)
+    fusion_cfg = {"type": fusion} if fusion == "weighted_sum" else \
+        {"type": fusion, "layers": 1, "heads": 2}
+    model = build_model(tiny_spec(fusion=fusion_cfg, vqa={"readout_queries": 2})).train()
+    batch = tiny_batch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = vqa.training_step(model, batch, model.encode_image(batch["pixel_values"]))["vqa"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    # soft targets in (0, 1): the loss can only fall to their entropy
+    t = batch["vqa_targets"].clamp(1e-6, 1 - 1e-6)
+    floor = float(-(t * t.log() + (1 - t) * (1 - t).log()).sum(1).mean())
+    assert losses[-1] - floor < 0.3 * (losses[0] - floor)
+    assert model.vqa_head.query.grad is not None and model.vqa_head.query.grad.abs().sum() > 0
+    model.eval().save_pretrained(tmp_path)
+    loaded = ImageTextModel.from_pretrained(tmp_path).eval()
+    args = (batch["question_input_ids"], batch["question_attention_mask"])
+    image = model.encode_image(batch["pixel_values"]).tokens[batch["question_image"]]
+    torch.testing.assert_close(vqa.answer_logits(loaded, *args, image),
+                               vqa.answer_logits(model, *args, image), rtol=0, atol=0)
