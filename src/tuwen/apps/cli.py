@@ -15,7 +15,7 @@ from pathlib import Path
 from tuwen.errors import TuwenError
 
 DEFAULT_CONFIG = "configs/shapes.yaml"
-DEMO_MINUTES = 7.5
+DEMO_MINUTES = 8.0
 
 
 def _config_path(path: str | None) -> str | None:
