@@ -23,12 +23,13 @@ def duplicate_text_mask(input_ids: torch.Tensor, others: torch.Tensor | None = N
     return (input_ids[:, None, :] == others[None, :, :]).all(dim=-1)
 
 
-def caption_positives(images: torch.Tensor, owner: torch.Tensor,
-                      input_ids: torch.Tensor) -> torch.Tensor:
+def caption_positives(images: torch.Tensor, owner: torch.Tensor, input_ids: torch.Tensor,
+                      others: torch.Tensor | None = None) -> torch.Tensor:
     """(B_img, R) True where caption row r describes image b: it is one of b's captions,
-    or the same text as one of them (duplicate captions are not negatives)."""
+    or the same text as one of them (duplicate captions are not negatives). With
+    ``others`` (S, L), (B_img, S): which of those texts are the same as one of b's captions."""
     own = (owner[None, :] == images[:, None]).float()  # (B_img, R)
-    return (own @ duplicate_text_mask(input_ids).float()) > 0
+    return (own @ duplicate_text_mask(input_ids, others).float()) > 0
 
 
 def training_step(model: ImageTextModel, batch: dict, image: ImageFeatures, *,
@@ -52,7 +53,9 @@ def training_step(model: ImageTextModel, batch: dict, image: ImageFeatures, *,
     image_embeds = model.itc_head.embed_image(image.pooled[images])  # (B_img, E)
     text_embeds = model.itc_head.embed_text(text.pooled)              # (R, E)
     world = _World(model, images, owner, ids, image_embeds, text_embeds, gather)
-    swaps = _swap_negatives(model, batch, images)
+    # encoded only where used: ITM, or ITC with itc_swap_negatives
+    swaps = _swap_negatives(model, batch, images) if itm or (itc and itc_swap_negatives) \
+        else None
     losses = {}
     if itc:
         hard, hard_mask = world.hard_negatives(model, swaps[0], batch["swap_input_ids"]) \
@@ -99,11 +102,10 @@ class _World:
         embeds = self.cat(model.itc_head.embed_text(text.pooled), sizes)
         ids = self.cat(ids, sizes, width_dim=1, pad_value=self.pad_id)
         width = max(ids.shape[1], self.all_ids.shape[1])
-        same = duplicate_text_mask(pad_to(self.all_ids, width, 1, self.pad_id),
-                                   pad_to(ids, width, 1, self.pad_id))      # (R_all, B_neg)
-        own = (self.all_rows[None, :] == torch.arange(len(self.image_embeds),
-                                                      device=ids.device)[:, None]).float()
-        return embeds, (own @ same.float()) > 0
+        images = torch.arange(len(self.image_embeds), device=ids.device)
+        return embeds, caption_positives(images, self.all_rows,
+                                         pad_to(self.all_ids, width, 1, self.pad_id),
+                                         pad_to(ids, width, 1, self.pad_id))
 
     def cat(self, x: torch.Tensor, sizes: list[int], **kwargs) -> torch.Tensor:
         return gather_cat(x, sizes, **kwargs) if self.gather else x
