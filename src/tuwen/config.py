@@ -402,6 +402,9 @@ class ModelConfig(Section):
     fusion: FusionConfig = CrossAttentionFusionConfig()
     decoder: DecoderConfig = TransformerDecoderConfig()
     vqa: VQAModeConfig = VQAModeConfig()
+    # texts run through the text tower and the fusion in this many groups of similar
+    # length, each cut to its longest text: less padding, the same results
+    length_buckets: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:

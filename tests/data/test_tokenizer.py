@@ -126,3 +126,17 @@ def test_load_errors_name_the_folder(tok, tmp_path: Path) -> None:
         load_tokenizer(tmp_path / "broken")
     assert str(tmp_path / "broken") in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_training_text_includes_the_answers_generative_vqa_writes(tiny_shapes) -> None:
+    """Shapes count answers are digits ("2") that no caption or question contains."""
+    from tuwen.config import load_config
+    from tuwen.data.prepare import build_tokenizer, read_split
+
+    config = load_config("configs/shapes.yaml", [f"data.root={tiny_shapes}"])
+    train = read_split(config.data, "train")
+    answers = {q.multiple_choice_answer for q in train.questions}
+    assert {"0", "1", "2"} <= answers
+    tok = build_tokenizer(train, vocab_size=200)
+    for answer in sorted(answers):
+        assert tok.unk_token_id not in tok(answer, add_special_tokens=False)["input_ids"], answer

@@ -34,6 +34,9 @@ class SplitData:
     def texts(self) -> list[str]:
         texts = [c for r in self.captions for c in r.captions]
         texts += [q.question for q in self.questions]
+        # the answers too: generative VQA writes them ("2" was [UNK] when only the
+        # captions' "two" was seen, and decoded to an empty answer)
+        texts += [q.multiple_choice_answer for q in self.questions]
         for stream in self.streams:
             texts += shard_texts(list(stream.shards), stream.caption_key, MAX_STREAM_TEXTS)
         return texts
@@ -82,7 +85,7 @@ def build_answer_vocab(train: SplitData, top_k: int) -> AnswerVocab | None:
 
 
 def build_tokenizer(train: SplitData, vocab_size: int):
-    """A WordPiece tokenizer trained on the training captions and questions only."""
+    """A WordPiece tokenizer trained on the training captions, questions and answers only."""
     return train_tokenizer(train.texts(), vocab_size=vocab_size)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 
 from tuwen.config import TextConfig
 
@@ -34,9 +35,11 @@ there here again once only own same such
 _APOSTROPHES = "'\u2019"  # ASCII and typographic
 
 
+@lru_cache(maxsize=1 << 17)
 def normalize_whitespace(text: str) -> str:
     """Runs of any whitespace (tabs, newlines, no-break spaces) -> one space; ends trimmed;
-    invisible control and format characters (e.g. zero-width spaces) removed."""
+    invisible control and format characters (e.g. zero-width spaces) removed. Memoised:
+    training normalises the same captions and questions every epoch."""
     visible = "".join(ch for ch in text if ch.isspace() or unicodedata.category(ch)[0] != "C")
     return " ".join(visible.split())
 

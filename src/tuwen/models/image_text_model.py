@@ -26,6 +26,7 @@ from tuwen.models.fusion import FusionOutput
 from tuwen.models.heads import AnswerHead, ContrastiveHead, MatchingHead
 from tuwen.models.hf_image import PROCESSOR_FILE, Preprocessing, preprocessor_config
 from tuwen.models.image_encoders import ImageFeatures
+from tuwen.models.length_buckets import length_groups, run_grouped
 from tuwen.models.text_encoders import TextFeatures
 
 
@@ -100,11 +101,36 @@ class ImageTextModel(nn.Module):
         return self.image_encoder(pixel_values)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
-        return self.text_encoder(input_ids, attention_mask)
+        """The text tower; in ``model.length_buckets`` groups of similar length (less padding,
+        the same values at real positions; see models.length_buckets)."""
+        groups = length_groups(attention_mask, self.spec.model.length_buckets)
+        if groups is None:
+            return self.text_encoder(input_ids, attention_mask)
+
+        def run(ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+            out = self.text_encoder(ids, mask)
+            return [out.tokens, out.pooled]
+
+        tokens, pooled = run_grouped(run, groups, [], [input_ids, attention_mask], [True, False])
+        return TextFeatures(tokens=tokens, pooled=pooled, attention_mask=attention_mask)
 
     def fuse(self, text: TextFeatures, image_tokens: torch.Tensor,
              output_attentions: bool = False) -> FusionOutput:
-        return self.fusion(text.tokens, text.attention_mask, image_tokens, output_attentions)
+        """The fusion, length-bucketed like ``encode_text`` unless attentions are asked for."""
+        groups = None if output_attentions else \
+            length_groups(text.attention_mask, self.spec.model.length_buckets)
+        if groups is None:
+            return self.fusion(text.tokens, text.attention_mask, image_tokens, output_attentions)
+
+        def run(image: torch.Tensor, tokens: torch.Tensor,
+                mask: torch.Tensor) -> list[torch.Tensor]:
+            out = self.fusion(tokens, mask, image)
+            return [out.fused, out.pooled] + ([] if out.gates is None else [out.gates])
+
+        merged = run_grouped(run, groups, [image_tokens], [text.tokens, text.attention_mask],
+                             [True, False, True])
+        return FusionOutput(fused=merged[0], pooled=merged[1], attentions=None,
+                            gates=merged[2] if len(merged) > 2 else None)
 
     def decode(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
                output_attentions: bool = False, attention_mask: torch.Tensor | None = None,
