@@ -309,6 +309,9 @@ class SmallViTConfig(TowerTrainingConfig):
     patch_size: int = Field(16, ge=1)
     layers: int = Field(2, ge=0)
     heads: int = Field(4, ge=1)
+    # also add a learned linear map of each patch's (x, y) in [-1, 1] to its token (CoordConv):
+    # "left of" / "above" become comparisons of one feature
+    coordinates: bool = False
 
 
 class SmallCNNConfig(SmallViTConfig):
@@ -460,6 +463,8 @@ class TrainConfig(Section):
     tasks: TaskWeights = TaskWeights()
     itm_images: int | None = Field(None, ge=1)  # ITM on the first N images per batch (None: all)
     itc_swap_negatives: bool = False  # data.spatial_negatives' swapped captions in ITC too
+    # image->text ITC targets weigh each caption by 1 / (training images with that text)
+    itc_specific_captions: bool = False
     # --- training at scale (README "Training at scale")
     schedule: Literal["cosine", "linear", "constant"] = "cosine"  # after the linear warmup
     task_schedule: list[TaskWeightPoint] = []  # weights interpolated linearly between points

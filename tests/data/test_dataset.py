@@ -1,9 +1,16 @@
 from pathlib import Path
 
+import pytest
 import torch
 
 from tuwen.data.answers import AnswerVocab
-from tuwen.data.dataset import Collator, EpochBatchSampler, JointDataset, join_by_image
+from tuwen.data.dataset import (
+    Collator,
+    EpochBatchSampler,
+    JointDataset,
+    caption_image_counts,
+    join_by_image,
+)
 from tuwen.data.images import ImageTransform
 from tuwen.data.records import ImageCaptions, VQAItem
 from tuwen.data.text import TextNormalizer
@@ -120,3 +127,23 @@ def test_collator_normalises_texts_and_drops_stop_words_from_the_retrieval_input
     assert words(batch["caption_input_ids"][0]) == ["red", "square", "on", "left"]
     assert words(batch["decoder_input_ids"][0]) == ["a", "red", "square", "on", "the", "left"]
     assert words(batch["question_input_ids"][0]) == ["what", "colour", "is", "the", "square"]
+
+
+def test_caption_weights_are_one_over_the_images_sharing_the_text(tmp_path):
+    """train.itc_specific_captions: "a square" is a caption of three images, "A Red Square"
+    (the same retrieval text as "a red square") of two, each counted once per image."""
+    caps = [ImageCaptions(1, make_png(tmp_path / "a.png"), "train",
+                          ("a red square", "A Red Square", "a square")),
+            ImageCaptions(2, make_png(tmp_path / "b.png"), "train", ("a red square", "a square")),
+            ImageCaptions(3, make_png(tmp_path / "c.png"), "train", ("a square", "a blue dot"))]
+    normalizer = TextNormalizer()
+    counts = caption_image_counts(caps, normalizer)
+    assert counts == {"a red square": 2, "a square": 3, "a blue dot": 1}
+    ds = JointDataset(join_by_image(caps, []), ImageTransform(16), captions_per_image=3)
+    tok = train_tokenizer([c for r in caps for c in r.captions], vocab_size=60)
+    batch = Collator(tok, None, 12, normalizer=normalizer, caption_counts=counts)(
+        [ds[0], ds[2]])
+    texts = [tok.decode(ids, skip_special_tokens=True) for ids in batch["caption_input_ids"]]
+    expected = {"a red square": 1 / 2, "a square": 1 / 3, "a blue dot": 1.0}
+    assert batch["caption_weight"].tolist() == pytest.approx([expected[t] for t in texts])
+    assert "caption_weight" not in Collator(tok, None, 12)([ds[0]])

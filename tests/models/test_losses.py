@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from tuwen.models.losses import (
@@ -101,3 +102,50 @@ def test_hard_negatives_join_the_image_to_text_side_only():
     got = contrastive_loss(img, txt, scale, hard_negatives=neg, hard_negative_mask=mask)
     assert math.isclose(got.item(), expected.item(), rel_tol=1e-6)
     assert got > contrastive_loss(img, txt, scale)  # more negatives: a harder task
+
+
+def test_text_weights_spread_the_image_to_text_target_by_hand():
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(2, 4), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    positives = torch.tensor([[1, 1, 0], [0, 0, 1]])
+    weights = torch.tensor([0.25, 1.0, 0.5])
+    logits = 3.0 * img @ txt.t()
+    rows, cols = logits.log_softmax(1), logits.log_softmax(0)
+    i2t = [-(0.25 * rows[0, 0] + 1.0 * rows[0, 1]) / 1.25, -rows[1, 2]]
+    t2i = [-cols[0, 0], -cols[0, 1], -cols[1, 2]]  # the text->image side is unweighted
+    expected = (sum(i2t) / 2 + sum(t2i) / 3) / 2
+    got = contrastive_loss(img, txt, torch.tensor(3.0), positives, text_weights=weights)
+    assert math.isclose(got.item(), float(expected), rel_tol=1e-5)
+    same = contrastive_loss(img, txt, torch.tensor(3.0), positives, text_weights=torch.ones(3))
+    assert math.isclose(same.item(), contrastive_loss(img, txt, torch.tensor(3.0),
+                                                      positives).item(), rel_tol=1e-6)
+
+
+def test_text_weights_teach_an_image_to_rank_its_specific_caption_first():
+    """Two images share the caption "generic" (its text appears once per image) and each has
+    a specific one. Uniform targets leave an image's generic and specific captions tied;
+    weighting each caption by 1 / (images that have it) ranks the specific one first."""
+    # texts: 0 generic (of image 0), 1 specific 0, 2 generic (of image 1), 3 specific 1
+    positives = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 1]])  # identical texts are positives
+    weights = torch.tensor([0.5, 1.0, 0.5, 1.0])
+    margins = {}
+    for name, w in (("uniform", None), ("weighted", weights)):
+        torch.manual_seed(0)
+        img = torch.randn(2, 8, requires_grad=True)
+        base = torch.randn(3, 8, requires_grad=True)  # generic, specific 0, specific 1
+        opt = torch.optim.Adam([img, base], lr=0.05)
+        for _ in range(400):
+            txt = base[[0, 1, 0, 2]]  # the two generic rows are the same text
+            n = torch.nn.functional.normalize
+            loss = contrastive_loss(n(img, dim=-1), n(txt, dim=-1), torch.tensor(10.0),
+                                    positives, text_weights=w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            sim = n(img, dim=-1) @ n(base, dim=-1).t()
+        margins[name] = min(sim[0, 1] - sim[0, 0], sim[1, 2] - sim[1, 0]).item()
+    # at the optimum the logits differ by log(target ratio) = log 2, at logit scale 10
+    assert abs(margins["uniform"]) < 0.01
+    assert margins["weighted"] == pytest.approx(math.log(2) / 10, abs=0.01)

@@ -9,7 +9,8 @@ every task.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +195,14 @@ def swap_spatial(text: str) -> str | None:
     return swapped if swapped != text else None
 
 
+def caption_image_counts(records: Sequence, normalize: TextNormalizer) -> Counter:
+    """Retrieval text (as the ITC sees it) -> how many of ``records``' images have it as a
+    caption: "a red circle" describes many shapes images, "a small red circle above a large
+    blue square" few."""
+    return Counter(text for r in records
+                   for text in {normalize.retrieval(c) for c in r.captions})
+
+
 class Collator:
     """Drops failed images, tokenises captions and questions, builds VQA soft targets.
 
@@ -204,11 +213,14 @@ class Collator:
 
     def __init__(self, tokenizer, vocab: AnswerVocab | None, max_length: int,
                  spatial_negatives: bool = False, vqa_answers: bool = False,
-                 normalizer: TextNormalizer | None = None) -> None:
+                 normalizer: TextNormalizer | None = None,
+                 caption_counts: Mapping[str, int] | None = None) -> None:
         self.tok, self.vocab, self.max_length = tokenizer, vocab, max_length
         self.normalize = normalizer or TextNormalizer()
         self.spatial_negatives = spatial_negatives
         self.vqa_answers = vqa_answers  # generative VQA: prompt + answer rows (data.vqa_text)
+        # train.itc_specific_captions: retrieval text -> training images that have it
+        self.caption_counts = caption_counts
         # question -> targets; keyed by the whole item since sources may share question ids
         self._soft_scores: dict[VQAItem, dict[int, float]] = {}
 
@@ -237,13 +249,17 @@ class Collator:
 
     def captions(self, rows: list[tuple[int, int, str]]) -> dict:
         # the ITC/ITM text may also drop stop words; the decoder learns the whole caption
-        enc = self.encode([self.normalize.retrieval(c) for _, _, c in rows])
+        texts = [self.normalize.retrieval(c) for _, _, c in rows]
+        enc = self.encode(texts)
         dec_in, labels = self.decoder_inputs([self.normalize(c) for _, _, c in rows])
         out = {"caption_image": torch.tensor([i for i, _, _ in rows]),
                "caption_first": torch.tensor([j == 0 for _, j, _ in rows]),
                "caption_input_ids": enc["input_ids"],
                "caption_attention_mask": enc["attention_mask"],
                "decoder_input_ids": dec_in, "labels": labels}
+        if self.caption_counts is not None:
+            out["caption_weight"] = torch.tensor(
+                [1.0 / max(1, self.caption_counts.get(t, 1)) for t in texts])
         if self.spatial_negatives:
             out.update(self.swapped(rows, enc["input_ids"].shape[1]))
         return out

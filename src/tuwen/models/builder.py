@@ -31,13 +31,14 @@ def _small_vit(spec: ModelSpec, hf_configs: dict) -> Tower:
     cfg, m = spec.model.image_encoder, spec.model
     _check_patches(spec)
     return SmallViT(spec.image_size, cfg.patch_size, m.hidden_size, cfg.layers, cfg.heads,
-                    m.mlp_ratio, m.dropout)
+                    m.mlp_ratio, m.dropout, coordinates=cfg.coordinates)
 
 
 def _small_cnn(spec: ModelSpec, hf_configs: dict) -> Tower:
     cfg, m = spec.model.image_encoder, spec.model
     _check_patches(spec)
-    return SmallCNN(spec.image_size, cfg.patch_size, m.hidden_size, cfg.layers, m.dropout)
+    return SmallCNN(spec.image_size, cfg.patch_size, m.hidden_size, cfg.layers, m.dropout,
+                    coordinates=cfg.coordinates)
 
 
 def _check_patches(spec: ModelSpec) -> None:

@@ -60,9 +60,12 @@ def training_step(model: ImageTextModel, batch: dict, image: ImageFeatures, *,
     if itc:
         hard, hard_mask = world.hard_negatives(model, swaps[0], batch["swap_input_ids"]) \
             if swaps is not None and itc_swap_negatives else (None, None)
+        weights = batch.get("caption_weight")  # train.itc_specific_captions
+        if weights is not None:
+            weights = world.cat(weights, world.text_sizes)
         losses["itc"] = contrastive_loss(world.image_embeds, world.text_embeds,
                                          model.itc_head.scale(), world.positives, hard,
-                                         hard_mask)
+                                         hard_mask, weights)
     if itm:  # on each image's first caption only: three fusion passes per pair are costly
         losses["itm"] = _matching(model, world, image.tokens[images], text, first, swaps,
                                   itm_images)
