@@ -28,13 +28,19 @@ class Stepper:
         self.model, self.image_tokens, self.ids, self.mask = model, image_tokens, ids, mask
         self.cache = model.decoder.new_cache() if use_cache else None
         self.fed = 0  # positions already in the cache
+        # never written: [PAD] and [BOS] are no label (a barely trained decoder's favourite
+        # token may be one; GPT-2 style vocabularies where BOS is EOS keep it)
+        spec = model.spec
+        self.banned = sorted({spec.pad_token_id, spec.bos_token_id} - {spec.eos_token_id})
 
     def logits(self) -> torch.Tensor:
         new = self.ids if self.cache is None else self.ids[:, self.fed:]
         out = self.model.decode(new, self.image_tokens, attention_mask=self.mask,
                                 cache=self.cache)
         self.fed = self.ids.shape[1]
-        return out.logits[:, -1].float()  # (B, V)
+        logits = out.logits[:, -1].float()  # (B, V)
+        logits[:, self.banned] = float("-inf")
+        return logits
 
     def append(self, tokens: torch.Tensor) -> None:
         self.ids = torch.cat([self.ids, tokens[:, None]], dim=1)
@@ -136,19 +142,22 @@ def beam_generate(model: ImageTextModel, image_tokens: torch.Tensor, max_new_tok
     scores = torch.zeros(batch, k, device=ids.device)
     scores[:, 1:] = float("-inf")  # all beams start identical: keep one alive
     best: list[tuple[float, torch.Tensor | None]] = [(float("-inf"), None)] * batch
+    done = [False] * batch
     for step in range(1, _room(model, max_new_tokens, start) + 1):
         logp = stepper.logits().log_softmax(dim=-1)  # (B*K, V)
         vocab = logp.shape[-1]
         total = (scores.view(-1, 1) + logp).view(batch, k * vocab)
         top, flat = total.topk(2 * k, dim=1)  # spare candidates replace finished ones
-        rows, tokens, scores = _next_beams(model, stepper, best, top, flat // vocab, flat % vocab,
-                                           step ** length_penalty, start, k)
+        rows, tokens, scores = _next_beams(model, stepper, best, done, top, flat // vocab,
+                                           flat % vocab, step ** length_penalty, start, k)
         stepper.select(rows)
         stepper.append(tokens)
-        # Stop once every input has a finished hypothesis at least as good as its best live
-        # beam normalised at the current length (the heuristic of HF's early_stopping=False).
+        # An input is done once its best finished hypothesis is at least as good as its best
+        # live beam normalised at the current length (HF's early_stopping=False heuristic);
+        # it then stays done, so its result does not depend on the rest of the batch.
         alive_best = (scores.max(dim=1).values / step ** length_penalty).tolist()
-        if all(best[b][0] >= alive_best[b] for b in range(batch)):
+        done = [d or best[b][0] >= alive_best[b] for b, d in enumerate(done)]
+        if all(done):
             break
     out = []
     for b in range(batch):
@@ -159,12 +168,12 @@ def beam_generate(model: ImageTextModel, image_tokens: torch.Tensor, max_new_tok
     return _pad_rows(out, model.spec.pad_token_id, ids.device)
 
 
-def _next_beams(model: ImageTextModel, stepper: Stepper, best: list, top: torch.Tensor,
-                beam: torch.Tensor, token: torch.Tensor, norm: float, start: int,
-                k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _next_beams(model: ImageTextModel, stepper: Stepper, best: list, done: list[bool],
+                top: torch.Tensor, beam: torch.Tensor, token: torch.Tensor, norm: float,
+                start: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """From each input's 2k best (beam, token) candidates: finished ones (EOS) update
-    ``best``; the first k others become the new beams. Returns, per new beam row, the
-    row it continues, its token and its score."""
+    ``best``; the first k others become the new beams. Inputs already ``done`` get dead
+    beams only. Returns, per new beam row, the row it continues, its token and its score."""
     spec = model.spec
     batch = top.shape[0]
     rows, tokens = [], []
@@ -173,7 +182,7 @@ def _next_beams(model: ImageTextModel, stepper: Stepper, best: list, top: torch.
     for b in range(batch):
         kept = 0
         for score, j, tok in zip(top_l[b], beam_l[b], token_l[b]):
-            if score == float("-inf") or kept == k:
+            if done[b] or score == float("-inf") or kept == k:
                 break
             row = b * k + j
             if tok == spec.eos_token_id:
