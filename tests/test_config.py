@@ -55,6 +55,9 @@ def test_impossible_combinations(tmp_path):
                            "train.tasks.vqa=0"])
     with pytest.raises(ConfigError, match="vqa needs a data source with questions"):
         load_config(None, ["data.sources=[{format: karpathy}]"])
+    with pytest.raises(ConfigError, match="itc_specific_captions counts every training caption"):
+        load_config(None, ["data.sources=[{format: webdataset, shards: 'a/{0..3}.tar'}]",
+                           "train.tasks.vqa=0", "train.itc_specific_captions=true"])
 
 
 def test_bad_yaml_and_missing_file(tmp_path):

@@ -540,6 +540,14 @@ class Config(Section):
                              "(set its weight to 0 or add one to data.sources)")
         return self
 
+    @model_validator(mode="after")
+    def _specific_captions_are_counted(self) -> Config:
+        if self.train.itc_specific_captions and any(
+                isinstance(s, WebDatasetSource) for s in self.data.sources):
+            raise ValueError("train.itc_specific_captions counts every training caption up "
+                             "front, which a streamed webdataset source does not allow")
+        return self
+
 
 # ---------------------------------------------------------------- loading
 

@@ -35,7 +35,7 @@ from tuwen.data.images import ImageTransform
 from tuwen.data.prepare import check_train_labels
 from tuwen.data.streaming import StreamBatches, streaming_batches
 from tuwen.data.text import TextNormalizer
-from tuwen.errors import ConfigError, TuwenError
+from tuwen.errors import TuwenError
 from tuwen.models.builder import build_model
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.models.towers import lr_multipliers
@@ -147,9 +147,6 @@ def build_loader(config: Config, assets: Assets, rank: int = 0,
     examples = join_by_image(assets.train.captions, assets.train.questions)
     repeats = example_repeats(examples, assets.train.weights)
     normalizer = TextNormalizer.from_config(data.text)
-    if tcfg.itc_specific_captions and assets.train.streams:
-        raise ConfigError("train.itc_specific_captions needs every training caption up front "
-                          "to count them; it does not work with webdataset sources")
     collate = Collator(assets.tokenizer, assets.vocab, data.max_text_length,
                        data.spatial_negatives,
                        vqa_answers=config.model.vqa.mode == "generate", normalizer=normalizer,
