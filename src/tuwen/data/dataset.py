@@ -259,7 +259,7 @@ class Collator:
                "decoder_input_ids": dec_in, "labels": labels}
         if self.caption_counts is not None:
             out["caption_weight"] = torch.tensor(
-                [1.0 / max(1, self.caption_counts.get(t, 1)) for t in texts])
+                [1.0 / self.caption_counts.get(t, 1) for t in texts])
         if self.spatial_negatives:
             out.update(self.swapped(rows, enc["input_ids"].shape[1]))
         return out

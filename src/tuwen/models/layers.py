@@ -16,6 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def pad_to(x: torch.Tensor, length: int, dim: int, value: float = 0) -> torch.Tensor:
+    """Pad ``x`` with ``value`` along ``dim`` (>= 0) up to ``length``."""
+    missing = length - x.shape[dim]
+    if missing <= 0:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim) + [0, missing]
+    return F.pad(x, pad, value=value)
+
+
 def padding_bias(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """(B, Lk) 1/0 mask -> additive (B, 1, 1, Lk) bias with -inf-like values on padding."""
     if attention_mask is None:

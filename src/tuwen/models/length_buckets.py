@@ -4,8 +4,8 @@ A batch is padded to its longest text: shapes captions average 15 tokens and are
 27, so half of the text encoder's and the ITM fusion's work is on padding. Sorting the rows
 by length and running the tower on ``buckets`` groups, each cut to its own longest row,
 skips most of it. Real positions get the same values (a masked key contributes nothing);
-padded positions, which nothing reads, hold the tower's output or zeros. Only right-padded masks are
-bucketed; anything else runs as one group.
+padded positions, which nothing reads, hold the tower's output or zeros. Only right-padded
+masks are bucketed; anything else runs as one group.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from tuwen.models.layers import pad_to
 
 
 @dataclass
@@ -42,19 +44,11 @@ def length_groups(attention_mask: torch.Tensor, buckets: int) -> Groups | None:
     return Groups(rows=rows, widths=widths, inverse=torch.argsort(order), width=width)
 
 
-def pad_width(x: torch.Tensor, width: int) -> torch.Tensor:
-    """(B, L, ...) zero-padded along dim 1 to ``width``."""
-    if x.shape[1] == width:
-        return x
-    shape = (x.shape[0], width - x.shape[1], *x.shape[2:])
-    return torch.cat([x, x.new_zeros(shape)], dim=1)
-
-
 def merge(parts: list[torch.Tensor], groups: Groups, padded: bool) -> torch.Tensor:
     """Per-group outputs back in the original row order; ``padded`` ones (B, L_group, ...)
     are first zero-padded to the batch's width."""
     if padded:
-        parts = [pad_width(p, groups.width) for p in parts]
+        parts = [pad_to(p, groups.width, 1) for p in parts]
     return torch.cat(parts)[groups.inverse.to(parts[0].device)]
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
-import torch.nn.functional as F
+
+from tuwen.models.layers import pad_to
 
 
 def world_size() -> int:
@@ -33,15 +34,6 @@ def gather_sizes(n: int) -> list[int]:
     sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world_size())]
     dist.all_gather(sizes, torch.tensor([n]))
     return [int(s) for s in sizes]
-
-
-def pad_to(x: torch.Tensor, length: int, dim: int, value: float = 0) -> torch.Tensor:
-    """Pad ``x`` with ``value`` along ``dim`` (>= 0) up to ``length``."""
-    missing = length - x.shape[dim]
-    if missing <= 0:
-        return x
-    pad = [0, 0] * (x.dim() - 1 - dim) + [0, missing]
-    return F.pad(x, pad, value=value)
 
 
 def gather_rows(x: torch.Tensor, sizes: list[int] | None = None) -> list[torch.Tensor]:

@@ -10,9 +10,10 @@ import torch
 
 from tuwen.models.image_encoders import ImageFeatures
 from tuwen.models.image_text_model import ImageTextModel
+from tuwen.models.layers import pad_to
 from tuwen.models.losses import contrastive_loss, matching_loss, sample_hard_negatives
 from tuwen.models.text_encoders import TextFeatures
-from tuwen.tasks.gather import gather_cat, gather_sizes, pad_to, rank, world_size
+from tuwen.tasks.gather import gather_cat, gather_sizes, rank, world_size
 
 
 def duplicate_text_mask(input_ids: torch.Tensor, others: torch.Tensor | None = None,
