@@ -47,6 +47,11 @@ def test_demo_writes_the_whole_run_directory(demo_run, capsys):
     assert "relative_position" in metrics["vqa"]["by_question_type"]
     assert metrics["n_images"] == 16 and metrics["n_questions"] > 16 and metrics["skipped"] == 0
     assert all(math.isfinite(x) for x in finite_numbers(metrics))
+    grounding = metrics["grounding"]  # shapes data: scenes.json is there
+    assert grounding["questions"] > 0 and 0 < grounding["uniform"] < 1
+    # tiny_overrides: one fusion layer
+    assert len(grounding["per_layer"]) == len(grounding["best_head_per_layer"]) == 1
+    assert all(0 <= s <= 1 for s in grounding["per_layer"] + grounding["best_head_per_layer"])
     kinds = {json.loads(line)["task"]
              for line in (demo_run / "eval/test/predictions.jsonl").read_text().splitlines()}
     assert kinds == {"caption", "retrieval", "vqa"}

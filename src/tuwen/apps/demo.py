@@ -63,5 +63,16 @@ def results_table(metrics: dict[str, dict]) -> str:
     for t in qtypes:
         lines.append(f"{'  VQA ' + t + ' %':<32}" + "".join(
             f"{_fmt(metrics[s]['vqa']['by_question_type'].get(t)):>12}" for s in splits))
+    if any("grounding" in metrics[s] for s in splits):  # shapes data (evaluation.grounding)
+        for label, pick in (("attention on named object %", _best_layer),
+                            ("  if spread evenly %", lambda g: 100 * g["uniform"])):
+            lines.append(f"{label:<32}" + "".join(
+                f"{_fmt(pick(metrics[s]['grounding']) if 'grounding' in metrics[s] else None):>12}"
+                for s in splits))
     return "\n".join(lines)
+
+
+def _best_layer(grounding: dict) -> float:
+    """The fusion layer whose attention is most on the named objects, in percent."""
+    return 100 * max(grounding["per_layer"])
 

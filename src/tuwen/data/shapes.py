@@ -43,7 +43,7 @@ from tuwen.data.shapes_text import (
     make_questions,
     tokenize_caption,
 )
-from tuwen.errors import TuwenError
+from tuwen.errors import DataError, TuwenError
 
 __all__ = ["COLOURS", "FORMAT_VERSION", "HELD_OUT_PAIRS", "SHAPES", "SIZES", "SPLITS",
            "generate_shapes", "shapes_manifest"]
@@ -204,3 +204,35 @@ def _write_json(path: Path, obj: object, indent: int | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=indent), encoding="utf-8")
     os.replace(tmp, path)
+
+
+SCENE_KEYS = ("colour", "shape", "size", "row", "col", "x", "y", "radius")
+
+
+def read_scenes(path: str | Path) -> dict[str, list[ShapeObject]]:
+    """``scenes.json`` as written by ``generate_shapes``: image id (a string) -> its objects.
+
+    A missing file, malformed JSON or an object without one of ``SCENE_KEYS`` is a DataError
+    naming the file (and the image id and key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "missing (the shapes generator writes it beside captions.json)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(path, f"not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(raw, dict):
+        raise DataError(path, "expected an object of image id -> scene")
+    scenes: dict[str, list[ShapeObject]] = {}
+    for image_id, scene in raw.items():
+        objects = scene.get("objects") if isinstance(scene, dict) else None
+        if not isinstance(objects, list):
+            raise DataError(path, f"scene of image {image_id} has no list of objects",
+                            key="objects")
+        for obj in objects:
+            missing = [k for k in SCENE_KEYS if not isinstance(obj, dict) or k not in obj]
+            if missing:
+                raise DataError(path, f"an object of image {image_id} lacks {missing[0]!r}",
+                                key=missing[0])
+        scenes[image_id] = [ShapeObject(**{k: obj[k] for k in SCENE_KEYS}) for obj in objects]
+    return scenes

@@ -7,7 +7,7 @@ Writes ``metrics.json`` (keys as in DESIGN.md §4, plus the protocol used) and
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +19,16 @@ from tuwen.config import EvalConfig, load_config
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform, load_image
 from tuwen.data.prepare import SplitData, read_split
+from tuwen.data.shapes import read_scenes
+from tuwen.data.shapes_scene import ShapeObject
 from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import decode_text, load_tokenizer
 from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.errors import DataError
 from tuwen.evaluation.caption_metrics import caption_scores
+from tuwen.evaluation.grounding import relation_grounding, scene_rows
 from tuwen.evaluation.protocol import (
+    GROUNDING_PROTOCOL,
     RETRIEVAL_PROTOCOL,
     VQA_PROTOCOL,
     base_protocol,
@@ -214,7 +218,11 @@ def _evaluation_set(model: ImageTextModel, data: SplitData, cfg: EvalConfig,
 @torch.no_grad()
 def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, data: SplitData,
                    cfg: EvalConfig, out_dir: Path, max_length: int,
-                   show_progress: bool = True) -> dict:
+                   show_progress: bool = True,
+                   scenes: Mapping[str, list[ShapeObject]] | None = None) -> dict:
+    """Every task of ``cfg.tasks`` on ``data`` -> ``out_dir/{metrics.json,predictions.jsonl}``.
+    With ``scenes`` (shapes data: image id -> objects) ``metrics["grounding"]`` says how much
+    of the fusion's attention lands on the objects relative-position questions name."""
     model.eval()
     captions, questions, images = _evaluation_set(model, data, cfg, show_progress)
     skipped = list(data.skipped) + images.skipped
@@ -236,6 +244,9 @@ def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, 
     if "vqa" in cfg.tasks and questions and vocab is not None:
         _eval_vqa(model, tokenizer, vocab, images, questions, cfg, max_length, metrics, protocol,
                   lines, show_progress)
+    if scenes is not None and "vqa" in cfg.tasks and questions:
+        _eval_grounding(model, tokenizer, images, questions, scenes, max_length, metrics,
+                        protocol, cfg.batch_size)
     metrics["protocol"] = protocol
     metrics["skipped_reasons"] = skipped[:20]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -349,6 +360,20 @@ def _eval_vqa(model, tokenizer, vocab, images, questions, cfg, max_length, metri
                   "accuracy": per_q.get(q.question_id)} for q in questions)
 
 
+def _eval_grounding(model, tokenizer, images, questions, scenes, max_length, metrics, protocol,
+                    batch_size):
+    relative = [q for q in questions if q.question_type == "relative_position"]
+    objects = scene_rows([q.image_id for q in relative], scenes)
+    if not relative or objects is None:
+        return
+    pixels = images.pixels[[images.row[q.image_path] for q in relative]]
+    result = relation_grounding(model, tokenizer, pixels, [q.question for q in relative],
+                                objects, max_length, batch_size)
+    if result is not None:
+        metrics["grounding"] = result
+        protocol["grounding"] = GROUNDING_PROTOCOL
+
+
 def evaluate_run(run_dir: str | Path, split: str, *, tasks: list[str] | None = None,
                  overrides: list[str] | None = None, show_progress: bool = True) -> dict:
     """Evaluate ``RUN/model`` on ``split`` of the run's own data config -> ``RUN/eval/<split>/``."""
@@ -361,7 +386,10 @@ def evaluate_run(run_dir: str | Path, split: str, *, tasks: list[str] | None = N
     vocab_path = model_dir / "answer_vocab.json"
     vocab = AnswerVocab.load(vocab_path) if vocab_path.is_file() else None
     data = read_split(config.data, split)
+    scenes_path = Path(config.data.root) / "scenes.json"  # shapes data: ground-truth objects
+    scenes = read_scenes(scenes_path) if scenes_path.is_file() else None
     metrics = evaluate_split(model, load_tokenizer(model_dir), vocab, data, config.eval,
-                             run_dir / "eval" / split, config.data.max_text_length, show_progress)
+                             run_dir / "eval" / split, config.data.max_text_length, show_progress,
+                             scenes=scenes)
     write_report(run_dir / "eval" / split, run_dir, show_progress=show_progress)
     return metrics

@@ -31,6 +31,14 @@ RETRIEVAL_PROTOCOL: dict[str, Any] = {
     "rank_ties": "pessimistic (an equal score ranks ahead)",
     "median_rank": "floor of the median 0-based rank, plus 1 (VSE++ convention)",
 }
+GROUNDING_PROTOCOL: dict[str, str] = {
+    "questions": "the split's relative-position questions whose two objects are named "
+                 "unambiguously (shapes data, scenes.json)",
+    "share": "fusion text->image attention of each named object's shape word (its first "
+             "token) on the patches its bounding square overlaps; mean over words, and over "
+             "heads (per_layer) or the best head (best_head_per_layer)",
+    "uniform": "the same share for attention spread evenly over all patches",
+}
 # The EvalConfig fields that shape each decoding's output; fields a config lacks are left out.
 DECODING_KEYS: dict[str, tuple[str, ...]] = {
     "greedy": ("max_new_tokens",),
