@@ -238,6 +238,7 @@ class DataConfig(Section):
     captions_per_image: int = Field(4, ge=1)   # drawn per image per step (ITC uses all)
     questions_per_image: int = Field(3, ge=1)  # drawn per image per step
     spatial_negatives: bool = True  # ITM also rejects captions with left/right etc. swapped
+    attribute_negatives: bool = False  # ... and captions with two colour words swapped
     answer_vocab_size: int = Field(100, ge=2)
     tokenizer: TokenizerConfig = TokenizerConfig()
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
