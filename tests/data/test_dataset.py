@@ -96,13 +96,18 @@ def test_swap_spatial_mirrors_only_spatial_words():
     assert swap_spatial("leftover topping") is None  # whole words only
 
 
-def test_collator_adds_swapped_first_captions(tmp_path):
-    caps = [ImageCaptions(1, make_png(tmp_path / "a.png"), "train",
-                          ("a circle left of a square",)),
-            ImageCaptions(2, make_png(tmp_path / "b.png"), "train", ("a square",))]
+def swap_batch_parts(tmp_path, first: str, second: str):
+    """Two one-caption images and a tokenizer that knows their words (and "right")."""
+    caps = [ImageCaptions(1, make_png(tmp_path / "a.png"), "train", (first,)),
+            ImageCaptions(2, make_png(tmp_path / "b.png"), "train", (second,))]
     ds = JointDataset(join_by_image(caps, []), ImageTransform(16))
-    tok = train_tokenizer([c for r in caps for c in r.captions] + ["right"], vocab_size=60)
-    batch = Collator(tok, None, 12, spatial_negatives=True)([ds[0], ds[1]])
+    tok = train_tokenizer([first, second, "right"], vocab_size=60)
+    return [ds[0], ds[1]], tok
+
+
+def test_collator_adds_swapped_first_captions(tmp_path):
+    items, tok = swap_batch_parts(tmp_path, "a circle left of a square", "a square")
+    batch = Collator(tok, None, 12, spatial_negatives=True)(items)
     assert batch["swap_image"].tolist() == [0]
     assert batch["swap_input_ids"].shape[1] == batch["caption_input_ids"].shape[1]
     assert tok.decode(batch["swap_input_ids"][0], skip_special_tokens=True) == \
@@ -122,17 +127,12 @@ def test_swap_attributes_trades_the_first_two_different_colours():
 
 
 def test_collator_adds_attribute_and_spatial_swaps_of_first_captions(tmp_path):
-    caps = [ImageCaptions(1, make_png(tmp_path / "a.png"), "train",
-                          ("a red circle left of a blue square",)),
-            ImageCaptions(2, make_png(tmp_path / "b.png"), "train", ("a red square",))]
-    ds = JointDataset(join_by_image(caps, []), ImageTransform(16))
-    tok = train_tokenizer([c for r in caps for c in r.captions] + ["right"], vocab_size=60)
-    only = Collator(tok, None, 16, attribute_negatives=True)([ds[0], ds[1]])
+    items, tok = swap_batch_parts(tmp_path, "a red circle left of a blue square", "a red square")
+    only = Collator(tok, None, 16, attribute_negatives=True)(items)
     assert only["swap_image"].tolist() == [0]
     assert tok.decode(only["swap_input_ids"][0], skip_special_tokens=True) == \
         "a blue circle left of a red square"
-    both = Collator(tok, None, 16, spatial_negatives=True, attribute_negatives=True)(
-        [ds[0], ds[1]])
+    both = Collator(tok, None, 16, spatial_negatives=True, attribute_negatives=True)(items)
     assert both["swap_image"].tolist() == [0, 0]
     assert [tok.decode(ids, skip_special_tokens=True) for ids in both["swap_input_ids"]] == \
         ["a red circle right of a blue square", "a blue circle left of a red square"]
