@@ -11,7 +11,12 @@ from tuwen.data.shapes import read_scenes
 from tuwen.data.shapes_scene import ShapeObject
 from tuwen.data.tokenizer import train_tokenizer
 from tuwen.errors import DataError
-from tuwen.evaluation.grounding import named_objects, object_patches, relation_grounding
+from tuwen.evaluation.grounding import (
+    load_scenes,
+    named_objects,
+    object_patches,
+    relation_grounding,
+)
 
 
 def obj(colour, shape, x, y, radius=4.0):
@@ -82,6 +87,12 @@ def test_attention_share_on_named_objects_against_uniform():
     # words: row 0 circle 1/3, square 2/3; row 1 square 0, circle 1
     assert out["per_layer"][1] == pytest.approx((1 / 3 + 2 / 3 + 0 + 1) / 4, abs=1e-4)
     assert out["best_head_per_layer"] == pytest.approx(out["per_layer"], abs=1e-4)
+    # the same scene drawn at 128 px and fed at 64: coordinates are in the drawn image's pixels
+    doubled = [ShapeObject(o.colour, o.shape, o.size, o.row, o.col, 2 * o.x, 2 * o.y,
+                           2 * o.radius) for o in scene]
+    scaled = relation_grounding(model, tok, torch.zeros(3, 3, 64, 64), questions,
+                                [doubled] * 3, max_length=20, scene_size=128)
+    assert scaled == out
     none = relation_grounding(model, tok, torch.zeros(1, 3, 64, 64), questions[2:], [scene], 20)
     assert none is None
 
@@ -103,3 +114,13 @@ def test_read_scenes_and_its_errors(tmp_path):
     path.write_text(json.dumps({"7": {"split": "test"}}))
     with pytest.raises(DataError, match="no list of objects"):
         read_scenes(path)
+
+
+def test_load_scenes_needs_a_shapes_folder(tiny_shapes, tmp_path):
+    scenes = load_scenes(tiny_shapes)
+    assert scenes.image_size == 32 and len(scenes.objects) == 64 + 8 + 16 + 8
+    assert all(1 <= len(objs) <= 3 for objs in scenes.objects.values())
+    assert load_scenes(tmp_path) is None  # no scenes.json: not shapes data
+    (tmp_path / "scenes.json").write_text("{}")
+    (tmp_path / "manifest.json").write_text('{"dataset": "other"}')
+    assert load_scenes(tmp_path) is None  # a manifest without image_size

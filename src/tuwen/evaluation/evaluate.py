@@ -7,7 +7,7 @@ Writes ``metrics.json`` (keys as in DESIGN.md §4, plus the protocol used) and
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +19,12 @@ from tuwen.config import EvalConfig, load_config
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform, load_image
 from tuwen.data.prepare import SplitData, read_split
-from tuwen.data.shapes import read_scenes
-from tuwen.data.shapes_scene import ShapeObject
 from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import decode_text, load_tokenizer
 from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.errors import DataError
 from tuwen.evaluation.caption_metrics import caption_scores
-from tuwen.evaluation.grounding import relation_grounding, scene_rows
+from tuwen.evaluation.grounding import Scenes, load_scenes, relation_grounding, scene_rows
 from tuwen.evaluation.protocol import (
     GROUNDING_PROTOCOL,
     RETRIEVAL_PROTOCOL,
@@ -219,9 +217,9 @@ def _evaluation_set(model: ImageTextModel, data: SplitData, cfg: EvalConfig,
 def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, data: SplitData,
                    cfg: EvalConfig, out_dir: Path, max_length: int,
                    show_progress: bool = True,
-                   scenes: Mapping[str, list[ShapeObject]] | None = None) -> dict:
+                   scenes: Scenes | None = None) -> dict:
     """Every task of ``cfg.tasks`` on ``data`` -> ``out_dir/{metrics.json,predictions.jsonl}``.
-    With ``scenes`` (shapes data: image id -> objects) ``metrics["grounding"]`` says how much
+    With ``scenes`` (shapes data: every image's objects) ``metrics["grounding"]`` says how much
     of the fusion's attention lands on the objects relative-position questions name."""
     model.eval()
     captions, questions, images = _evaluation_set(model, data, cfg, show_progress)
@@ -363,12 +361,12 @@ def _eval_vqa(model, tokenizer, vocab, images, questions, cfg, max_length, metri
 def _eval_grounding(model, tokenizer, images, questions, scenes, max_length, metrics, protocol,
                     batch_size):
     relative = [q for q in questions if q.question_type == "relative_position"]
-    objects = scene_rows([q.image_id for q in relative], scenes)
+    objects = scene_rows([q.image_id for q in relative], scenes.objects)
     if not relative or objects is None:
         return
     pixels = images.pixels[[images.row[q.image_path] for q in relative]]
     result = relation_grounding(model, tokenizer, pixels, [q.question for q in relative],
-                                objects, max_length, batch_size)
+                                objects, max_length, batch_size, scenes.image_size)
     if result is not None:
         metrics["grounding"] = result
         protocol["grounding"] = GROUNDING_PROTOCOL
@@ -386,8 +384,7 @@ def evaluate_run(run_dir: str | Path, split: str, *, tasks: list[str] | None = N
     vocab_path = model_dir / "answer_vocab.json"
     vocab = AnswerVocab.load(vocab_path) if vocab_path.is_file() else None
     data = read_split(config.data, split)
-    scenes_path = Path(config.data.root) / "scenes.json"  # shapes data: ground-truth objects
-    scenes = read_scenes(scenes_path) if scenes_path.is_file() else None
+    scenes = load_scenes(config.data.root)  # shapes data: the objects of every image
     metrics = evaluate_split(model, load_tokenizer(model_dir), vocab, data, config.eval,
                              run_dir / "eval" / split, config.data.max_text_length, show_progress,
                              scenes=scenes)

@@ -13,12 +13,16 @@ that way, which is what this is for.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from tuwen.data.shapes import read_scenes
 from tuwen.data.shapes_scene import COLOURS, SHAPES, ShapeObject
 from tuwen.data.text import TextNormalizer
 from tuwen.models.image_text_model import ImageTextModel
@@ -26,6 +30,26 @@ from tuwen.models.image_text_model import ImageTextModel
 RELATION = re.compile(
     rf"^is the (?P<c1>{'|'.join(COLOURS)}) (?P<s1>{'|'.join(SHAPES)}) (?:left of|right of|above|"
     rf"below) the (?P<c2>{'|'.join(COLOURS)}) (?P<s2>{'|'.join(SHAPES)}) ?\??$")
+
+
+@dataclass(frozen=True)
+class Scenes:
+    objects: Mapping[str, list[ShapeObject]]  # image id (a string) -> its objects
+    image_size: int  # the generated images' side: the objects' coordinates are in its pixels
+
+
+def load_scenes(root: str | Path) -> Scenes | None:
+    """The shapes data's ground truth in ``root`` (``scenes.json`` and the image size from
+    ``manifest.json``); None when ``root`` is not a shapes data folder."""
+    root = Path(root)
+    manifest = root / "manifest.json"
+    if not (root / "scenes.json").is_file() or not manifest.is_file():
+        return None
+    try:
+        size = json.loads(manifest.read_text(encoding="utf-8"))["image_size"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None  # not a shapes manifest: no grounding, nothing else depends on it
+    return Scenes(read_scenes(root / "scenes.json"), int(size))
 
 
 def object_patches(obj: ShapeObject, image_size: int, grid: tuple[int, int]) -> list[int]:
@@ -62,14 +86,17 @@ def named_objects(question: str, objects: Sequence[ShapeObject],
 
 def relation_grounding(model: ImageTextModel, tokenizer, pixels: torch.Tensor,
                        questions: Sequence[str], objects: Sequence[Sequence[ShapeObject]],
-                       max_length: int, batch_size: int = 128) -> dict | None:
+                       max_length: int, batch_size: int = 128,
+                       scene_size: int | None = None) -> dict | None:
     """Attention share on named objects over the relative-position ``questions`` (each
-    asked of the image in the same row of ``pixels``, whose scene is ``objects``).
+    asked of the image in the same row of ``pixels``, whose scene is ``objects``, in pixels
+    of a ``scene_size`` image: the input size when None; the patch grid covers the whole
+    image at any resolution).
 
     Returns ``{"questions", "uniform", "per_layer", "best_head_per_layer"}`` (shares in
     [0, 1]), or None when no question qualifies or the fusion gives no cross-attention."""
     normalize = TextNormalizer.from_config(model.spec.text)
-    size = pixels.shape[-1]
+    size = scene_size or pixels.shape[-1]
     picked = []  # (row, normalised text, [(char offset, patches)])
     for row, (question, scene) in enumerate(zip(questions, objects)):
         text = normalize(question)
