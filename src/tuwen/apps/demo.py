@@ -67,7 +67,7 @@ def results_table(metrics: dict[str, dict]) -> str:
         for label, pick in (("attention on named object %", _best_layer),
                             ("  if spread evenly %", lambda g: 100 * g["uniform"])):
             lines.append(f"{label:<32}" + "".join(
-                f"{_fmt(pick(metrics[s]['grounding']) if 'grounding' in metrics[s] else None):>12}"
+                f"{_fmt(pick(g) if (g := metrics[s].get('grounding')) else None):>12}"
                 for s in splits))
     return "\n".join(lines)
 

@@ -177,6 +177,7 @@ def _exists_text(colour: str, shape: str) -> str:
 
 
 _OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+RELATIONS = tuple(_OPPOSITE)  # the relation words of relative-position questions
 
 
 def _relative_questions(objects: list[ShapeObject], rng: np.random.Generator,

@@ -24,12 +24,14 @@ import torch
 
 from tuwen.data.shapes import read_scenes
 from tuwen.data.shapes_scene import COLOURS, SHAPES, ShapeObject
+from tuwen.data.shapes_text import RELATIONS
 from tuwen.data.text import TextNormalizer
 from tuwen.models.image_text_model import ImageTextModel
 
-RELATION = re.compile(
-    rf"^is the (?P<c1>{'|'.join(COLOURS)}) (?P<s1>{'|'.join(SHAPES)}) (?:left of|right of|above|"
-    rf"below) the (?P<c2>{'|'.join(COLOURS)}) (?P<s2>{'|'.join(SHAPES)}) ?\??$")
+# shapes_text's relative-position question: "is the {colour} {shape} {relation} the ...?"
+_COLOUR, _SHAPE = "|".join(COLOURS), "|".join(SHAPES)
+RELATION = re.compile(rf"^is the (?P<c1>{_COLOUR}) (?P<s1>{_SHAPE}) (?:{'|'.join(RELATIONS)}) "
+                      rf"the (?P<c2>{_COLOUR}) (?P<s2>{_SHAPE}) ?\??$")
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def relation_grounding(model: ImageTextModel, tokenizer, pixels: torch.Tensor,
     [0, 1]), or None when no question qualifies or the fusion gives no cross-attention."""
     normalize = TextNormalizer.from_config(model.spec.text)
     size = scene_size or pixels.shape[-1]
-    picked = []  # (row, normalised text, [(char offset, patches)])
+    picked = []  # (row, normalised text, [(shape word's char offset, object)])
     for row, (question, scene) in enumerate(zip(questions, objects)):
         text = normalize(question)
         named = named_objects(text, scene)
@@ -126,7 +128,7 @@ def relation_grounding(model: ImageTextModel, tokenizer, pixels: torch.Tensor,
             offsets = enc["offset_mapping"][b].tolist()
             for char, obj in named:
                 token = next((i for i, (lo, hi) in enumerate(offsets)
-                              if lo <= char < hi and hi > lo), None)
+                              if lo <= char < hi), None)
                 if token is None:  # truncated away
                     continue
                 patches = object_patches(obj, size, grid)
