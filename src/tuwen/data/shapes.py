@@ -21,6 +21,7 @@ import os
 import re
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 
@@ -206,7 +207,7 @@ def _write_json(path: Path, obj: object, indent: int | None = None) -> None:
     os.replace(tmp, path)
 
 
-SCENE_KEYS = ("colour", "shape", "size", "row", "col", "x", "y", "radius")
+SCENE_KEYS = tuple(f.name for f in fields(ShapeObject))  # what scenes.json holds per object
 
 
 def read_scenes(path: str | Path) -> dict[str, list[ShapeObject]]:
