@@ -20,6 +20,7 @@ def tiny_overrides(data_root, **train) -> list[str]:
             "model.hidden_size=32", "model.embed_dim=16", "model.image_encoder.layers=1",
             "model.image_encoder.heads=2", "model.text_encoder.layers=1",
             "model.text_encoder.heads=2", "model.fusion.layers=1", "model.fusion.heads=2",
+            "model.fusion.window=null",
             "model.decoder.layers=1", "model.decoder.heads=2", "train.batch_size=8",
             "train.max_steps=6", "train.log_every=2", "train.save_every=3",
             "train.warmup_steps=2", "eval.batch_size=16", "eval.max_new_tokens=12"]

@@ -334,6 +334,8 @@ class TowerConfig(Section):
 
 class TransformerTextEncoderConfig(TowerConfig, TowerTrainingConfig):
     type: Literal["transformer"] = "transformer"
+    # local self-attention: each token sees tokens within this many positions, [CLS] all
+    window: int | None = Field(None, ge=1)
 
 
 class LSTMTextEncoderConfig(TowerTrainingConfig):
@@ -356,6 +358,15 @@ TextEncoderConfig = typed_union(TransformerTextEncoderConfig, LSTMTextEncoderCon
 
 class CrossAttentionFusionConfig(TowerConfig):
     type: Literal["cross_attention"] = "cross_attention"
+    # local self-attention in every layer but the last (see the text encoder's window)
+    window: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _window_needs_a_global_layer(self) -> CrossAttentionFusionConfig:
+        if self.window is not None and self.layers < 2:
+            raise ValueError(f"model.fusion.window={self.window} needs model.fusion.layers >= 2 "
+                             f"(the last layer stays global), got {self.layers}")
+        return self
 
 
 class ConcatFusionConfig(TowerConfig):
@@ -394,6 +405,8 @@ class VQAModeConfig(Section):
     # classify: learned queries that attention-pool the fused question tokens for the head,
     # besides the fused [CLS] (0: [CLS] only)
     readout_queries: int = Field(0, ge=0)
+    # classify: the fused tokens at the first N places of the question, side by side
+    read_positions: int = Field(0, ge=0)
 
 
 class ModelConfig(Section):

@@ -175,12 +175,13 @@ def test_vqa_records(vqa: list[tuple[dict, dict]], scenes: dict) -> None:
         assert q["question"].endswith("?")
         per_image.setdefault(q["image_id"], []).append(q["question_id"])
         assert a["answer_type"] in ("yes/no", "number", "other")
-        assert a["question_type"] in ("colour", "shape", "count", "exists", "relative_position")
+        assert a["question_type"] in ("colour", "shape", "count", "exists", "relative_position",
+                                      "relative_direction")
         assert [x["answer_id"] for x in a["answers"]] == list(range(1, 11))
         assert all(x["answer_confidence"] == "yes" for x in a["answers"])
     assert sorted(per_image) == sorted(int(i) for i in scenes)
     for image_id, question_ids in per_image.items():
-        assert 5 <= len(question_ids) <= 7
+        assert 5 <= len(question_ids) <= 9
         assert question_ids == [image_id * 100 + k for k in range(len(question_ids))]
 
 
@@ -307,6 +308,16 @@ def _answer_from_scene(question: str, objects: list[dict]) -> str:
 
 
 def _relative_answer(question: str, matching) -> str:
+    choose = re.fullmatch(r"is the (\w+) (\w+) (left or right of|above or below) the (\w+) "
+                          r"(\w+)\?", question)
+    if choose:
+        (a,) = matching(colour=choose[1], shape=choose[2])
+        (b,) = matching(colour=choose[4], shape=choose[5])
+        if choose[3] == "left or right of":
+            assert a["col"] != b["col"]
+            return "left" if a["x"] < b["x"] else "right"
+        assert a["row"] != b["row"]
+        return "above" if a["y"] < b["y"] else "below"
     match = re.fullmatch(r"is the (\w+) (\w+) (left of|right of|above|below) the (\w+) (\w+)\?",
                          question)
     assert match, question
@@ -331,7 +342,14 @@ def test_question_mix(medium: Path) -> None:
     by_type: dict[str, list[str]] = {}
     for a in annotations:
         by_type.setdefault(a["question_type"], []).append(a["multiple_choice_answer"])
-    assert set(by_type) == {"colour", "shape", "count", "exists", "relative_position"}
+    assert set(by_type) == {"colour", "shape", "count", "exists", "relative_position",
+                            "relative_direction"}
+    directions = by_type["relative_direction"]
+    assert len(directions) > 1000 and set(directions) == {"left", "right", "above", "below"}
+    for word in ("left", "above"):  # each axis's two answers about equally often
+        share = directions.count(word) / (directions.count(word) + directions.count(
+            {"left": "right", "above": "below"}[word]))
+        assert 0.44 < share < 0.56, (word, share)
     assert {"0", "1", "2", "3"} <= set(by_type["count"])
     for kind in ("exists", "relative_position"):
         answers = by_type[kind]

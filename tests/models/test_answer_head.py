@@ -1,4 +1,4 @@
-"""The VQA answer head, with and without learned readout queries over the fused tokens."""
+"""The VQA answer head: [CLS] only, learned readout queries, place reads of the fused tokens."""
 
 import pytest
 import torch
@@ -46,5 +46,42 @@ def test_a_model_with_readout_queries_learns_and_round_trips(fusion, tmp_path, t
     loaded = ImageTextModel.from_pretrained(tmp_path).eval()
     args = (batch["question_input_ids"], batch["question_attention_mask"])
     image = model.encode_image(batch["pixel_values"]).tokens[batch["question_image"]]
+    torch.testing.assert_close(vqa.answer_logits(loaded, *args, image),
+                               vqa.answer_logits(model, *args, image), rtol=0, atol=0)
+
+
+def test_read_positions_take_tokens_by_place_and_zero_padding():
+    torch.manual_seed(0)
+    head = AnswerHead(8, 5, positions=4).eval()
+    pooled, tokens = torch.randn(2, 3, 8)[:, 0], torch.randn(2, 3, 8)
+    mask = torch.ones(2, 3, dtype=torch.long)
+    out = head(pooled, tokens, mask)
+    # a question shorter than `positions` is zero-filled: junk under padding changes nothing
+    padded = torch.cat([tokens, torch.randn(2, 3, 8)], dim=1)
+    torch.testing.assert_close(head(pooled, padded, torch.cat([mask, 0 * mask], 1)), out)
+    # tokens past the first `positions` are not read; the ones before are, each by its place
+    longer = torch.cat([tokens, torch.randn(2, 1, 8), torch.randn(2, 2, 8)], dim=1)
+    other = longer.clone()
+    other[:, 4:] = torch.randn(2, 2, 8)
+    ones = torch.ones(2, 6, dtype=torch.long)
+    torch.testing.assert_close(head(pooled, longer, ones), head(pooled, other, ones))
+    swapped = tokens[:, [1, 0, 2]]
+    assert (head(pooled, swapped, mask) - out).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="pass tokens and mask"):
+        head(pooled)
+
+
+def test_read_positions_is_a_validated_config_key(tiny_batch, tmp_path):
+    from tuwen.config import load_config
+    from tuwen.errors import ConfigError
+    assert load_config(None, ["model.vqa.read_positions=12"]).model.vqa.read_positions == 12
+    with pytest.raises(ConfigError, match=r"model\.vqa\.read_positions"):
+        load_config(None, ["model.vqa.read_positions=-1"])
+    torch.manual_seed(0)
+    model = build_model(tiny_spec(vqa={"read_positions": 6})).eval()
+    model.save_pretrained(tmp_path)
+    loaded = ImageTextModel.from_pretrained(tmp_path).eval()
+    args = (tiny_batch["question_input_ids"], tiny_batch["question_attention_mask"])
+    image = model.encode_image(tiny_batch["pixel_values"]).tokens[tiny_batch["question_image"]]
     torch.testing.assert_close(vqa.answer_logits(loaded, *args, image),
                                vqa.answer_logits(model, *args, image), rtol=0, atol=0)

@@ -19,7 +19,9 @@ from tuwen.tasks.joint import joint_step
 FUSIONS = {"concat": {"type": "concat", "layers": 2, "heads": 2},
            "weighted_sum": {"type": "weighted_sum", "gate": "vector"},
            "weighted_sum_scalar": {"type": "weighted_sum", "gate": "scalar"},
-           "cross_attention": {"type": "cross_attention", "layers": 2, "heads": 2}}
+           "cross_attention": {"type": "cross_attention", "layers": 2, "heads": 2},
+           "cross_attention_window": {"type": "cross_attention", "layers": 2, "heads": 2,
+                                      "window": 1}}
 ALL = {"caption": 1.0, "itc": 1.0, "itm": 1.0, "vqa": 1.0}
 
 
@@ -160,7 +162,8 @@ def test_save_load_round_trip_per_fusion(name, tmp_path):
 
 def test_cli_trains_with_concat_fusion(tiny_shapes, tmp_path):
     out = tmp_path / "run"
-    sets = [*tiny_overrides(tiny_shapes, max_steps=3, save_every=3), "model.fusion.type=concat"]
+    sets = [*tiny_overrides(tiny_shapes, max_steps=3, save_every=3),
+            "model.fusion={type: concat, layers: 1, heads: 2}"]
     assert main(["train", "configs/shapes.yaml", "--out", str(out),
                  *[arg for s in sets for arg in ("--set", s)]]) == 0
     spec = json.loads((out / "model" / "config.json").read_text())

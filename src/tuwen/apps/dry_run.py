@@ -107,7 +107,8 @@ def tiny_model_config(model: ModelConfig) -> tuple[ModelConfig, dict[str, dict]]
     for name in ("image_encoder", "text_encoder", "fusion", "decoder"):
         section = raw[name]
         if "heads" in section:
-            section.update(heads=2, layers=1)
+            # a windowed fusion keeps one local and one global layer
+            section.update(heads=2, layers=2 if name == "fusion" and section.get("window") else 1)
         elif "layers" in section:
             section["layers"] = 1
         if section.get("type") == "small_vit" or section.get("type") == "small_cnn":

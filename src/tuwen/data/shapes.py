@@ -49,7 +49,8 @@ from tuwen.errors import DataError, TuwenError
 __all__ = ["COLOURS", "FORMAT_VERSION", "HELD_OUT_PAIRS", "SHAPES", "SIZES", "SPLITS",
            "generate_shapes", "shapes_manifest"]
 
-FORMAT_VERSION = 1
+# 2: "left or right of" / "above or below" questions (relative_direction) added
+FORMAT_VERSION = 2
 SPLITS: tuple[str, ...] = ("train", "val", "test", "test_novel")
 MIN_IMAGE_SIZE = 32  # below this a small shape is a few pixels and colours smear
 MAX_QUESTIONS_PER_IMAGE = 100  # question_id = image_id * 100 + k

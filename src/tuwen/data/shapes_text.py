@@ -97,7 +97,7 @@ def tokenize_caption(raw: str) -> list[str]:
 @dataclass(frozen=True)
 class Question:
     question: str
-    question_type: str  # colour, shape, count, exists, relative_position
+    question_type: str  # colour, shape, count, exists, relative_position, relative_direction
     answer_type: str  # VQAv2's: "yes/no", "number", "other"
     answer: str  # canonical, already in VQA-normalised form
 
@@ -180,21 +180,46 @@ _OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "be
 RELATIONS = tuple(_OPPOSITE)  # the relation words of relative-position questions
 
 
-def _relative_questions(objects: list[ShapeObject], rng: np.random.Generator,
-                        n_questions: int = 2) -> list[Question]:
-    """Up to ``n_questions`` about pairs named unambiguously by colour + shape."""
+def _ordered_pairs(objects: list[ShapeObject]) -> list[tuple[ShapeObject, ShapeObject, str]]:
+    """(a, b, axis) for pairs named unambiguously by colour + shape, with a strict order
+    along that axis."""
     named = [o for o in objects if _count_matching(objects, colour=o.colour, shape=o.shape) == 1]
-    candidates = []  # (a, b, axis) with a strict order along that axis
+    candidates = []
     for i, a in enumerate(named):
         for b in named[i + 1:]:
             if a.col != b.col:
                 candidates.append((a, b, "horizontal"))
             if a.row != b.row:
                 candidates.append((a, b, "vertical"))
+    return candidates
+
+
+def _relative_questions(objects: list[ShapeObject], rng: np.random.Generator,
+                        n_questions: int = 2, *, direction: bool = False) -> list[Question]:
+    """Up to ``n_questions`` about pairs named unambiguously by colour + shape: yes/no
+    ("is the red circle left of the blue square?"), or with ``direction`` GQA's "choose"
+    form ("is the red circle left or right of the blue square?" -> "left")."""
+    candidates = _ordered_pairs(objects)
     if not candidates:
         return []
+    ask = _direction_question if direction else _relative_question
     chosen = rng.choice(len(candidates), size=min(n_questions, len(candidates)), replace=False)
-    return [_relative_question(*candidates[int(i)], rng) for i in chosen]
+    return [ask(*candidates[int(i)], rng) for i in chosen]
+
+
+def _direction_question(a: ShapeObject, b: ShapeObject, axis: str,
+                        rng: np.random.Generator) -> Question:
+    """No relation word to flip: the answer is the comparison itself, and where the first
+    object is answers most of them alone, a first step a model can learn before the yes/no
+    form (README, "What the demo reaches")."""
+    if rng.random() < 0.5:
+        a, b = b, a
+    if axis == "horizontal":
+        choice, answer = "left or right of", "left" if a.col < b.col else "right"
+    else:
+        choice, answer = "above or below", "above" if a.row < b.row else "below"
+    text = f"is the {a.colour} {a.shape} {choice} the {b.colour} {b.shape}?"
+    return Question(text, "relative_direction", "other", answer)
 
 
 def _relative_question(a: ShapeObject, b: ShapeObject, axis: str,
@@ -214,13 +239,14 @@ def _relative_question(a: ShapeObject, b: ShapeObject, axis: str,
 
 def make_questions(objects: list[ShapeObject], rng: np.random.Generator, *,
                    allow_held_out: bool) -> list[Question]:
-    """5-7 distinct questions; ``allow_held_out`` lets "exists" name a held-out pair."""
+    """5-9 distinct questions; ``allow_held_out`` lets "exists" name a held-out pair."""
     questions = [q for q in (_colour_question(objects, rng), _shape_question(objects, rng))
                  if q is not None]
     questions.append(_count_question(objects, rng))
     exists = _exists_question(objects, rng, allow_held_out=allow_held_out, asked=[])
     questions += [exists] if exists is not None else []
     questions.extend(_relative_questions(objects, rng))
+    questions.extend(_relative_questions(objects, rng, direction=True))
     target = int(rng.integers(5, 8))
     # Pad with count / exists questions; there are dozens of distinct ones per scene,
     # so the attempt cap is only a guard against an endless loop.

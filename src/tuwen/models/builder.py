@@ -67,7 +67,7 @@ IMAGE_ENCODERS = {"small_vit": _small_vit, "small_cnn": _small_cnn, "hf": _hf_im
 def _transformer_text(spec: ModelSpec, hf_configs: dict) -> Tower:
     cfg, m = spec.model.text_encoder, spec.model
     return TextTransformer(spec.vocab_size, spec.max_text_length, m.hidden_size, cfg.layers,
-                           cfg.heads, m.mlp_ratio, m.dropout, spec.pad_token_id)
+                           cfg.heads, m.mlp_ratio, m.dropout, spec.pad_token_id, cfg.window)
 
 
 def _rnn_text(spec: ModelSpec, hf_configs: dict) -> Tower:
@@ -143,7 +143,8 @@ def build_model(spec: ModelSpec) -> ImageTextModel:
     model = ImageTextModel(
         spec, image_encoder, text_encoder, fusion, decoder,
         ContrastiveHead(m.hidden_size, m.embed_dim), MatchingHead(m.hidden_size),
-        AnswerHead(m.hidden_size, spec.num_answers, m.dropout, m.vqa.readout_queries))
+        AnswerHead(m.hidden_size, spec.num_answers, m.dropout, m.vqa.readout_queries,
+                   m.vqa.read_positions))
     init_new_weights(model)
     return model
 

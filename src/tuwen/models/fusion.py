@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tuwen.models.layers import Block, padding_bias
+from tuwen.models.layers import Block, local_bias, padding_bias
 
 
 @dataclass
@@ -31,9 +31,16 @@ class FusionOutput:
 
 
 class CrossAttentionFusion(nn.Module):
+    """With ``window``, the self-attention of every layer but the last is local (as in
+    ``TextTransformer``): each word looks at the image as its own phrase, and the last layer
+    brings the question's words together."""
+
     def __init__(self, dim: int, layers: int, heads: int, mlp_ratio: float = 4.0,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, window: int | None = None) -> None:
         super().__init__()
+        if window is not None and layers < 2:
+            raise ValueError("a fusion window needs 2 or more layers: the last stays global")
+        self.window = window
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, cross_attention=True)
                                     for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
@@ -41,9 +48,12 @@ class CrossAttentionFusion(nn.Module):
     def forward(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
                 image_tokens: torch.Tensor, output_attentions: bool = False) -> FusionOutput:
         x, bias = text_tokens, padding_bias(text_mask, text_tokens.dtype)
+        local = local_bias(bias, x.shape[1], self.window, x.dtype, x.device)
         weights = []
-        for block in self.blocks:
-            x, w = block(x, bias=bias, context=image_tokens, output_attentions=output_attentions)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x, w = block(x, bias=bias if i == last else local, context=image_tokens,
+                         output_attentions=output_attentions)
             weights.append(w)
         x = self.norm(x)
         return FusionOutput(fused=x, pooled=x[:, 0],

@@ -34,6 +34,27 @@ def padding_bias(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> tor
     return bias[:, None, None, :]
 
 
+def window_bias(length: int, window: int, dtype: torch.dtype,
+                device: torch.device) -> torch.Tensor:
+    """(1, 1, L, L) additive bias for local self-attention: position i sees positions within
+    ``window`` of it, and [CLS] (position 0) sees all (Longformer's global token)."""
+    index = torch.arange(length, device=device)
+    allowed = (index[:, None] - index[None, :]).abs() <= window
+    allowed[0] = True
+    bias = torch.zeros(length, length, dtype=dtype, device=device)
+    return bias.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+def local_bias(bias: torch.Tensor | None, length: int, window: int | None, dtype: torch.dtype,
+               device: torch.device) -> torch.Tensor | None:
+    """``bias`` (e.g. padding's) with ``window_bias`` added; unchanged when ``window`` is None.
+    Clamped so that a padding row that sees nothing stays finite (it is masked later)."""
+    if window is None:
+        return bias
+    local = window_bias(length, window, dtype, device)
+    return local if bias is None else (bias + local).clamp(min=torch.finfo(dtype).min)
+
+
 def causal_bias(length: int, dtype: torch.dtype, device: torch.device,
                 past: int = 0) -> torch.Tensor:
     """(1, 1, L, past + L) additive bias that hides future positions from ``length`` new
