@@ -1,6 +1,6 @@
 """bf16 autocast against fp32 on this machine: training speed and validation loss.
 
-Trains the shapes model (configs/shapes.yaml's architecture, 64-px images) for the same
+Trains the shapes model (configs/shapes.yaml as it stands; 64-px data resized to 48) for the same
 steps from the same seed twice, ``train.precision: fp32`` and ``bf16``, then scores both
 trained models on the same validation subset in fp32. Speed is the training samples/s
 after the first log window (warm-up excluded), from each run's metrics.jsonl. Whether bf16
