@@ -237,8 +237,7 @@ class DataConfig(Section):
     max_text_length: int = Field(40, ge=4)
     captions_per_image: int = Field(4, ge=1)   # drawn per image per step (ITC uses all)
     questions_per_image: int = Field(3, ge=1)  # drawn per image per step
-    spatial_negatives: bool = True  # ITM also rejects captions with left/right etc. swapped
-    attribute_negatives: bool = False  # ... and captions with two colour words swapped
+    spatial_negatives: bool = False  # ITM also rejects first captions with left/right etc. swapped
     answer_vocab_size: int = Field(100, ge=2)
     tokenizer: TokenizerConfig = TokenizerConfig()
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
@@ -310,9 +309,6 @@ class SmallViTConfig(TowerTrainingConfig):
     patch_size: int = Field(16, ge=1)
     layers: int = Field(2, ge=0)
     heads: int = Field(4, ge=1)
-    # also add a learned linear map of each patch's (x, y) in [-1, 1] to its token (CoordConv):
-    # "left of" / "above" become comparisons of one feature
-    coordinates: bool = False
 
 
 class SmallCNNConfig(SmallViTConfig):
@@ -475,8 +471,6 @@ class TrainConfig(Section):
     keep_last: int = Field(2, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     tasks: TaskWeights = TaskWeights()
-    itm_images: int | None = Field(None, ge=1)  # ITM on the first N images per batch (None: all)
-    itc_swap_negatives: bool = False  # data.spatial_negatives' swapped captions in ITC too
     # image->text ITC targets weigh each caption by 1 / (training images with that text)
     itc_specific_captions: bool = False
     # --- training at scale (README "Training at scale")

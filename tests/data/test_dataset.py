@@ -114,30 +114,6 @@ def test_collator_adds_swapped_first_captions(tmp_path):
         "a circle right of a square"
 
 
-def test_swap_attributes_trades_the_first_two_different_colours():
-    from tuwen.data.dataset import swap_attributes
-
-    assert swap_attributes("a large red circle to the left of a small blue square") == \
-        "a large blue circle to the left of a small red square"
-    assert swap_attributes("a red circle, a red square and a green triangle") == \
-        "a green circle, a red square and a red triangle"
-    assert swap_attributes("a red circle above a red square") is None  # one colour
-    assert swap_attributes("two shapes") is None
-    assert swap_attributes("a reddish bluebird and a red box") is None  # whole words only
-
-
-def test_collator_adds_attribute_and_spatial_swaps_of_first_captions(tmp_path):
-    items, tok = swap_batch_parts(tmp_path, "a red circle left of a blue square", "a red square")
-    only = Collator(tok, None, 16, attribute_negatives=True)(items)
-    assert only["swap_image"].tolist() == [0]
-    assert tok.decode(only["swap_input_ids"][0], skip_special_tokens=True) == \
-        "a blue circle left of a red square"
-    both = Collator(tok, None, 16, spatial_negatives=True, attribute_negatives=True)(items)
-    assert both["swap_image"].tolist() == [0, 0]
-    assert [tok.decode(ids, skip_special_tokens=True) for ids in both["swap_input_ids"]] == \
-        ["a red circle right of a blue square", "a blue circle left of a red square"]
-
-
 def test_collator_normalises_texts_and_drops_stop_words_from_the_retrieval_input(tmp_path):
     caps = [ImageCaptions(1, make_png(tmp_path / "a.png"), "train",
                           ("A  red square  on the left.",))]

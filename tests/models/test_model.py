@@ -121,32 +121,3 @@ def test_a_model_saved_with_a_scalar_temperature_still_loads(tiny_model, tmp_pat
     loaded = ImageTextModel.from_pretrained(tmp_path)
     assert loaded.itc_head.logit_scale.shape == (1,)
     assert torch.equal(loaded.itc_head.scale(), tiny_model.itc_head.scale())
-
-
-@pytest.mark.parametrize("encoder", ["small_vit", "small_cnn"])
-def test_coordinates_add_a_linear_map_of_each_patch_position(encoder, tmp_path):
-    """model.image_encoder.coordinates: with the rest of the encoder's input zeroed, the
-    token of the patch at (x, y) in row-major order is W @ (x, y) (before the blocks)."""
-    from tuwen.models.image_encoders import Coordinates
-
-    coords = Coordinates((2, 3), 4)  # 2 rows, 3 columns
-    with torch.no_grad():
-        coords.proj.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]]))
-    out = coords(torch.zeros(1, 6, 4))[0]
-    x, y = out[:, 0], out[:, 1]
-    assert torch.allclose(x, torch.tensor([-1.0, 0.0, 1.0, -1.0, 0.0, 1.0]))
-    assert torch.allclose(y, torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]))
-    # built from the config: trained by backprop, kept by save/load
-    torch.manual_seed(0)
-    model = build_model(tiny_spec(image_encoder={"type": encoder, "patch_size": 8, "layers": 1,
-                                                 "heads": 2, "coordinates": True})).eval()
-    assert model.image_encoder.coordinates is not None
-    pixels = torch.randn(2, 3, 32, 32)
-    model.save_pretrained(tmp_path)
-    again = ImageTextModel.from_pretrained(tmp_path)
-    assert torch.equal(again.encode_image(pixels).tokens, model.encode_image(pixels).tokens)
-    model.encode_image(pixels).pooled.square().sum().backward()
-    assert model.image_encoder.coordinates.proj.weight.grad.abs().sum() > 0
-    plain = build_model(tiny_spec(image_encoder={"type": encoder, "patch_size": 8,
-                                                 "layers": 1, "heads": 2}))
-    assert plain.image_encoder.coordinates is None

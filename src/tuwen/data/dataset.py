@@ -195,31 +195,6 @@ def swap_spatial(text: str) -> str | None:
     return swapped if swapped != text else None
 
 
-# Basic colour terms: the attribute whose binding to the right object the swap tests.
-COLOUR_WORDS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black",
-                "white", "gray", "grey")
-_COLOUR = re.compile(r"\b(" + "|".join(COLOUR_WORDS) + r")\b")
-
-
-def swap_attributes(text: str) -> str | None:
-    """"a red circle left of a blue square" -> "a blue circle left of a red square": the first
-    two different colour words trade places; None with fewer than two colours.
-
-    The swapped caption has the same words, so only a model that binds each colour to its
-    object can reject it (the attribute-binding negatives of ARO's VG-Attribution, used for
-    training as NegCLIP does).
-    """
-    matches = list(_COLOUR.finditer(text))
-    if not matches:
-        return None
-    first = matches[0]
-    other = next((m for m in matches[1:] if m.group(1) != first.group(1)), None)
-    if other is None:
-        return None
-    return (text[:first.start()] + other.group(1) + text[first.end():other.start()]
-            + first.group(1) + text[other.end():])
-
-
 def caption_image_counts(records: Sequence, normalize: TextNormalizer) -> Counter:
     """Retrieval text (as the ITC sees it) -> how many of ``records``' images have it as a
     caption: "a red circle" describes many shapes images, "a small red circle above a large
@@ -239,12 +214,10 @@ class Collator:
     def __init__(self, tokenizer, vocab: AnswerVocab | None, max_length: int,
                  spatial_negatives: bool = False, vqa_answers: bool = False,
                  normalizer: TextNormalizer | None = None,
-                 caption_counts: Mapping[str, int] | None = None,
-                 attribute_negatives: bool = False) -> None:
+                 caption_counts: Mapping[str, int] | None = None) -> None:
         self.tok, self.vocab, self.max_length = tokenizer, vocab, max_length
         self.normalize = normalizer or TextNormalizer()
         self.spatial_negatives = spatial_negatives
-        self.attribute_negatives = attribute_negatives  # colour-swapped captions, see swapped
         self.vqa_answers = vqa_answers  # generative VQA: prompt + answer rows (data.vqa_text)
         # train.itc_specific_captions: retrieval text -> training images that have it
         self.caption_counts = caption_counts
@@ -287,17 +260,15 @@ class Collator:
         if self.caption_counts is not None:
             out["caption_weight"] = torch.tensor(
                 [1.0 / self.caption_counts.get(t, 1) for t in texts])
-        if self.spatial_negatives or self.attribute_negatives:
+        if self.spatial_negatives:
             out.update(self.swapped(rows, enc["input_ids"].shape[1]))
         return out
 
     def swapped(self, rows: list[tuple[int, int, str]], width: int) -> dict:
-        """Spatially mirrored (``spatial_negatives``) and colour-swapped
-        (``attribute_negatives``) first captions, padded like the captions, with their image."""
-        swaps = [f for f, on in ((swap_spatial, self.spatial_negatives),
-                                 (swap_attributes, self.attribute_negatives)) if on]
+        """Spatially mirrored first captions (``spatial_negatives``), padded like the
+        captions, with their image."""
         pairs = [(i, self.normalize.retrieval(s)) for i, j, c in rows if j == 0
-                 for swap in swaps if (s := swap(c)) is not None]
+                 if (s := swap_spatial(c)) is not None]
         if not pairs:
             return {}
         enc = self.tok([s for _, s in pairs], padding="max_length", truncation=True,

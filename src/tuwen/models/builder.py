@@ -31,14 +31,13 @@ def _small_vit(spec: ModelSpec, hf_configs: dict) -> Tower:
     cfg, m = spec.model.image_encoder, spec.model
     _check_patches(spec)
     return SmallViT(spec.image_size, cfg.patch_size, m.hidden_size, cfg.layers, cfg.heads,
-                    m.mlp_ratio, m.dropout, coordinates=cfg.coordinates)
+                    m.mlp_ratio, m.dropout)
 
 
 def _small_cnn(spec: ModelSpec, hf_configs: dict) -> Tower:
     cfg, m = spec.model.image_encoder, spec.model
     _check_patches(spec)
-    return SmallCNN(spec.image_size, cfg.patch_size, m.hidden_size, cfg.layers, m.dropout,
-                    coordinates=cfg.coordinates)
+    return SmallCNN(spec.image_size, cfg.patch_size, m.hidden_size, cfg.layers, m.dropout)
 
 
 def _check_patches(spec: ModelSpec) -> None:

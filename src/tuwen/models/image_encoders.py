@@ -71,44 +71,23 @@ def patch_grid(image_size: int, patch_size: int) -> tuple[int, int]:
     return image_size // patch_size, image_size // patch_size
 
 
-class Coordinates(nn.Module):
-    """CoordConv (Liu et al., 2018) for patch tokens: a learned linear map of each patch's
-    (x, y) in [-1, 1], added to its token. Learned position embeddings can encode where a
-    patch is only as an arbitrary code; here "left of" or "above" is a comparison of one
-    feature from the first step on."""
-
-    def __init__(self, grid: tuple[int, int], dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(2, dim, bias=False)
-        rows, cols = (torch.linspace(-1, 1, g) for g in grid)
-        xy = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), dim=-1)  # (H, W, 2)
-        self.register_buffer("xy", xy.reshape(grid[0] * grid[1], 2), persistent=False)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) tokens in row-major grid order -> the same with coordinates added."""
-        return tokens + self.proj(self.xy.to(tokens.dtype))
-
-
 class SmallViT(Tower):
     """Conv stem to a (H/p, W/p) grid, learned 2-D position embeddings, a CLS token, blocks."""
 
     def __init__(self, image_size: int, patch_size: int, dim: int, layers: int, heads: int,
-                 mlp_ratio: float = 4.0, dropout: float = 0.0, coordinates: bool = False) -> None:
+                 mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
         self.grid = patch_grid(image_size, patch_size)
         self.stem = conv_stem(stem_channels(patch_size, dim))
         n = self.grid[0] * self.grid[1]
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
-        self.coordinates = Coordinates(self.grid, dim) if coordinates else None
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, pixel_values: torch.Tensor,
                 output_attentions: bool = False) -> ImageFeatures:
         x = self.stem(pixel_values).flatten(2).transpose(1, 2)  # (B, N, D)
-        if self.coordinates is not None:
-            x = self.coordinates(x)
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos  # (B, 1+N, D)
         weights = []
         for block in self.blocks:
@@ -124,7 +103,7 @@ class SmallCNN(Tower):
     """A convolutional encoder: stem plus residual 3x3 stages, grid cells become tokens."""
 
     def __init__(self, image_size: int, patch_size: int, dim: int, layers: int,
-                 dropout: float = 0.0, coordinates: bool = False) -> None:
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.grid = patch_grid(image_size, patch_size)
         self.stem = conv_stem(stem_channels(patch_size, dim))
@@ -134,7 +113,6 @@ class SmallCNN(Tower):
             for _ in range(layers))
         # Convolutions are translation invariant; spatial questions need absolute position.
         self.pos = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], dim) * 0.02)
-        self.coordinates = Coordinates(self.grid, dim) if coordinates else None
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
 
@@ -143,7 +121,5 @@ class SmallCNN(Tower):
         for stage in self.stages:
             x = nn.functional.gelu(x + stage(x))
         tokens = self.drop(x.flatten(2).transpose(1, 2)) + self.pos  # (B, N, D)
-        if self.coordinates is not None:
-            tokens = self.coordinates(tokens)
         tokens = self.norm(tokens)
         return ImageFeatures(tokens=tokens, pooled=tokens.mean(dim=1), grid=self.grid)

@@ -15,18 +15,12 @@ def caption_loss(logits: torch.Tensor, labels: torch.Tensor,
 
 def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor,
                      scale: torch.Tensor, positives: torch.Tensor | None = None,
-                     hard_negatives: torch.Tensor | None = None,
-                     hard_negative_mask: torch.Tensor | None = None,
                      text_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE over the batch.
 
     ``positives`` (B_img, B_txt) marks every matching pair; the target distribution is
     uniform over them. Without it, pair i matches only i (CLIP). Synthetic and real
     datasets repeat captions ("a red circle"), and such duplicates are not negatives.
-
-    ``hard_negatives`` (B_neg, E) are extra captions that describe no image (NegCLIP's
-    swapped captions): they join the image-to-text softmax only, as negatives for every
-    image, except where ``hard_negative_mask`` (B_img, B_neg) says the text describes it.
 
     ``text_weights`` (B_txt,) weigh the image-to-text targets: an image's target is spread
     over its positives in proportion to them instead of uniformly.
@@ -35,13 +29,7 @@ def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor,
     if positives is None:
         positives = torch.eye(logits.shape[0], logits.shape[1], device=logits.device)
     positives = positives.float()
-    i2t_logits = logits
-    if hard_negatives is not None and len(hard_negatives):
-        extra = scale * image_embeds.float() @ hard_negatives.float().t()  # (B_img, B_neg)
-        if hard_negative_mask is not None:
-            extra = extra.masked_fill(hard_negative_mask, float("-inf"))
-        i2t_logits = torch.cat([logits, extra], dim=1)
-    i2t_log_probs = i2t_logits.log_softmax(dim=1)[:, :logits.shape[1]]
+    i2t_log_probs = logits.log_softmax(dim=1)
     i2t_targets = positives if text_weights is None else positives * text_weights.float()[None, :]
     i2t = -(i2t_targets * i2t_log_probs).sum(1) / i2t_targets.sum(1)
     t2i = -(positives * logits.log_softmax(dim=0)).sum(0) / positives.sum(0)

@@ -10,21 +10,16 @@ from tuwen.tasks import captioning, retrieval, vqa
 
 def joint_step(model: ImageTextModel, batch: dict, weights: dict[str, float],
                label_smoothing: float = 0.0, *, gather: bool = False,
-               itm_images: int | None = None, itc_swap_negatives: bool = False,
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Returns the weighted total and each task's unweighted loss; with ``gather`` the
-    contrastive negatives come from every process (see tasks.gather); ITM takes the first
-    ``itm_images`` images of the batch (all if None); ``itc_swap_negatives`` adds the
-    batch's spatially swapped captions to ITC's negatives."""
+    contrastive negatives come from every process (see tasks.gather)."""
     image = model.encode_image(batch["pixel_values"])
     losses: dict[str, torch.Tensor] = {}
     if "caption" in weights:
         losses.update(captioning.training_step(model, batch, image, label_smoothing))
     if "itc" in weights or "itm" in weights:
         losses.update(retrieval.training_step(model, batch, image, itc="itc" in weights,
-                                              itm="itm" in weights, gather=gather,
-                                              itm_images=itm_images,
-                                              itc_swap_negatives=itc_swap_negatives))
+                                              itm="itm" in weights, gather=gather))
     if "vqa" in weights:
         losses.update(vqa.training_step(model, batch, image))
     if not losses:

@@ -34,15 +34,12 @@ def caption_positives(images: torch.Tensor, owner: torch.Tensor, input_ids: torc
 
 
 def training_step(model: ImageTextModel, batch: dict, image: ImageFeatures, *,
-                  itc: bool = True, itm: bool = True, gather: bool = False,
-                  itm_images: int | None = None,
-                  itc_swap_negatives: bool = False) -> dict[str, torch.Tensor]:
+                  itc: bool = True, itm: bool = True,
+                  gather: bool = False) -> dict[str, torch.Tensor]:
     """ITC and ITM losses. With ``gather`` (a multi-process run) the ITC negatives are the
     global batch and ITM's hard negatives are mined from the global similarity matrix.
     Spatially swapped captions in the batch (``data.spatial_negatives``) are extra ITM
-    negatives and, with ``itc_swap_negatives``, extra ITC negatives. ITM takes the first
-    ``itm_images`` images of the batch (all if None): its three fusion passes per image cost
-    more than the rest of retrieval."""
+    negatives."""
     if "caption_image" not in batch:
         return {}
     owner, first = batch["caption_image"], batch["caption_first"]
@@ -54,22 +51,17 @@ def training_step(model: ImageTextModel, batch: dict, image: ImageFeatures, *,
     image_embeds = model.itc_head.embed_image(image.pooled[images])  # (B_img, E)
     text_embeds = model.itc_head.embed_text(text.pooled)              # (R, E)
     world = _World(model, images, owner, ids, image_embeds, text_embeds, gather)
-    # encoded only where used: ITM, or ITC with itc_swap_negatives
-    swaps = _swap_negatives(model, batch, images) if itm or (itc and itc_swap_negatives) \
-        else None
     losses = {}
     if itc:
-        hard, hard_mask = world.hard_negatives(model, swaps[0], batch["swap_input_ids"]) \
-            if swaps is not None and itc_swap_negatives else (None, None)
         weights = batch.get("caption_weight")  # train.itc_specific_captions
         if weights is not None:
             weights = world.cat(weights, world.text_sizes)
         losses["itc"] = contrastive_loss(world.image_embeds, world.text_embeds,
-                                         model.itc_head.scale(), world.positives, hard,
-                                         hard_mask, weights)
+                                         model.itc_head.scale(), world.positives,
+                                         text_weights=weights)
     if itm:  # on each image's first caption only: three fusion passes per pair are costly
-        losses["itm"] = _matching(model, world, image.tokens[images], text, first, swaps,
-                                  itm_images)
+        swaps = _swap_negatives(model, batch, images)
+        losses["itm"] = _matching(model, world, image.tokens[images], text, first, swaps)
     return losses
 
 
@@ -97,19 +89,6 @@ class _World:
         self.positives = caption_positives(torch.arange(len(self.image_embeds),
                                                         device=ids.device), self.all_rows,
                                            self.all_ids)
-
-    def hard_negatives(self, model: ImageTextModel, text: TextFeatures,
-                       ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every process's extra negative captions, embedded (B_neg, E), and (B_img, B_neg)
-        True where one is the same text as a caption of that image in the batch."""
-        sizes = gather_sizes(len(ids)) if self.gather else [len(ids)]
-        embeds = self.cat(model.itc_head.embed_text(text.pooled), sizes)
-        ids = self.cat(ids, sizes, width_dim=1, pad_value=self.pad_id)
-        width = max(ids.shape[1], self.all_ids.shape[1])
-        images = torch.arange(len(self.image_embeds), device=ids.device)
-        return embeds, caption_positives(images, self.all_rows,
-                                         pad_to(self.all_ids, width, 1, self.pad_id),
-                                         pad_to(ids, width, 1, self.pad_id))
 
     def cat(self, x: torch.Tensor, sizes: list[int], **kwargs) -> torch.Tensor:
         return gather_cat(x, sizes, **kwargs) if self.gather else x
@@ -146,17 +125,15 @@ def _gather_text(world: _World, text: TextFeatures) -> TextFeatures:
 
 def _matching(model: ImageTextModel, world: _World, image_tokens: torch.Tensor,
               text: TextFeatures, first: torch.Tensor,
-              extra: tuple[TextFeatures, torch.Tensor] | None = None,
-              max_images: int | None = None) -> torch.Tensor:
+              extra: tuple[TextFeatures, torch.Tensor] | None = None) -> torch.Tensor:
     """ITM over this process's positive pairs, one mined negative caption per image and one
     mined negative image per caption (both drawn from every process's), plus ``extra``
-    negative (text, local image row) pairs if given; for the first ``max_images`` images."""
+    negative (text, local image row) pairs if given."""
     first_rows = world.text_offset + torch.nonzero(first).squeeze(1)
     all_first = torch.zeros(len(world.text_embeds), dtype=torch.bool, device=first.device)
     all_first[world.cat(first_rows, world.image_sizes)] = True
-    n = min(len(image_tokens), max_images or len(image_tokens))
+    n = len(image_tokens)
     rows = world.offset + torch.arange(n, device=first.device)   # this process, among all
-    first_rows = first_rows[:n]
     with torch.no_grad():
         i2t = world.image_embeds[rows] @ world.text_embeds[all_first].t()  # (n, B_all)
         t2i = world.text_embeds[first_rows] @ world.image_embeds.t()       # (n, B_all)
@@ -172,10 +149,6 @@ def _matching(model: ImageTextModel, world: _World, image_tokens: torch.Tensor,
     image_tokens = world.cat(image_tokens, world.image_sizes)  # (B_all, N, D)
     if extra is not None:
         extra_text, extra_rows = extra
-        keep = extra_rows < n
-        extra_text = TextFeatures(tokens=extra_text.tokens[keep], pooled=extra_text.pooled[keep],
-                                  attention_mask=extra_text.attention_mask[keep])
-        extra_rows = extra_rows[keep]
         text_idx = torch.cat([text_idx, len(all_text.pooled) + torch.arange(len(extra_rows))])
         image_idx = torch.cat([image_idx, world.offset + extra_rows])
         all_text = _concat_text([all_text, extra_text])

@@ -151,8 +151,7 @@ def build_loader(config: Config, assets: Assets, rank: int = 0,
                        data.spatial_negatives,
                        vqa_answers=config.model.vqa.mode == "generate", normalizer=normalizer,
                        caption_counts=caption_image_counts(assets.train.captions, normalizer)
-                       if tcfg.itc_specific_captions else None,
-                       attribute_negatives=data.attribute_negatives)
+                       if tcfg.itc_specific_captions else None)
     if assets.train.streams:  # webdataset: each rank and worker streams its own shards
         return streaming_batches(assets.train.streams, transform, collate,
                                  batch_size=tcfg.batch_size, num_workers=data.num_workers,
@@ -291,8 +290,7 @@ def prepare(config: Config, assets: Assets, accelerator: Accelerator, run_dir: P
     if tcfg.compile:
         compile_towers(model)
     objective = JointObjective(model, tcfg.label_smoothing,
-                               gather=accelerator.num_processes > 1, itm_images=tcfg.itm_images,
-                               itc_swap_negatives=tcfg.itc_swap_negatives)
+                               gather=accelerator.num_processes > 1)
     optimizer = build_optimizer(model, tcfg, lr_multipliers(model, config.model))
     objective, optimizer = accelerator.prepare(objective, optimizer)
     model = accelerator.unwrap_model(objective).model

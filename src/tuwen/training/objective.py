@@ -16,13 +16,9 @@ from tuwen.tasks.joint import joint_step
 
 class JointObjective(nn.Module):
     def __init__(self, model: ImageTextModel, label_smoothing: float = 0.0,
-                 gather: bool = False, itm_images: int | None = None,
-                 itc_swap_negatives: bool = False) -> None:
+                 gather: bool = False) -> None:
         super().__init__()
         self.model, self.label_smoothing, self.gather = model, label_smoothing, gather
-        self.itm_images, self.itc_swap_negatives = itm_images, itc_swap_negatives
 
     def forward(self, batch: dict, weights: dict[str, float]) -> tuple[torch.Tensor, dict]:
-        return joint_step(self.model, batch, weights, self.label_smoothing, gather=self.gather,
-                          itm_images=self.itm_images,
-                          itc_swap_negatives=self.itc_swap_negatives)
+        return joint_step(self.model, batch, weights, self.label_smoothing, gather=self.gather)
