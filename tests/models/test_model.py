@@ -8,7 +8,7 @@ from tuwen.models.generation import beam_generate, greedy_generate
 from tuwen.models.image_text_model import ImageTextModel, build_model
 
 
-def test_seed_api_output_shapes(tiny_model):
+def test_forward_output_shapes(tiny_model):
     px = torch.randn(2, 3, 32, 32)
     ids = torch.randint(7, 50, (2, 5))
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
