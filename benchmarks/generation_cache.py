@@ -23,9 +23,8 @@ import torch
 
 from tuwen.data.images import ImageTransform, load_image
 from tuwen.data.readers import read_karpathy
-from tuwen.models.builder import build_model
 from tuwen.models.generation import generate
-from tuwen.models.image_text_model import ImageTextModel
+from tuwen.models.image_text_model import ImageTextModel, build_model
 
 
 def load_pixels(data: Path, split: str, n: int, model: ImageTextModel) -> torch.Tensor:

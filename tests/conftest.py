@@ -13,7 +13,7 @@ import torch
 torch.set_num_threads(1)
 
 from tiny import tiny_spec
-from tuwen.models.builder import build_model
+from tuwen.models.image_text_model import build_model
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModel, BertTokenizer
 
 from tuwen.config import ModelConfig
-from tuwen.models.image_text_model import ModelSpec
+from tuwen.models.spec import ModelSpec
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
          "intermediate_size": 64}

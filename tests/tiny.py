@@ -2,7 +2,7 @@
 
 
 from tuwen.config import ModelConfig
-from tuwen.models.image_text_model import ModelSpec
+from tuwen.models.spec import ModelSpec
 
 
 def tiny_spec(**model_overrides) -> ModelSpec:

@@ -17,7 +17,8 @@ from tuwen.evaluation.attention import (
     select,
     upsample,
 )
-from tuwen.models.builder import FUSIONS, build_model
+from tuwen.models.builder import FUSIONS
+from tuwen.models.image_text_model import build_model
 from tuwen.tasks import vqa
 from tuwen.training.assets import VOCAB_FILE
 

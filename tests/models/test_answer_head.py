@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from tiny import tiny_spec
-from tuwen.models.builder import build_model
 from tuwen.models.heads import AnswerHead
-from tuwen.models.image_text_model import ImageTextModel
+from tuwen.models.image_text_model import ImageTextModel, build_model
 from tuwen.tasks import vqa
 
 

@@ -12,8 +12,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from hf_tiny import WORDS, hf_spec, save_bert, save_image_model
-from tuwen.models.builder import build_model
-from tuwen.models.image_text_model import ImageTextModel
+from tuwen.models.image_text_model import ImageTextModel, build_model
 from tuwen.tasks.joint import joint_step
 
 transformers.logging.set_verbosity_error()  # "newly initialised cross-attention" reports

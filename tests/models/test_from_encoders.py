@@ -111,18 +111,28 @@ def test_bad_towers_are_clear_errors():
         ImageTextModel.from_encoders("small_vit", IMAGE_CONFIGS["vit"], hidden_size=32)
 
 
-def test_readme_example_runs(tmp_path, monkeypatch):
+def python_examples() -> dict[str, str]:
+    """The runnable tiny ``from_encoders`` examples of the README and the models page."""
+    root, found = Path(__file__).parents[2], {}
+    for page in (root / "README.md", root / "docs" / "models.md"):
+        text = page.read_text() if page.is_file() else ""
+        for block in re.findall(r"```python\n(.*?)```", text, re.S):
+            if "ImageTextModel.from_encoders(" in block and "tiny" in block:
+                found.setdefault(block, page.name)
+    return found
+
+
+def test_documented_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # it saves to ./tiny_model
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
-              if "ImageTextModel.from_encoders(" in b and "tiny" in b]
-    assert blocks, "README has no runnable from_encoders example"
-    scope: dict = {}
-    exec(compile(blocks[0], "README.md", "exec"), scope)  # noqa: S102 - our own README
-    assert scope["out"].fused.shape == (2, 7, 64)
-    assert scope["out"].attentions[0].shape == (2, 4, 7, 16)
-    assert torch.equal(scope["same"](scope["px"], scope["ids"], scope["mask"]).fused,
-                       scope["model"].eval()(scope["px"], scope["ids"], scope["mask"]).fused)
+    examples = python_examples()
+    assert examples, "neither README.md nor docs/models.md has a runnable from_encoders example"
+    for block, page in examples.items():
+        scope: dict = {}
+        exec(compile(block, page, "exec"), scope)  # noqa: S102 - our own docs
+        assert scope["out"].fused.shape == (2, 7, 64), page
+        assert scope["out"].attentions[0].shape == (2, 4, 7, 16), page
+        assert torch.equal(scope["same"](scope["px"], scope["ids"], scope["mask"]).fused,
+                           scope["model"].eval()(scope["px"], scope["ids"], scope["mask"]).fused)
 
 
 def test_broken_saved_files_are_one_line_errors(tmp_path):

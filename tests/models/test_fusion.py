@@ -10,10 +10,9 @@ from tiny import tiny_overrides, tiny_spec
 from tuwen.apps.cli import main
 from tuwen.config import load_config
 from tuwen.errors import ConfigError
-from tuwen.models.builder import build_model
 from tuwen.models.fusion_concat import ConcatFusion
 from tuwen.models.fusion_weighted_sum import WeightedSumFusion
-from tuwen.models.image_text_model import ImageTextModel
+from tuwen.models.image_text_model import ImageTextModel, build_model
 from tuwen.tasks.joint import joint_step
 
 FUSIONS = {"concat": {"type": "concat", "layers": 2, "heads": 2},

@@ -9,7 +9,7 @@ from torch import nn
 from tiny import tiny_spec
 from tuwen.config import load_config
 from tuwen.errors import ConfigError
-from tuwen.models.builder import build_model, init_weights
+from tuwen.models.builder import init_weights
 from tuwen.models.decoder import CaptionDecoder
 from tuwen.models.generation import (
     beam_generate,
@@ -18,6 +18,7 @@ from tuwen.models.generation import (
     top_p_filter,
     top_p_generate,
 )
+from tuwen.models.image_text_model import build_model
 from tuwen.tasks import captioning
 
 

@@ -22,11 +22,11 @@ from tuwen.data.tokenizer import decode_text
 from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.errors import ConfigError
 from tuwen.evaluation.evaluate import evaluate_run
-from tuwen.models.builder import build_model
 from tuwen.models.generation import beam_generate, greedy_generate
 from tuwen.models.hf_decoder import HFCausalLMDecoder
 from tuwen.models.hf_text import hf_tokenizer
-from tuwen.models.image_text_model import ImageTextModel, ModelSpec
+from tuwen.models.image_text_model import ImageTextModel, build_model
+from tuwen.models.spec import ModelSpec
 from tuwen.models.towers import lr_multipliers
 from tuwen.tasks import vqa
 from tuwen.tasks.joint import joint_step

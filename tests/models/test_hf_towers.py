@@ -24,8 +24,8 @@ from tiny import tiny_overrides
 from tuwen.apps.pipeline import Pipeline
 from tuwen.config import load_config
 from tuwen.errors import ConfigError
-from tuwen.models.builder import build_model
 from tuwen.models.hf_image import Preprocessing, from_processor, grid_tokens
+from tuwen.models.image_text_model import build_model
 from tuwen.training.assets import choose_tokenizer, with_tower_preprocessing
 from tuwen.training.loop import train
 

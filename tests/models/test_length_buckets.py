@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tiny import tiny_spec
-from tuwen.models.builder import build_model
+from tuwen.models.image_text_model import build_model
 from tuwen.models.length_buckets import length_groups
 from tuwen.tasks.joint import joint_step
 

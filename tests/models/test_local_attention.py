@@ -6,7 +6,7 @@ import torch
 
 from tuwen.config import load_config
 from tuwen.errors import ConfigError
-from tuwen.models.fusion import CrossAttentionFusion
+from tuwen.models.fusion_cross_attention import CrossAttentionFusion
 from tuwen.models.layers import local_bias, window_bias
 from tuwen.models.text_encoders import TextTransformer
 

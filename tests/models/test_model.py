@@ -4,12 +4,11 @@ from safetensors.torch import load_file, save_file
 
 from tiny import tiny_spec
 from tuwen.errors import TuwenError
-from tuwen.models.builder import build_model
 from tuwen.models.generation import beam_generate, greedy_generate
-from tuwen.models.image_text_model import ImageTextModel
+from tuwen.models.image_text_model import ImageTextModel, build_model
 
 
-def test_seed_api_output_shapes(tiny_model):
+def test_forward_output_shapes(tiny_model):
     px = torch.randn(2, 3, 32, 32)
     ids = torch.randint(7, 50, (2, 5))
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
@@ -101,7 +100,7 @@ def test_weights_of_another_architecture_are_a_clear_error(tmp_path, tiny_model)
 
 def test_spec_keeps_the_text_normalisation_the_model_was_trained_with():
     from tuwen.config import TextConfig
-    from tuwen.models.image_text_model import ModelSpec
+    from tuwen.models.spec import ModelSpec
 
     spec = tiny_spec()
     spec.text = TextConfig(strip_punctuation=True, max_words=12)

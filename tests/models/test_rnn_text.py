@@ -5,7 +5,7 @@ import torch
 
 from hf_tiny import hf_spec, text_batch
 from tiny import tiny_spec
-from tuwen.models.builder import build_model
+from tuwen.models.image_text_model import build_model
 from tuwen.models.rnn_text import RNNTextEncoder
 from tuwen.tasks.joint import joint_step
 

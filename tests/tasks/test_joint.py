@@ -1,7 +1,7 @@
 import torch
 
 from tiny import tiny_spec
-from tuwen.models.builder import build_model
+from tuwen.models.image_text_model import build_model
 from tuwen.tasks import retrieval
 from tuwen.tasks.joint import joint_step
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tiny import tiny_spec  # noqa: E402
 from tuwen.config import TrainConfig  # noqa: E402
-from tuwen.models.builder import build_model  # noqa: E402
+from tuwen.models.image_text_model import build_model  # noqa: E402
 from tuwen.models.layers import Block  # noqa: E402
 from tuwen.tasks.joint import joint_step  # noqa: E402
 from tuwen.training.checkpoint import load_checkpoint, load_weights, save_checkpoint  # noqa: E402

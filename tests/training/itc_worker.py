@@ -10,7 +10,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tiny import tiny_spec  # noqa: E402
-from tuwen.models.builder import build_model  # noqa: E402
+from tuwen.models.image_text_model import build_model  # noqa: E402
 from tuwen.tasks import retrieval  # noqa: E402
 
 

@@ -76,7 +76,7 @@ def test_a_half_written_index_line_is_ignored(tmp_path):
 
 
 def test_cache_needs_a_frozen_encoder_and_fixed_pixels(tiny_shapes, tmp_path):
-    from tuwen.models.builder import build_model
+    from tuwen.models.image_text_model import build_model
     from tuwen.training.assets import prepare_assets
 
     base = tiny_overrides(tiny_shapes) + ["train.feature_cache=true"]

@@ -6,8 +6,7 @@ import torch
 from hf_tiny import BERT, IMAGE_CONFIGS, hf_spec
 from tuwen.config import TrainConfig
 from tuwen.errors import ConfigError
-from tuwen.models.builder import build_model
-from tuwen.models.image_text_model import ImageTextModel
+from tuwen.models.image_text_model import ImageTextModel, build_model
 from tuwen.models.towers import lr_multipliers
 from tuwen.tasks.joint import joint_step
 from tuwen.training.optim import LRSchedule, build_optimizer

@@ -6,7 +6,7 @@ import torch
 from tiny import tiny_overrides, tiny_spec
 from tuwen.config import load_config
 from tuwen.errors import ConfigError
-from tuwen.models.builder import build_model
+from tuwen.models.image_text_model import build_model
 from tuwen.models.layers import Block
 from tuwen.tasks.joint import joint_step
 from tuwen.training.assets import prepare_assets

@@ -23,9 +23,9 @@ from tuwen.data.dataset import Collator
 from tuwen.data.records import VQAItem
 from tuwen.data.tokenizer import train_tokenizer
 from tuwen.errors import ConfigError
-from tuwen.models.builder import build_model
 from tuwen.models.hf_backbone import SUB_CONFIG
-from tuwen.models.image_text_model import ImageTextModel, ModelSpec
+from tuwen.models.image_text_model import ImageTextModel, build_model
+from tuwen.models.spec import ModelSpec
 from tuwen.tasks.joint import joint_step
 from tuwen.training.assets import tokenizer_sources
 

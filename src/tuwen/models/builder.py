@@ -1,8 +1,13 @@
-"""The one place where a config becomes modules, and sizes are checked across them."""
+"""The one place where a spec becomes modules, and sizes are checked across them.
+
+``build_components(spec)`` returns the built, initialised modules of one model;
+``ImageTextModel.from_spec`` assembles them. Name lookups are the plain dicts below
+(``IMAGE_ENCODERS``, ``TEXT_ENCODERS``, ``FUSIONS``, ``DECODERS``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -10,8 +15,8 @@ from transformers import PreTrainedModel
 
 from tuwen.errors import ConfigError
 from tuwen.models.decoder import CaptionDecoder
-from tuwen.models.fusion import CrossAttentionFusion
 from tuwen.models.fusion_concat import ConcatFusion
+from tuwen.models.fusion_cross_attention import CrossAttentionFusion
 from tuwen.models.fusion_weighted_sum import WeightedSumFusion
 from tuwen.models.heads import AnswerHead, ContrastiveHead, MatchingHead
 from tuwen.models.hf_backbone import hf_tower, hidden_size_of
@@ -19,8 +24,8 @@ from tuwen.models.hf_decoder import HFCausalLMDecoder, causal_lm
 from tuwen.models.hf_image import HFImageEncoder
 from tuwen.models.hf_text import HFTextEncoder
 from tuwen.models.image_encoders import SmallCNN, SmallViT
-from tuwen.models.image_text_model import ImageTextModel, ModelSpec
 from tuwen.models.rnn_text import RNNTextEncoder
+from tuwen.models.spec import ModelSpec
 from tuwen.models.text_encoders import TextTransformer
 from tuwen.models.towers import Tower
 
@@ -100,9 +105,17 @@ def build_tower(builders: dict, name: str, spec: ModelSpec, hf_configs: dict) ->
     if getattr(spec.model, name).freeze:
         tower.freeze()
     return tower
+
+
 # Each fusion takes (hidden_size, <its config keys>, mlp_ratio=, dropout=).
 FUSIONS = {"concat": ConcatFusion, "weighted_sum": WeightedSumFusion,
            "cross_attention": CrossAttentionFusion}
+
+
+def build_fusion(spec: ModelSpec) -> nn.Module:
+    m = spec.model
+    return FUSIONS[m.fusion.type](m.hidden_size, **m.fusion.model_dump(exclude={"type"}),
+                                  mlp_ratio=m.mlp_ratio, dropout=m.dropout)
 
 
 def _transformer_decoder(spec: ModelSpec, hf_configs: dict) -> nn.Module:
@@ -130,22 +143,38 @@ def _hf_decoder(spec: ModelSpec, hf_configs: dict) -> nn.Module:
 DECODERS = {"transformer": _transformer_decoder, "hf_causal_lm": _hf_decoder}
 
 
-def build_model(spec: ModelSpec) -> ImageTextModel:
+@dataclass
+class Components:
+    """The built modules of one model and the spec they came from, its ``hf_configs``
+    completed with the resolved config of every Hugging Face tower."""
+
+    spec: ModelSpec
+    image_encoder: Tower
+    text_encoder: Tower
+    fusion: nn.Module
+    decoder: nn.Module
+    itc_head: ContrastiveHead
+    itm_head: MatchingHead
+    vqa_head: AnswerHead
+
+    def modules(self) -> nn.ModuleList:
+        """All of them, in the order ImageTextModel registers them."""
+        return nn.ModuleList([self.image_encoder, self.text_encoder, self.fusion, self.decoder,
+                              self.itc_head, self.itm_head, self.vqa_head])
+
+
+def build_components(spec: ModelSpec) -> Components:
     m, hf_configs = spec.model, dict(spec.hf_configs)
     image_encoder = build_tower(IMAGE_ENCODERS, "image_encoder", spec, hf_configs)
     text_encoder = build_tower(TEXT_ENCODERS, "text_encoder", spec, hf_configs)
     decoder = DECODERS[m.decoder.type](spec, hf_configs)
-    spec = replace(spec, hf_configs=hf_configs)
-    fusion_cfg = m.fusion
-    fusion = FUSIONS[fusion_cfg.type](m.hidden_size, **fusion_cfg.model_dump(exclude={"type"}),
-                                      mlp_ratio=m.mlp_ratio, dropout=m.dropout)
-    model = ImageTextModel(
-        spec, image_encoder, text_encoder, fusion, decoder,
-        ContrastiveHead(m.hidden_size, m.embed_dim), MatchingHead(m.hidden_size),
+    parts = Components(
+        replace(spec, hf_configs=hf_configs), image_encoder, text_encoder, build_fusion(spec),
+        decoder, ContrastiveHead(m.hidden_size, m.embed_dim), MatchingHead(m.hidden_size),
         AnswerHead(m.hidden_size, spec.num_answers, m.dropout, m.vqa.readout_queries,
                    m.vqa.read_positions))
-    init_new_weights(model)
-    return model
+    init_new_weights(parts.modules())
+    return parts
 
 
 def init_new_weights(model: nn.Module) -> None:

@@ -52,8 +52,8 @@ class AnswerHead(nn.Module):
 
     The input is the fused [CLS] vector and, with ``queries`` > 0, that many learned
     queries' attention-pooled reads of the fused question tokens: separate reads let the
-    classifier see two objects of a question side by side (measured on the shapes demo,
-    700 steps: shape questions 86.6 % vs 75.0 %, VQA 84.1 % vs 82.7 %).
+    classifier see two objects of a question side by side (measured on the shapes demo:
+    docs/experiments/2026-11-29-demo-config-history.md).
 
     With ``positions`` > 0 it also takes the fused tokens at the first ``positions`` places
     side by side (padding zeroed): which object a question names first is then where it

@@ -44,8 +44,9 @@ def conv_stem(channels: list[int]) -> nn.Sequential:
     downsampling but the first and the last.
 
     Early convolutions make small ViTs train much faster; the residual blocks add the depth
-    that tells an 8-pixel circle from a square (measured: a plain stem confused shapes in
-    half the captions), at a fraction of the cost of the same depth at higher resolution.
+    that tells an 8-pixel circle from a square (a plain stem confused shapes in the captions:
+    docs/experiments/2026-11-29-demo-config-history.md), at a fraction of the cost of the
+    same depth at higher resolution.
     """
     layers: list[nn.Module] = []
     last = len(channels) - 2

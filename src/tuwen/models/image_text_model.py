@@ -1,16 +1,19 @@
 """ImageTextModel: the composite of the towers, the fusion, the decoder and the heads.
 
-It takes built modules (see ``builder.build_model``) and offers the few entry points the
-tasks need. Saving writes ``config.json`` + ``model.safetensors``, the tokenizer the model
-holds (``from_encoders``/``from_pretrained`` set it) and, for a Hugging Face image tower,
-``preprocessor_config.json``; training writes its tokenizer and answer vocabulary itself.
+It takes built modules and offers the few entry points the tasks need. It assembles itself
+from a spec (``from_spec``, through ``builder.build_components``), from two named towers
+(``from_encoders``) or from a saved folder (``from_pretrained``). Saving writes
+``config.json`` + ``model.safetensors``, the tokenizer the model holds (``from_encoders``/
+``from_pretrained`` set it) and, for a Hugging Face image tower, ``preprocessor_config.json``;
+training writes its tokenizer and answer vocabulary itself.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -18,52 +21,17 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoTokenizer
 
-from tuwen import __version__
-from tuwen.config import ModelConfig, TextConfig
 from tuwen.errors import TuwenError
+from tuwen.models.builder import Components, build_components
 from tuwen.models.decoder import DecoderOutput
+from tuwen.models.from_encoders import spec_from_encoders
 from tuwen.models.fusion import FusionOutput
 from tuwen.models.heads import AnswerHead, ContrastiveHead, MatchingHead
 from tuwen.models.hf_image import PROCESSOR_FILE, Preprocessing, preprocessor_config
 from tuwen.models.image_encoders import ImageFeatures
 from tuwen.models.length_buckets import length_groups, run_grouped
+from tuwen.models.spec import ModelSpec
 from tuwen.models.text_encoders import TextFeatures
-
-
-@dataclass
-class ModelSpec:
-    """Everything needed to rebuild the same architecture (written as config.json)."""
-
-    model: ModelConfig
-    vocab_size: int
-    num_answers: int
-    image_size: int
-    max_text_length: int
-    pad_token_id: int = 0
-    bos_token_id: int = 4
-    eos_token_id: int = 5
-    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    # tower name -> its Hugging Face config (to_dict()), recorded when the model is built:
-    # from_pretrained rebuilds hf towers from these, offline, not from the hub name
-    hf_configs: dict[str, dict] = field(default_factory=dict)
-    # how texts were normalised in training (data.text); inference applies the same
-    text: TextConfig = field(default_factory=TextConfig)
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["model"] = self.model.model_dump(mode="json")
-        out["text"] = self.text.model_dump(mode="json")
-        return {"tuwen_version": __version__, **out}
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> ModelSpec:
-        raw = {k: v for k, v in raw.items() if k != "tuwen_version"}
-        raw["model"] = ModelConfig.model_validate(raw["model"])
-        raw["text"] = TextConfig.model_validate(raw.get("text", {}))  # absent before 0.1 models
-        for key in ("image_mean", "image_std"):
-            raw[key] = tuple(raw[key])
-        return cls(**raw)
 
 
 @dataclass
@@ -88,14 +56,26 @@ class ImageTextModel(nn.Module):
         self.tokenizer = None  # saved with the model when set (not used by forward)
 
     @classmethod
-    def from_encoders(cls, image_encoder, text_encoder, *, hidden_size: int = 256,
-                      fusion: str | dict = "cross_attention", **options) -> ImageTextModel:
-        """A model from two towers: hub names, folders, HF configs (objects or dicts with
-        ``model_type``) or tuwen tower types/sections. See ``seed_api.from_encoders``."""
-        from tuwen.models.seed_api import from_encoders  # it imports the builder
+    def from_components(cls, parts: Components) -> ImageTextModel:
+        return cls(parts.spec, parts.image_encoder, parts.text_encoder, parts.fusion,
+                   parts.decoder, parts.itc_head, parts.itm_head, parts.vqa_head)
 
-        return from_encoders(image_encoder, text_encoder, hidden_size=hidden_size,
-                             fusion=fusion, **options)
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> ImageTextModel:
+        """A freshly initialised model (pretrained weights in its Hugging Face towers)."""
+        return cls.from_components(build_components(spec))
+
+    @classmethod
+    def from_encoders(cls, image_encoder: Any, text_encoder: Any, *, hidden_size: int = 256,
+                      fusion: str | dict = "cross_attention", **options: Any) -> ImageTextModel:
+        """A model from two towers: hub names, folders, HF configs (objects or dicts with
+        ``model_type``) or tuwen tower types/sections; see ``from_encoders.spec_from_encoders``
+        for the options. A named HF text tower brings its tokenizer (``model.tokenizer``)."""
+        spec, tokenizer = spec_from_encoders(image_encoder, text_encoder,
+                                             hidden_size=hidden_size, fusion=fusion, **options)
+        model = cls.from_spec(spec)
+        model.tokenizer = tokenizer
+        return model
 
     def encode_image(self, pixel_values: torch.Tensor) -> ImageFeatures:
         return self.image_encoder(pixel_values)
@@ -166,8 +146,6 @@ class ImageTextModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> ImageTextModel:
-        from tuwen.models.builder import build_model  # builder imports this module
-
         directory = Path(directory)
         config_path, weights_path = directory / "config.json", directory / "model.safetensors"
         for path in (config_path, weights_path):
@@ -177,7 +155,7 @@ class ImageTextModel(nn.Module):
             spec = ModelSpec.from_dict(json.loads(config_path.read_text()))
         except (ValueError, KeyError, TypeError) as err:
             raise TuwenError(f"{config_path}: not a valid tuwen model config ({err})") from None
-        model = build_model(spec)
+        model = cls.from_spec(spec)
         try:
             missing, unexpected = load_model(model, str(weights_path), strict=False)
         except (RuntimeError, OSError, SafetensorError) as err:  # shapes differ, or not safetensors
@@ -188,6 +166,11 @@ class ImageTextModel(nn.Module):
                              f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
         model.tokenizer = saved_tokenizer(directory)
         return model.eval()
+
+
+def build_model(spec: ModelSpec) -> ImageTextModel:
+    """A freshly initialised model for ``spec``; the same as ``ImageTextModel.from_spec``."""
+    return ImageTextModel.from_spec(spec)
 
 
 def saved_tokenizer(directory: Path):

@@ -1,7 +1,8 @@
 """Running a text tower on groups of similar length, to skip most of the padding.
 
-A batch is padded to its longest text: shapes captions average 15 tokens and are padded to
-27, so half of the text encoder's and the ITM fusion's work is on padding. Sorting the rows
+A batch is padded to its longest text, so with texts of mixed lengths much of the text
+encoder's and the ITM fusion's work is on padding (measured in
+docs/experiments/2026-11-28-speed-attempts.md). Sorting the rows
 by length and running the tower on ``buckets`` groups, each cut to its own longest row,
 skips most of it. Real positions get the same values (a masked key contributes nothing);
 padded positions, which nothing reads, hold the tower's output or zeros. Only right-padded

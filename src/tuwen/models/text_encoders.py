@@ -27,7 +27,7 @@ class TextTransformer(Tower):
 
     With ``window``, each token attends only to tokens within ``window`` positions and
     [CLS] to all: a token then stands for its own phrase ("red circle"), not a mix of every
-    object the text names (README, "What the demo reaches")."""
+    object the text names (docs/experiments/2026-11-29-relative-position.md)."""
 
     def __init__(self, vocab_size: int, max_length: int, dim: int, layers: int, heads: int,
                  mlp_ratio: float = 4.0, dropout: float = 0.0, pad_token_id: int = 0,

@@ -19,7 +19,7 @@ from tuwen.data.tokenizer import load_tokenizer, save_tokenizer
 from tuwen.errors import ConfigError, TuwenError
 from tuwen.models.hf_image import Preprocessing, resolve_preprocessing
 from tuwen.models.hf_text import hf_tokenizer
-from tuwen.models.image_text_model import ModelSpec
+from tuwen.models.spec import ModelSpec
 
 VOCAB_FILE = "answer_vocab.json"
 

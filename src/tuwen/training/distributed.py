@@ -29,7 +29,7 @@ from torch.utils.data import Sampler
 
 from tuwen.config import TrainConfig
 from tuwen.errors import ConfigError
-from tuwen.models.builder import build_model
+from tuwen.models.image_text_model import build_model
 from tuwen.training.checkpoint import rng_state
 
 PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}

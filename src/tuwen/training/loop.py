@@ -36,8 +36,7 @@ from tuwen.data.prepare import check_train_labels
 from tuwen.data.streaming import StreamBatches, streaming_batches
 from tuwen.data.text import TextNormalizer
 from tuwen.errors import TuwenError
-from tuwen.models.builder import build_model
-from tuwen.models.image_text_model import ImageTextModel
+from tuwen.models.image_text_model import ImageTextModel, build_model
 from tuwen.models.towers import lr_multipliers
 from tuwen.training.assets import (
     Assets,

@@ -1,4 +1,4 @@
-"""``ImageTextModel.from_encoders``: a model from two towers named the way users name them.
+"""The spec behind ``ImageTextModel.from_encoders``: two towers named the way users name them.
 
     model = ImageTextModel.from_encoders("google/vit-base-patch16-224", "bert-base-uncased",
                                          hidden_size=512, fusion="cross_attention")
@@ -18,10 +18,10 @@ from transformers import PretrainedConfig
 
 from tuwen.config import ModelConfig, config_from_dict
 from tuwen.errors import ConfigError
-from tuwen.models.builder import IMAGE_ENCODERS, TEXT_ENCODERS, build_model
+from tuwen.models.builder import IMAGE_ENCODERS, TEXT_ENCODERS
 from tuwen.models.hf_image import Preprocessing, resolve_preprocessing
 from tuwen.models.hf_text import hf_tokenizer
-from tuwen.models.image_text_model import ImageTextModel, ModelSpec
+from tuwen.models.spec import ModelSpec
 
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_VOCAB_SIZE = 30522  # BERT's, for towers that bring no tokenizer and no vocab size
@@ -41,11 +41,13 @@ def tower_section(value: Any, types: dict, role: str) -> dict:
                       f"config or a tuwen tower section, got {type(value).__name__}")
 
 
-def from_encoders(image_encoder: Any, text_encoder: Any, *, hidden_size: int = 256,
-                  fusion: str | dict = "cross_attention", image_size: int | None = None,
-                  vocab_size: int | None = None, max_text_length: int = 64, num_answers: int = 1,
-                  **model_fields: Any) -> ImageTextModel:
-    """``model_fields``: any other ``model`` config key (embed_dim, decoder, dropout, ...)."""
+def spec_from_encoders(image_encoder: Any, text_encoder: Any, *, hidden_size: int = 256,
+                       fusion: str | dict = "cross_attention", image_size: int | None = None,
+                       vocab_size: int | None = None, max_text_length: int = 64,
+                       num_answers: int = 1, **model_fields: Any) -> tuple[ModelSpec, Any]:
+    """The spec, and the named HF text tower's tokenizer (None for any other text tower).
+
+    ``model_fields``: any other ``model`` config key (embed_dim, decoder, dropout, ...)."""
     raw = {"hidden_size": hidden_size, **model_fields,
            "image_encoder": tower_section(image_encoder, IMAGE_ENCODERS, "image_encoder"),
            "text_encoder": tower_section(text_encoder, TEXT_ENCODERS, "text_encoder"),
@@ -61,9 +63,7 @@ def from_encoders(image_encoder: Any, text_encoder: Any, *, hidden_size: int = 2
                      num_answers=num_answers, image_size=pre.size,
                      max_text_length=max_text_length, image_mean=pre.mean, image_std=pre.std,
                      **_special_ids(model_cfg, tokenizer))
-    model = build_model(spec)
-    model.tokenizer = tokenizer
-    return model
+    return spec, tokenizer
 
 
 def _vocab_size(model_cfg: ModelConfig, tokenizer, vocab_size: int | None) -> int:

@@ -1,0 +1,48 @@
+"""ModelSpec: everything needed to rebuild the same architecture, written as ``config.json``.
+
+The builder turns a spec into modules (``builder.build_components``); ``ImageTextModel``
+keeps the spec it was built from so that ``save_pretrained`` can write it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from tuwen import __version__
+from tuwen.config import ModelConfig, TextConfig
+
+
+@dataclass
+class ModelSpec:
+    """The model config plus the sizes and token ids that come from the data and tokenizer."""
+
+    model: ModelConfig
+    vocab_size: int
+    num_answers: int
+    image_size: int
+    max_text_length: int
+    pad_token_id: int = 0
+    bos_token_id: int = 4
+    eos_token_id: int = 5
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # tower name -> its Hugging Face config (to_dict()), recorded when the model is built:
+    # from_pretrained rebuilds hf towers from these, offline, not from the hub name
+    hf_configs: dict[str, dict] = field(default_factory=dict)
+    # how texts were normalised in training (data.text); inference applies the same
+    text: TextConfig = field(default_factory=TextConfig)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["model"] = self.model.model_dump(mode="json")
+        out["text"] = self.text.model_dump(mode="json")
+        return {"tuwen_version": __version__, **out}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ModelSpec:
+        raw = {k: v for k, v in raw.items() if k != "tuwen_version"}
+        raw["model"] = ModelConfig.model_validate(raw["model"])
+        raw["text"] = TextConfig.model_validate(raw.get("text", {}))  # absent before 0.1 models
+        for key in ("image_mean", "image_std"):
+            raw[key] = tuple(raw[key])
+        return cls(**raw)
