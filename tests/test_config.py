@@ -53,8 +53,12 @@ def test_impossible_combinations(tmp_path):
     with pytest.raises(ConfigError, match="at least one task"):
         load_config(None, ["train.tasks.caption=0", "train.tasks.itc=0", "train.tasks.itm=0",
                            "train.tasks.vqa=0"])
-    with pytest.raises(ConfigError, match="vqa needs a data source with questions"):
-        load_config(None, ["data.sources=[{format: karpathy}]"])
+    with pytest.raises(ConfigError, match=r"train\.tasks\.vqa=1\.0 needs a data source with "
+                                          "questions"):
+        load_config(None, ["data.sources=[{format: karpathy}]", "train.tasks.vqa=1"])
+    with pytest.raises(ConfigError, match="no task to train"):
+        load_config(None, ["data.sources=[{format: karpathy}]", "train.tasks.caption=0",
+                           "train.tasks.itc=0", "train.tasks.itm=0"])
     with pytest.raises(ConfigError, match="itc_specific_captions counts every training caption"):
         load_config(None, ["data.sources=[{format: webdataset, shards: 'a/{0..3}.tar'}]",
                            "train.tasks.vqa=0", "train.itc_specific_captions=true"])
