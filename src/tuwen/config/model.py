@@ -74,7 +74,7 @@ class SmallImageTowerConfig(TowerTrainingConfig):
 class SmallViTConfig(SmallImageTowerConfig):
     """A small Vision Transformer trained from scratch."""
 
-    type: Literal["small_vit"] = Field("small_vit", description="`small_vit`.")
+    type: Literal["small_vit"] = Field("small_vit", description="Picks this kind.")
     layers: int = Field(2, ge=0, description="Transformer layers over the patches (0: none).")
     heads: int = Field(4, ge=1, description=(
         "Attention heads per layer; must divide `model.hidden_size`."))
@@ -84,7 +84,7 @@ class SmallCNNConfig(SmallImageTowerConfig):
     """A small convolutional network trained from scratch: a conv stem, then residual 3x3
     stages; each cell of its feature map is an image token."""
 
-    type: Literal["small_cnn"] = Field("small_cnn", description="`small_cnn`.")
+    type: Literal["small_cnn"] = Field("small_cnn", description="Picks this kind.")
     layers: int = Field(2, ge=0, description="Residual 3x3 stages after the stem (0: none).")
 
 
@@ -92,7 +92,7 @@ class HFImageEncoderConfig(HFTowerConfig):
     """Any Hugging Face vision backbone (ViT, ResNet, CLIP or SigLIP vision...); its image
     processor sets `data.image_size`, `data.image_mean` and `data.image_std`."""
 
-    type: Literal["hf"] = Field("hf", description="`hf`.")
+    type: Literal["hf"] = Field("hf", description="Picks this kind.")
 
 
 IMAGE_ENCODERS: dict[str, type[Section]] = {
@@ -113,7 +113,7 @@ class TowerConfig(Section):
 class TransformerTextEncoderConfig(TowerConfig, TowerTrainingConfig):
     """A small Transformer text encoder trained from scratch; its first token is [CLS]."""
 
-    type: Literal["transformer"] = Field("transformer", description="`transformer`.")
+    type: Literal["transformer"] = Field("transformer", description="Picks this kind.")
     window: int | None = Field(None, ge=1, description=(
         "Local self-attention: each token sees the tokens within this many positions ([CLS] "
         "sees and is seen by all); null: global attention."))
@@ -122,7 +122,7 @@ class TransformerTextEncoderConfig(TowerConfig, TowerTrainingConfig):
 class LSTMTextEncoderConfig(TowerTrainingConfig):
     """An LSTM text encoder trained from scratch."""
 
-    type: Literal["lstm"] = Field("lstm", description="`lstm`.")
+    type: Literal["lstm"] = Field("lstm", description="Picks this kind.")
     layers: int = Field(1, ge=1, description="Recurrent layers.")
     bidirectional: bool = Field(True, description="Read the text in both directions.")
 
@@ -130,13 +130,13 @@ class LSTMTextEncoderConfig(TowerTrainingConfig):
 class GRUTextEncoderConfig(LSTMTextEncoderConfig):
     """A GRU text encoder trained from scratch."""
 
-    type: Literal["gru"] = Field("gru", description="`gru`.")
+    type: Literal["gru"] = Field("gru", description="Picks this kind.")
 
 
 class HFTextEncoderConfig(HFTowerConfig):
     """Any Hugging Face text encoder (BERT family); its tokenizer becomes the run's."""
 
-    type: Literal["hf"] = Field("hf", description="`hf`.")
+    type: Literal["hf"] = Field("hf", description="Picks this kind.")
 
 
 TEXT_ENCODERS: dict[str, type[Section]] = {
@@ -150,7 +150,7 @@ TextEncoderConfig = typed_union(TEXT_ENCODERS, default="transformer")
 class CrossAttentionFusionConfig(TowerConfig):
     """Text tokens attend to image patches, layer by layer; returns the attention weights."""
 
-    type: Literal["cross_attention"] = Field("cross_attention", description="`cross_attention`.")
+    type: Literal["cross_attention"] = Field("cross_attention", description="Picks this kind.")
     window: int | None = Field(None, ge=1, description=(
         "Local self-attention over the text in every layer but the last, which stays "
         "global (as the text encoder's `window`); needs `layers` >= 2. Null: global."))
@@ -167,13 +167,13 @@ class ConcatFusionConfig(TowerConfig):
     """Both modalities projected to `hidden_size`, concatenated along the sequence with
     modality embeddings, then a joint Transformer."""
 
-    type: Literal["concat"] = Field("concat", description="`concat`.")
+    type: Literal["concat"] = Field("concat", description="Picks this kind.")
 
 
 class WeightedSumFusionConfig(Section):
     """A learned gate between each text token and its attention-aligned image summary."""
 
-    type: Literal["weighted_sum"] = Field("weighted_sum", description="`weighted_sum`.")
+    type: Literal["weighted_sum"] = Field("weighted_sum", description="Picks this kind.")
     gate: Literal["scalar", "vector"] = Field("vector", description=(
         "`scalar`: one gate per token; `vector`: one per token and hidden dimension."))
 
@@ -190,14 +190,14 @@ class TransformerDecoderConfig(TowerConfig):
     """A small causal Transformer decoder trained from scratch, cross-attending to the
     fused sequence."""
 
-    type: Literal["transformer"] = Field("transformer", description="`transformer`.")
+    type: Literal["transformer"] = Field("transformer", description="Picks this kind.")
 
 
 class HFDecoderConfig(HFTowerConfig):
     """A Hugging Face causal LM (name, folder or ``hf_config: {model_type: gpt2, ...}``)
     reading the image as a projected prefix (LLaVA) or through cross-attention (GPT-2)."""
 
-    type: Literal["hf_causal_lm"] = Field("hf_causal_lm", description="`hf_causal_lm`.")
+    type: Literal["hf_causal_lm"] = Field("hf_causal_lm", description="Picks this kind.")
     conditioning: Literal["prefix", "cross_attention"] = Field("prefix", description=(
         "`prefix`: projected image tokens come before the text (LLaVA); `cross_attention`: "
         "the LM's own cross-attention layers read them (GPT-2 with `add_cross_attention`)."))

@@ -12,7 +12,7 @@ from tuwen.config.base import Section, typed_union
 SOURCE_LABELS = ("caption", "vqa")  # what a source can label: captions feed caption/itc/itm
 COCO_IMAGE_PATTERN = "COCO_{subtype}_{image_id:012d}.jpg"  # VQAv2's images, by COCO file name
 
-SPLIT_PATH = " ``{split}`` in the path becomes the source's name for the run's split."
+SPLIT_PATH = " `{split}` in the path becomes the source's name for the run's split."
 
 
 class SourceConfig(Section):
@@ -66,7 +66,7 @@ class KarpathySource(SourceConfig):
     """A Karpathy split JSON (``dataset_coco.json``, ``dataset_flickr30k.json``): captions,
     with each image's split in the file."""
 
-    format: Literal["karpathy"] = Field("karpathy", description="`karpathy`.")
+    format: Literal["karpathy"] = Field("karpathy", description="Picks this format.")
     path: str = Field("captions.json", description=(
         "The JSON file. Images are found at `image_root/filepath/filename`; `image_root` "
         "defaults to this file's folder." + SPLIT_PATH))
@@ -76,7 +76,7 @@ class KarpathySource(SourceConfig):
 class CocoSource(SourceConfig):
     """COCO caption annotations (``captions_train2017.json``)."""
 
-    format: Literal["coco"] = Field("coco", description="`coco`.")
+    format: Literal["coco"] = Field("coco", description="Picks this format.")
     path: str = Field(description=(
         "The annotations file, e.g. `annotations/captions_{split}2017.json` with "
         "`image_root: \"{split}2017\"`." + SPLIT_PATH))
@@ -86,7 +86,7 @@ class CocoSource(SourceConfig):
 class VQAv2Source(SourceConfig):
     """VQAv2 questions + annotations JSON; images by COCO file name or an id -> file map."""
 
-    format: Literal["vqav2"] = Field("vqav2", description="`vqav2`.")
+    format: Literal["vqav2"] = Field("vqav2", description="Picks this format.")
     questions: str = Field(description=(
         "The questions file, e.g. `v2_OpenEnded_mscoco_{split}2014_questions.json`."
         + SPLIT_PATH))
@@ -113,14 +113,14 @@ class JsonlSource(SourceConfig):
     """JSON lines, one object a line: `image` plus `caption` or `captions`, or `question` +
     `answers` (optional: `image_id`, `split`, `question_id`, `question_type`, `answer_type`)."""
 
-    format: Literal["jsonl"] = Field("jsonl", description="`jsonl`.")
+    format: Literal["jsonl"] = Field("jsonl", description="Picks this format.")
     path: str = Field(description="The `.jsonl` file." + SPLIT_PATH)
 
 
 class CsvSource(SourceConfig):
     """A CSV table with a header row and the columns a `jsonl` line has."""
 
-    format: Literal["csv"] = Field("csv", description="`csv`.")
+    format: Literal["csv"] = Field("csv", description="Picks this format.")
     path: str = Field(description="The `.csv` file (a header row)." + SPLIT_PATH)
     delimiter: str = Field(",", min_length=1, max_length=1, description=(
         "The column separator, one character."))
@@ -132,7 +132,7 @@ class WebDatasetSource(SourceConfig):
     """WebDataset tar shards as img2dataset writes them (``KEY.jpg`` + ``KEY.txt`` or
     ``KEY.json``); streamed during training."""
 
-    format: Literal["webdataset"] = Field("webdataset", description="`webdataset`.")
+    format: Literal["webdataset"] = Field("webdataset", description="Picks this format.")
     shards: str = Field(description=(
         "A brace pattern of tar files, e.g. `cc3m/{00000..00331}.tar`." + SPLIT_PATH))
     shuffle_buffer: int = Field(1000, ge=0, description=(
@@ -146,7 +146,7 @@ class HFSource(SourceConfig):
     """A Hugging Face ``datasets`` dataset: ``path`` for load_from_disk, or ``builder`` with
     local ``data_files`` for load_dataset (json, csv, parquet, imagefolder...)."""
 
-    format: Literal["hf"] = Field("hf", description="`hf`.")
+    format: Literal["hf"] = Field("hf", description="Picks this format.")
     path: str | None = Field(None, description=(
         "A folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`. "
         "Exclusive with `builder`."))

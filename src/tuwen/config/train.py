@@ -27,8 +27,8 @@ class TaskWeights(Section):
     """Per-task loss weights. A weight left unset follows the training data: 1 when the data
     has the task's labels, else 0; a weight set > 0 for a task without labels is an error."""
 
-    caption: float | None = _weight("captioning (language-model cross-entropy)", "captions")
-    itc: float | None = _weight("image-text contrastive learning (InfoNCE)", "captions")
+    caption: float | None = _weight("captioning, the language-model cross-entropy", "captions")
+    itc: float | None = _weight("image-text contrastive learning, InfoNCE", "captions")
     itm: float | None = _weight("image-text matching with hard negatives", "captions")
     vqa: float | None = _weight("visual question answering", "questions")
 
