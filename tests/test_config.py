@@ -84,3 +84,21 @@ def test_image_size_and_patch_size_must_fit():
         load_config(None, ["data.image_size=72"])
     with pytest.raises(ConfigError, match="power of two"):
         load_config(None, ["model.image_encoder.patch_size=12", "data.image_size=96"])
+
+
+def test_unset_task_weights_follow_the_sources_and_stay_unset_when_saved(tmp_path):
+    cfg = load_config(None, ["data.sources=[{format: karpathy}]"])  # no train.tasks.vqa: 0
+    assert cfg.train.tasks.given() == {}
+    assert cfg.train.tasks.active(cfg.data.provides()) == {"caption": 1, "itc": 1, "itm": 1}
+    save_config(cfg, tmp_path / "r.yaml")
+    assert yaml.safe_load((tmp_path / "r.yaml").read_text())["train"]["tasks"]["vqa"] is None
+    assert load_config(tmp_path / "r.yaml") == cfg
+
+
+def test_a_typed_union_names_its_kinds_and_rejects_keys_of_another():
+    with pytest.raises(ConfigError, match=r"model\.image_encoder\.heads: unknown key for type "
+                                          r"'small_cnn'"):
+        load_config(None, ["model.image_encoder={type: small_cnn, heads: 4}"])
+    with pytest.raises(ConfigError, match=r"model\.decoder\.type: expected 'transformer' or "
+                                          r"'hf_causal_lm' \(got 'rnn'\)"):
+        load_config(None, ["model.decoder.type=rnn"])
