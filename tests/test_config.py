@@ -96,9 +96,9 @@ def test_unset_task_weights_follow_the_sources_and_stay_unset_when_saved(tmp_pat
 
 
 def test_a_typed_union_names_its_kinds_and_rejects_keys_of_another():
-    with pytest.raises(ConfigError, match=r"model\.image_encoder\.heads: unknown key for type "
-                                          r"'small_cnn'"):
-        load_config(None, ["model.image_encoder={type: small_cnn, heads: 4}"])
+    with pytest.raises(ConfigError, match=r"model\.image_encoder\.window: unknown key for type "
+                                          r"'small_vit'"):
+        load_config(None, ["model.image_encoder.window=1"])
     with pytest.raises(ConfigError, match=r"model\.decoder\.type: expected 'transformer' or "
                                           r"'hf_causal_lm' \(got 'rnn'\)"):
         load_config(None, ["model.decoder.type=rnn"])

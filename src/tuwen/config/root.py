@@ -7,7 +7,7 @@ from pydantic import Field, model_validator
 from tuwen.config.base import Section
 from tuwen.config.data import DataConfig
 from tuwen.config.eval import EvalConfig
-from tuwen.config.model import ModelConfig, SmallImageTowerConfig
+from tuwen.config.model import ModelConfig, SmallViTConfig
 from tuwen.config.sources import WebDatasetSource
 from tuwen.config.train import TASK_LABELS, TrainConfig
 
@@ -24,7 +24,7 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _image_fits_patches(self) -> Config:
-        if not isinstance(self.model.image_encoder, SmallImageTowerConfig):
+        if not isinstance(self.model.image_encoder, SmallViTConfig):
             return self  # an hf tower's patch size is checked against its own image size
         size, patch = self.data.image_size, self.model.image_encoder.patch_size
         if patch & (patch - 1):
