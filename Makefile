@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow lint clean chromium
+.PHONY: install demo test test-slow lint docs clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
+
+# docs/config-reference.md from the config models' Field(description=...)
+docs: $(STAMP)
+	$(PY) -m tuwen.config.reference
 
 clean:
 	rm -rf runs data/shapes .pytest_cache

@@ -53,8 +53,12 @@ def test_impossible_combinations(tmp_path):
     with pytest.raises(ConfigError, match="at least one task"):
         load_config(None, ["train.tasks.caption=0", "train.tasks.itc=0", "train.tasks.itm=0",
                            "train.tasks.vqa=0"])
-    with pytest.raises(ConfigError, match="vqa needs a data source with questions"):
-        load_config(None, ["data.sources=[{format: karpathy}]"])
+    with pytest.raises(ConfigError, match=r"train\.tasks\.vqa=1\.0 needs a data source with "
+                                          "questions"):
+        load_config(None, ["data.sources=[{format: karpathy}]", "train.tasks.vqa=1"])
+    with pytest.raises(ConfigError, match="no task to train"):
+        load_config(None, ["data.sources=[{format: karpathy}]", "train.tasks.caption=0",
+                           "train.tasks.itc=0", "train.tasks.itm=0"])
     with pytest.raises(ConfigError, match="itc_specific_captions counts every training caption"):
         load_config(None, ["data.sources=[{format: webdataset, shards: 'a/{0..3}.tar'}]",
                            "train.tasks.vqa=0", "train.itc_specific_captions=true"])
@@ -80,3 +84,21 @@ def test_image_size_and_patch_size_must_fit():
         load_config(None, ["data.image_size=72"])
     with pytest.raises(ConfigError, match="power of two"):
         load_config(None, ["model.image_encoder.patch_size=12", "data.image_size=96"])
+
+
+def test_unset_task_weights_follow_the_sources_and_stay_unset_when_saved(tmp_path):
+    cfg = load_config(None, ["data.sources=[{format: karpathy}]"])  # no train.tasks.vqa: 0
+    assert cfg.train.tasks.given() == {}
+    assert cfg.train.tasks.active(cfg.data.provides()) == {"caption": 1, "itc": 1, "itm": 1}
+    save_config(cfg, tmp_path / "r.yaml")
+    assert yaml.safe_load((tmp_path / "r.yaml").read_text())["train"]["tasks"]["vqa"] is None
+    assert load_config(tmp_path / "r.yaml") == cfg
+
+
+def test_a_typed_union_names_its_kinds_and_rejects_keys_of_another():
+    with pytest.raises(ConfigError, match=r"model\.image_encoder\.window: unknown key for type "
+                                          r"'small_vit'"):
+        load_config(None, ["model.image_encoder.window=1"])
+    with pytest.raises(ConfigError, match=r"model\.decoder\.type: expected 'transformer' or "
+                                          r"'hf_causal_lm' \(got 'rnn'\)"):
+        load_config(None, ["model.decoder.type=rnn"])

@@ -68,6 +68,20 @@ def test_vqav2_images_by_an_id_to_file_map(tmp_path):
         read_split(config_for(tmp_path, source, "vqav2").data, "train")
 
 
+def test_vqav2_image_map_takes_the_split_like_every_path(tmp_path):
+    source = ff.write_vqav2(tmp_path)
+    for split in ff.SPLITS:
+        files = {str(s.image_id): f"{s.split}2014/{s.coco_name}" for s in ff.SAMPLES
+                 if s.split == split}
+        (tmp_path / f"image_ids_{split}.json").write_text(json.dumps(files))
+    source = {**source, "image_pattern": None, "image_map": "image_ids_{split}.json"}
+    cfg = config_for(tmp_path, source, "vqav2")
+    for split in ff.SPLITS:
+        data = read_split(cfg.data, split)
+        assert data.skipped == []
+        assert ff.as_canonical(data) == ff.canonical(split, captions=False), split
+
+
 def test_splits_map_run_splits_to_source_splits(tmp_path):
     source = {**ff.write_coco(tmp_path), "splits": {"train": ["train", "val"], "test": "val"}}
     cfg = config_for(tmp_path, source, "coco")

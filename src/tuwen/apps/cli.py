@@ -14,15 +14,9 @@ from pathlib import Path
 
 from tuwen.errors import TuwenError
 
-DEFAULT_CONFIG = "configs/shapes.yaml"
-# 7.5: the whole demo took 9 min 58 s with 8 on a slow day of the 2-core machine
+# leaves time for data generation and evaluation within about ten minutes on two CPU cores
+# (docs/experiments/2026-11-29-demo-config-history.md)
 DEMO_MINUTES = 7.5
-
-
-def _config_path(path: str | None) -> str | None:
-    if path is not None:
-        return path
-    return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None
 
 
 def cmd_data_shapes(args: argparse.Namespace) -> None:
@@ -83,7 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from tuwen.apps.demo import run_demo
+    from tuwen.apps.demo import demo_config_path, run_demo
     from tuwen.config import load_config
 
     overrides = list(args.set)
@@ -91,7 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         overrides.append(f"train.max_minutes={args.minutes}")
     if args.data is not None:
         overrides.append(f"data.root={args.data}")
-    config = load_config(_config_path(args.config), overrides)
+    config = load_config(demo_config_path(args.config), overrides)
     counts = {"n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test,
               "n_test_novel": args.n_test_novel}
     run_demo(Path(args.out), config, data_seed=args.seed,
@@ -235,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="data + training + evaluation in one go")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG} if present)")
+    demo.add_argument("--config", help="YAML config (default: the demo config shipped with "
+                      "tuwen, the same as configs/shapes.yaml)")
     demo.add_argument("--data", help="shapes data folder (default: data.root of the config)")
     demo.add_argument("--minutes", type=float, default=DEMO_MINUTES,
                       help=f"wall-clock training budget (default {DEMO_MINUTES}: the whole demo "

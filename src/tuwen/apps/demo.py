@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tuwen.config import Config
+from tuwen.config import Config, packaged_config
 from tuwen.data.shapes import generate_shapes, shapes_manifest
 from tuwen.evaluation.evaluate import evaluate_run
 from tuwen.training.loop import train
 
 DEMO_SPLITS = ("test", "test_novel")
+
+
+def demo_config_path(path: str | Path | None = None) -> Path:
+    """The config ``tuwen demo`` trains: ``path`` when given, else the demo config shipped
+    inside the package (``tuwen/configs/shapes.yaml``, the same file as the repository's
+    ``configs/shapes.yaml``), so an installed tuwen trains the documented model anywhere."""
+    return Path(path) if path is not None else packaged_config("shapes")
 
 
 def ensure_shapes(data_dir: Path, seed: int, counts: dict[str, int] | None = None,

@@ -177,7 +177,7 @@ def dry_run(config: Config, seed: int = 0) -> DryRunReport:
         raise ConfigError(" and ".join(f"{k} ({v!r})" for k, v in sources.items())
                           + " bring different tokenizers; tuwen uses one for both")
     model, tok, report = tiny_model(config, seed)
-    weights = config.train.tasks.active()
+    weights = config.train.tasks.active(config.data.provides())
     batch = synthetic_batch(tok, model.spec, config.model.vqa.mode == "generate", seed)
     total, losses = joint_step(model.train(), batch, weights)
     total.backward()

@@ -127,8 +127,8 @@ def _coco(source: CocoSource, where: Where) -> Labelled:
 
 def _vqav2(source: VQAv2Source, where: Where) -> Labelled:
     parts = []
-    image_map = _image_map(where.root / source.image_map) if source.image_map else None
     for name in where.names:
+        image_map = _image_map(where.path(source.image_map, name)) if source.image_map else None
         read = read_vqav2(where.path(source.questions, name), where.path(source.annotations, name),
                           image_pattern=source.image_pattern or COCO_IMAGE_PATTERN,
                           image_root=_image_root(source, where, name) or where.root,

@@ -32,7 +32,7 @@ from tuwen.data.dataset import (
     join_by_image,
 )
 from tuwen.data.images import ImageTransform
-from tuwen.data.prepare import check_train_labels
+from tuwen.data.prepare import check_train_labels, with_train_tasks
 from tuwen.data.streaming import StreamBatches, streaming_batches
 from tuwen.data.text import TextNormalizer
 from tuwen.errors import TuwenError
@@ -388,6 +388,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_pro
     accelerator = make_accelerator(tcfg)
     main = accelerator.is_main_process
     assets = setup_run(config, run_dir, accelerator, resume)
+    config = with_train_tasks(config, assets.train, accelerator.print)  # unset: as the data
+    tcfg = config.train
     parts = prepare(config, assets, accelerator, run_dir)
     loader = build_loader(config, assets, accelerator.process_index, accelerator.num_processes)
     validation = make_validation(config, assets, evaluate) if main else None

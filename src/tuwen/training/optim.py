@@ -87,7 +87,7 @@ def task_weights(step: int, cfg: TrainConfig) -> dict[str, float]:
     """The task loss weights at ``step``: ``train.tasks``, except where ``train.task_schedule``
     names a task; it is interpolated linearly between its points and held after the last.
     Tasks with weight 0 at this step are left out (not computed)."""
-    weights = {name: getattr(cfg.tasks, name) for name in TASKS}
+    weights = cfg.tasks.weights()
     for name in TASKS:
         points = [(p.step, w[name]) for p in cfg.task_schedule if name in (w := p.weights())]
         if points:

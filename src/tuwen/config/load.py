@@ -1,0 +1,95 @@
+"""YAML in, a validated ``Config`` out: ``--set`` overrides, one-line errors, saving.
+
+``--set a.b.c=value`` overrides are applied to the raw YAML tree before validation, so they
+go through exactly the same checks as the file.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from tuwen.config.model import DECODERS, FUSIONS, IMAGE_ENCODERS, TEXT_ENCODERS
+from tuwen.config.root import Config
+from tuwen.config.sources import SOURCES
+from tuwen.errors import ConfigError
+
+# the tags of the typed unions -> their key: pydantic puts the tag into an error's key path
+_TYPE_TAGS = {**{tag: "type" for members in (IMAGE_ENCODERS, TEXT_ENCODERS, FUSIONS, DECODERS)
+                 for tag in members}, **dict.fromkeys(SOURCES, "format")}
+
+
+def packaged_config(name: str) -> Path:
+    """A config shipped inside the package (``tuwen/configs/<name>.yaml``), e.g. ``shapes``:
+    the demo's, found wherever tuwen is installed."""
+    return Path(str(files("tuwen").joinpath("configs", f"{name}.yaml")))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.max_steps=200"`` -> (["train", "max_steps"], 200); the value is YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY.PATH=VALUE")
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(path[:i + 1])} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def _error_line(e: dict) -> str:
+    loc, got = [str(p) for p in e["loc"] if p not in _TYPE_TAGS], e.get("input")
+    tag = next((p for p in e["loc"] if p in _TYPE_TAGS), None)
+    if e["type"] == "type_choice":  # a typed union's `type` names no member
+        key = e["ctx"]["key"]
+        loc, got = [*loc, key], got.get(key) if isinstance(got, dict) else got
+    path = ".".join(loc) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        return f"{path}: unknown key" + (f" for {_TYPE_TAGS[tag]} {tag!r}" if tag else "")
+    expected = e["msg"]
+    if "expected" in e.get("ctx", {}):
+        expected = f"expected {e['ctx']['expected']}"
+    return f"{path}: {expected} (got {got!r})"
+
+
+def config_from_dict(raw: dict, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        lines = [_error_line(e) for e in err.errors()]
+        raise ConfigError(f"{source}: invalid config: " + "; ".join(lines)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``--set``s."""
+    raw: Any = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    return config_from_dict(apply_overrides(raw, overrides or []), source)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
