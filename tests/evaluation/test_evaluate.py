@@ -1,9 +1,8 @@
 import numpy as np
 import torch
 
-from tuwen.evaluation.evaluate import RetrievalFeatures, itm_rerank
 from tuwen.models.text_encoders import TextFeatures
-from tuwen.tasks.retrieval import match_scores
+from tuwen.tasks.retrieval import RetrievalFeatures, itm_rerank, match_scores
 
 
 def features(model, n_img=5, n_txt=7):
@@ -20,7 +19,7 @@ def features(model, n_img=5, n_txt=7):
 def test_itm_rerank_rescores_only_the_itc_top_k(tiny_model):
     feats = features(tiny_model)
     sim = feats.similarity()
-    scores = itm_rerank(tiny_model, feats, sim, k=3, direction="i2t", batch_size=4, show=False)
+    scores = itm_rerank(tiny_model, feats, sim, k=3, direction="i2t", batch_size=4)
     assert ((scores > -50).sum(axis=1) == 3).all()
     top3 = np.argsort(-sim, axis=1)[:, :3]
     for i, cols in enumerate(top3):
@@ -31,5 +30,5 @@ def test_itm_rerank_rescores_only_the_itc_top_k(tiny_model):
                             feats.text.attention_mask[[j]])
         prob = match_scores(tiny_model, text, feats.image_tokens[[i]]).item()
         assert np.isclose(scores[i, j], prob + sim[i, j], atol=1e-5)
-    t2i = itm_rerank(tiny_model, feats, sim, k=2, direction="t2i", batch_size=4, show=False)
+    t2i = itm_rerank(tiny_model, feats, sim, k=2, direction="t2i", batch_size=4)
     assert ((t2i > -50).sum(axis=0) == 2).all()
