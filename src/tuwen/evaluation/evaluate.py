@@ -270,14 +270,15 @@ def run_evaluators(ev: Evaluation, data: EvalSet, scenes: Scenes | None) -> list
     return [r for r in results if r is not None]
 
 
-def assemble_metrics(data: EvalSet, model: ImageTextModel,
-                     results: Sequence[TaskResult]) -> dict:
-    """``metrics.json``: the counts, each task's metrics, then the protocol of them all."""
+def assemble_metrics(data: EvalSet, results: Sequence[TaskResult],
+                     text_normalization: dict) -> dict:
+    """``metrics.json``: the counts, each task's metrics, then the protocol of them all
+    (``text_normalization``: the model's text settings, as its questions were read)."""
     protocol = base_protocol(data.split, source="tuwen eval", n_images=len(data.captions),
                              n_questions=len(data.questions))
     protocol.update(image_ids_sha256=ids_sha256([r.image_id for r in data.captions]),
                     question_ids_sha256=ids_sha256([q.question_id for q in data.questions]),
-                    text_normalization=model.spec.text.model_dump(mode="json"))
+                    text_normalization=text_normalization)
     metrics: dict = {"split": data.split, "n_images": len(data.captions),
                      "n_questions": len(data.questions), "skipped": len(data.skipped)}
     for result in results:
@@ -306,7 +307,7 @@ def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, 
     ev = Evaluation(model, tokenizer, vocab, cfg, max_length, show_progress)
     eval_set = select_eval_set(data, cfg, ImageTransform.for_model(model.spec), show_progress)
     results = run_evaluators(ev, eval_set, scenes)
-    metrics = assemble_metrics(eval_set, model, results)
+    metrics = assemble_metrics(eval_set, results, model.spec.text.model_dump(mode="json"))
     write_outputs(out_dir, metrics, results)
     return metrics
 
