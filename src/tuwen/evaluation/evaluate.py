@@ -1,29 +1,32 @@
-"""Evaluate a model on one split: generate, embed, answer, then score with the standard metrics.
+"""Evaluate a model on one split: one evaluator per task, then the files.
 
-Writes ``metrics.json`` (keys as in DESIGN.md §4, plus the protocol used) and
-``predictions.jsonl`` (one line per caption, retrieval query image and question).
+Each evaluator runs its task's batched inference (``tuwen.tasks``), scores the output with the
+metrics papers report and returns a ``TaskResult``: its keys of ``metrics.json``, its part of
+the protocol record and its lines of ``predictions.jsonl``. ``evaluate_split`` assembles them
+into ``metrics.json`` (keys as in DESIGN.md §4, plus the protocol used) and
+``predictions.jsonl`` (one line per caption, retrieval query image, caption query and
+question); ``evaluate_run`` does so for a run's saved model and writes the report.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from tuwen.config import EvalConfig, load_config
 from tuwen.data.answers import AnswerVocab
-from tuwen.data.images import ImageTransform, load_image
+from tuwen.data.images import ImageTransform
 from tuwen.data.prepare import SplitData, read_split
-from tuwen.data.text import TextNormalizer
-from tuwen.data.tokenizer import decode_text, load_tokenizer
-from tuwen.data.vqa_text import left_padded_prompts
-from tuwen.errors import DataError
+from tuwen.data.records import ImageCaptions, VQAItem
+from tuwen.data.tokenizer import load_tokenizer
 from tuwen.evaluation.caption_metrics import caption_scores
+from tuwen.evaluation.eval_set import EvalSet, select_eval_set
 from tuwen.evaluation.grounding import Scenes, load_scenes, relation_grounding, scene_rows
 from tuwen.evaluation.protocol import (
     GROUNDING_PROTOCOL,
@@ -39,148 +42,168 @@ from tuwen.evaluation.report import write_report
 from tuwen.evaluation.retrieval_metrics import retrieval_recall
 from tuwen.evaluation.vqa_accuracy import vqa_accuracy
 from tuwen.models.image_text_model import ImageTextModel
-from tuwen.models.text_encoders import TextFeatures
 from tuwen.tasks import captioning, retrieval, vqa
 
-
-@dataclass
-class LoadedImages:
-    paths: list[Path]
-    ids: list[int | str]
-    pixels: torch.Tensor            # (N, 3, H, W)
-    row: dict[Path, int]            # image path -> row in pixels
-    skipped: list[str]
-
-
-def load_images(paths: Sequence[Path], ids: Sequence, transform: ImageTransform,
-                show_progress: bool = True) -> LoadedImages:
-    kept_paths, kept_ids, tensors, skipped = [], [], [], []
-    for path, image_id in tqdm(list(zip(paths, ids)), desc="load images",
-                               disable=not show_progress, leave=False):
-        try:
-            tensors.append(transform(load_image(path, transform.min_side)))
-        except DataError as err:
-            skipped.append(str(err))
-            continue
-        kept_paths.append(path)
-        kept_ids.append(image_id)
-    pixels = torch.stack(tensors) if tensors else torch.empty(0)
-    return LoadedImages(kept_paths, kept_ids, pixels, {p: i for i, p in enumerate(kept_paths)},
-                        skipped)
-
-
-def _batches(n: int, size: int, desc: str, show: bool):
-    return tqdm(range(0, n, size), desc=desc, disable=not show, leave=False)
-
-
-def _device(model: ImageTextModel) -> torch.device:
-    return next(model.parameters()).device
-
-
-def generate_captions(model: ImageTextModel, tokenizer, images: LoadedImages, cfg: EvalConfig,
-                      decoding: str, show: bool = True) -> list[str]:
-    out: list[str] = []
-    sampler = torch.Generator(_device(model)).manual_seed(cfg.seed)  # decoding=top_p only
-    for start in _batches(len(images.paths), cfg.batch_size, f"caption ({decoding})", show):
-        px = images.pixels[start: start + cfg.batch_size].to(_device(model))
-        ids = captioning.predict_step(model, px, decoding=decoding,
-                                      max_new_tokens=cfg.max_new_tokens,
-                                      beam_size=cfg.beam_size, length_penalty=cfg.length_penalty,
-                                      top_p=cfg.top_p, temperature=cfg.temperature,
-                                      generator=sampler)
-        out.extend(decode_text(tokenizer, _until_eos(row, model.spec.eos_token_id))
-                   for row in ids.tolist())
-    return out
-
-
-def _until_eos(ids: list[int], eos: int) -> list[int]:
-    return ids[: ids.index(eos)] if eos in ids else ids
+CAPTION_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
 
 
 @dataclass
-class RetrievalFeatures:
-    image_embeds: torch.Tensor   # (N_img, E) unit-norm ITC space
-    image_tokens: torch.Tensor   # (N_img, N_patch, D) for ITM re-ranking
-    text_embeds: torch.Tensor    # (N_txt, E)
-    text: TextFeatures           # (N_txt, L, D), one padding for all texts
+class TaskResult:
+    """One task's share of the outputs."""
 
-    def similarity(self) -> np.ndarray:
-        return (self.image_embeds @ self.text_embeds.t()).numpy()
+    metrics: dict[str, Any] = field(default_factory=dict)     # top-level keys of metrics.json
+    protocol: dict[str, Any] = field(default_factory=dict)    # keys of metrics["protocol"]
+    predictions: list[dict] = field(default_factory=list)     # lines of predictions.jsonl
 
 
-def retrieval_features(model: ImageTextModel, tokenizer, images: LoadedImages, texts: list[str],
-                       cfg: EvalConfig, max_length: int, show: bool = True) -> RetrievalFeatures:
-    device = _device(model)
-    image_embeds, image_tokens, text_embeds, text_tokens, text_pooled = [], [], [], [], []
-    for start in _batches(len(images.paths), cfg.batch_size, "embed images", show):
-        feats = retrieval.embed_images(model, images.pixels[start: start + cfg.batch_size]
-                                       .to(device))
-        image_embeds.append(model.itc_head.embed_image(feats.pooled).float().cpu())
-        image_tokens.append(feats.tokens.cpu())
-    normalize = TextNormalizer.from_config(model.spec.text)  # as the model was trained
-    enc = tokenizer([normalize.retrieval(t) for t in texts], padding="longest",
-                    truncation=True, max_length=max_length, return_tensors="pt")
-    for start in _batches(len(texts), cfg.batch_size, "embed texts", show):
-        chunk = slice(start, start + cfg.batch_size)
-        emb, feats = retrieval.embed_texts(model, enc["input_ids"][chunk].to(device),
-                                           enc["attention_mask"][chunk].to(device))
-        text_embeds.append(emb.float().cpu())
-        text_tokens.append(feats.tokens.cpu())
-        text_pooled.append(feats.pooled.cpu())
-    text = TextFeatures(torch.cat(text_tokens), torch.cat(text_pooled), enc["attention_mask"])
-    return RetrievalFeatures(torch.cat(image_embeds), torch.cat(image_tokens),
-                             torch.cat(text_embeds), text)
+@dataclass
+class Evaluation:
+    """The model under evaluation and how to run it."""
+
+    model: ImageTextModel
+    tokenizer: Any
+    vocab: AnswerVocab | None
+    cfg: EvalConfig
+    max_length: int          # of a tokenised text (data.max_text_length)
+    show_progress: bool = True
 
 
-def itm_rerank(model: ImageTextModel, feats: RetrievalFeatures, sim: np.ndarray, k: int,
-               direction: str, batch_size: int, show: bool = True) -> np.ndarray:
-    """BLIP's protocol: the ITC top-k of each query are re-scored by ITM probability + ITC
-    similarity; everything outside the top-k ranks below them."""
-    device = _device(model)
-    scores = np.full_like(sim, -100.0)
-    if direction == "i2t":
-        cand = np.argsort(-sim, axis=1, kind="stable")[:, :k]           # (N_img, k) texts
-        img_idx, txt_idx = np.repeat(np.arange(sim.shape[0]), cand.shape[1]), cand.ravel()
-    else:
-        cand = np.argsort(-sim, axis=0, kind="stable")[:k, :]           # (k, N_txt) images
-        img_idx, txt_idx = cand.T.ravel(), np.repeat(np.arange(sim.shape[1]), cand.shape[0])
-    probs = []
-    for start in _batches(len(img_idx), batch_size, f"itm rerank {direction}", show):
-        i = torch.from_numpy(img_idx[start: start + batch_size])
-        t = torch.from_numpy(txt_idx[start: start + batch_size])
-        text = TextFeatures(feats.text.tokens[t].to(device), feats.text.pooled[t].to(device),
-                            feats.text.attention_mask[t].to(device))
-        probs.append(retrieval.match_scores(model, text, feats.image_tokens[i].to(device))
-                     .float().cpu())
-    scores[img_idx, txt_idx] = torch.cat(probs).numpy() + sim[img_idx, txt_idx]
-    return scores
+def _abs(path: str | Path) -> str:
+    """Image paths in predictions.jsonl are absolute: the report may be drawn elsewhere."""
+    return str(Path(path).absolute())
 
 
-def answer_questions(model: ImageTextModel, tokenizer, vocab: AnswerVocab, images: LoadedImages,
-                     questions: list, cfg: EvalConfig, max_length: int,
-                     show: bool = True) -> list[str]:
-    device = _device(model)
-    normalize = TextNormalizer.from_config(model.spec.text)  # as the model was trained
-    answers: list[str] = []
-    for start in _batches(len(questions), cfg.batch_size, "vqa", show):
-        chunk = questions[start: start + cfg.batch_size]
-        texts = [normalize(q.question) for q in chunk]
-        px = images.pixels[[images.row[q.image_path] for q in chunk]].to(device)
-        if vqa.generates_answers(model):  # model.vqa.mode: generate
-            ids, mask = left_padded_prompts(tokenizer, texts, max_length)
-            out = vqa.generate_answers(model, px, ids.to(device), mask.to(device))
-            answers.extend(decode_text(tokenizer, _until_eos(row, model.spec.eos_token_id))
-                           for row in out.tolist())
-            continue
-        enc = tokenizer(texts, padding="longest", truncation=True,
-                        max_length=max_length, return_tensors="pt")
-        pred = vqa.predict_step(model, px, enc["input_ids"].to(device),
-                                enc["attention_mask"].to(device))
-        answers.extend(vocab.answer(i) for i in pred.tolist())
-    return answers
+# ---- captioning --------------------------------------------------------------------------
+
+def evaluate_captions(ev: Evaluation, data: EvalSet) -> TaskResult:
+    """BLEU, METEOR, ROUGE-L and CIDEr of ``eval.decoding``'s captions (``caption``) and, when
+    that decoding is not greedy, of greedy ones too (``caption_greedy``)."""
+    refs = {r.image_id: list(r.captions) for r in data.captions}
+    ids, pixels = [r.image_id for r in data.captions], data.captioned_pixels()
+    result = TaskResult()
+    for decoding in dict.fromkeys([ev.cfg.decoding, "greedy"]):
+        key = "caption" if decoding == ev.cfg.decoding else f"caption_{decoding}"
+        texts = _generate(ev, pixels, decoding)
+        preds = dict(zip(ids, texts))
+        scores = caption_scores(preds, refs)
+        result.metrics[key] = {**{k: scores[k] for k in CAPTION_METRICS},
+                               "distinct_captions": len(set(texts)) / max(len(texts), 1)}
+        result.protocol[key] = {**scores.get("protocol", {}), **decoding_settings(ev.cfg, decoding),
+                                "references_per_image": references_per_image(refs)}
+        if key == "caption":
+            result.predictions = _caption_lines(data.captions, preds, refs,
+                                                scores.get("per_image", {}))
+    return result
 
 
-def _vqa_records(questions: list) -> tuple[list[dict], list[dict]]:
+def _generate(ev: Evaluation, pixels: torch.Tensor, decoding: str) -> list[str]:
+    cfg = ev.cfg
+    return captioning.generate_captions(
+        ev.model, ev.tokenizer, pixels, batch_size=cfg.batch_size, decoding=decoding,
+        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, show_progress=ev.show_progress,
+        beam_size=cfg.beam_size, length_penalty=cfg.length_penalty, top_p=cfg.top_p,
+        temperature=cfg.temperature)
+
+
+def _caption_lines(captions: Sequence[ImageCaptions], preds: dict, refs: dict,
+                   per_image: dict) -> list[dict]:
+    return [{"task": "caption", "image_id": r.image_id, "image": _abs(r.image_path),
+             "caption": preds[r.image_id], "references": refs[r.image_id],
+             **per_image.get(r.image_id, {})} for r in captions]
+
+
+# ---- retrieval ---------------------------------------------------------------------------
+
+@dataclass
+class RetrievalQueries:
+    captions: list[ImageCaptions]   # the images, in rows
+    texts: list[str]                # every caption, image by image
+    owner: list[int]                # each text's image row
+
+    @classmethod
+    def of(cls, captions: list[ImageCaptions]) -> RetrievalQueries:
+        return cls(captions, [c for r in captions for c in r.captions],
+                   [i for i, r in enumerate(captions) for _ in r.captions])
+
+
+@dataclass
+class Ranking:
+    i2t_scores: np.ndarray   # (N_img, N_txt) how each image ranks the texts
+    t2i_scores: np.ndarray   # (N_img, N_txt) how each text ranks the images
+    recall: dict             # retrieval_recall's keys, with i2t_ranks and t2i_ranks
+
+
+def evaluate_retrieval(ev: Evaluation, data: EvalSet) -> TaskResult:
+    """Recall@1/5/10 both ways by ITC similarity; with ``eval.itm_rerank_k`` the re-ranked
+    recall is ``retrieval`` and the ITC one ``retrieval_itc``."""
+    queries = RetrievalQueries.of(data.captions)
+    ids, mask = retrieval.tokenize_texts(ev.model, ev.tokenizer, queries.texts, ev.max_length)
+    feats = retrieval.retrieval_features(ev.model, data.captioned_pixels(), ids, mask,
+                                         batch_size=ev.cfg.batch_size,
+                                         show_progress=ev.show_progress)
+    sim = feats.similarity()
+    itc = Ranking(sim, sim, retrieval_recall(sim, queries.owner))
+    protocol = {**RETRIEVAL_PROTOCOL, "score": "itc cosine", "n_texts": len(queries.texts),
+                "texts_per_image": count_histogram(len(r.captions) for r in data.captions)}
+    k = ev.cfg.itm_rerank_k
+    if not k:
+        return TaskResult({"retrieval": _summary(itc.recall)}, {"retrieval": protocol},
+                          _retrieval_lines(queries, itc))
+    ranked = _itm_ranking(ev, feats, sim, queries.owner)
+    protocol["score"] = (f"itc cosine, top-{k} per query re-ranked by itm probability + itc "
+                         "(BLIP protocol)")
+    return TaskResult({"retrieval_itc": _summary(itc.recall), "retrieval": _summary(ranked.recall)},
+                      {"retrieval": protocol}, _retrieval_lines(queries, ranked))
+
+
+def _itm_ranking(ev: Evaluation, feats: retrieval.RetrievalFeatures, sim: np.ndarray,
+                 owner: list[int]) -> Ranking:
+    i2t, t2i = (retrieval.itm_rerank(ev.model, feats, sim, ev.cfg.itm_rerank_k, direction,
+                                     ev.cfg.batch_size, show_progress=ev.show_progress)
+                for direction in ("i2t", "t2i"))
+    i2t_recall, t2i_recall = retrieval_recall(i2t, owner), retrieval_recall(t2i, owner)
+    return Ranking(i2t, t2i, {**{k: v for k, v in i2t_recall.items() if k.startswith("i2t")},
+                              **{k: v for k, v in t2i_recall.items() if k.startswith("t2i")}})
+
+
+def _summary(recall: dict) -> dict:
+    return {k: v for k, v in recall.items() if not k.endswith("_ranks")}
+
+
+def _retrieval_lines(queries: RetrievalQueries, ranking: Ranking, k: int = 5) -> list[dict]:
+    """Per query (image, then caption): the 1-based rank of the right answer and the top k."""
+    ids, texts, owner = [r.image_id for r in queries.captions], queries.texts, queries.owner
+    top_texts = np.argsort(-ranking.i2t_scores, axis=1, kind="stable")[:, :k]    # (N_img, k)
+    top_images = np.argsort(-ranking.t2i_scores, axis=0, kind="stable")[:k].T    # (N_txt, k)
+    i2t_ranks, t2i_ranks = ranking.recall["i2t_ranks"], ranking.recall["t2i_ranks"]
+    return [{"task": "retrieval", "direction": "i2t", "image_id": ids[i],
+             "image": _abs(r.image_path), "i2t_rank": int(i2t_ranks[i]) + 1,
+             "top": [texts[j] for j in top_texts[i]],
+             "top_right": [owner[j] == i for j in top_texts[i]]}
+            for i, r in enumerate(queries.captions)] + [
+            {"task": "retrieval", "direction": "t2i", "query": text, "image_id": ids[owner[j]],
+             "t2i_rank": int(t2i_ranks[j]) + 1, "top": [ids[i] for i in top_images[j]]}
+            for j, text in enumerate(texts)]
+
+
+# ---- visual question answering -----------------------------------------------------------
+
+def evaluate_vqa(ev: Evaluation, data: EvalSet) -> TaskResult:
+    """VQAv2 accuracy (the official formula), overall, by answer type and by question type."""
+    questions = data.questions
+    answers = vqa.answer_questions(ev.model, ev.tokenizer, ev.vocab, data.images.pixels,
+                                   data.question_rows(), [q.question for q in questions],
+                                   max_length=ev.max_length, batch_size=ev.cfg.batch_size,
+                                   show_progress=ev.show_progress)
+    preds = {q.question_id: a for q, a in zip(questions, answers)}
+    scores = vqa_accuracy(preds, *_vqa_records(questions))
+    metrics = {k: scores[k] for k in ("accuracy", "by_answer_type", "by_question_type")}
+    return TaskResult({"vqa": metrics}, {"vqa": _vqa_protocol(ev, questions)},
+                      _vqa_lines(questions, preds, scores.get("per_question", {})))
+
+
+def _vqa_records(questions: Sequence[VQAItem]) -> tuple[list[dict], list[dict]]:
+    """The questions as the VQAv2 files hold them: ``questions[]`` and ``annotations[]``."""
     qs = [{"question_id": q.question_id, "image_id": q.image_id, "question": q.question}
           for q in questions]
     anns = [{"question_id": q.question_id, "image_id": q.image_id,
@@ -191,26 +214,85 @@ def _vqa_records(questions: list) -> tuple[list[dict], list[dict]]:
     return qs, anns
 
 
-def _evaluation_set(model: ImageTextModel, data: SplitData, cfg: EvalConfig,
-                    show: bool) -> tuple[list, list, LoadedImages]:
-    """The captioned images (at most ``eval.max_images``), their questions, and every image
-    decoded once; images that fail to load are dropped with their texts (and counted)."""
-    spec = model.spec
-    captions = data.captions[: cfg.max_images] if cfg.max_images else data.captions
-    paths = [r.image_path for r in captions]
-    ids = [r.image_id for r in captions]
-    allowed = set(paths) if cfg.max_images else None
-    questions = [q for q in data.questions if allowed is None or q.image_path in allowed]
-    known = set(paths)
-    for q in questions:  # VQA-only images are loaded too
-        if q.image_path not in known:
-            known.add(q.image_path)
-            paths.append(q.image_path)
-            ids.append(q.image_id)
-    transform = ImageTransform.for_model(spec)
-    images = load_images(paths, ids, transform, show)
-    return ([r for r in captions if r.image_path in images.row],
-            [q for q in questions if q.image_path in images.row], images)
+def _vqa_protocol(ev: Evaluation, questions: Sequence[VQAItem]) -> dict:
+    return {**VQA_PROTOCOL,
+            "answers_per_question": count_histogram(len(q.answers) for q in questions),
+            "answering": ("generation, greedy (model.vqa.mode: generate)"
+                          if vqa.generates_answers(ev.model)
+                          else "classification over the answer vocabulary"),
+            "answer_vocab_size": len(ev.vocab),
+            "answer_vocab_coverage": ev.vocab.coverage(q.multiple_choice_answer
+                                                       for q in questions)}
+
+
+def _vqa_lines(questions: Sequence[VQAItem], preds: dict, per_question: dict) -> list[dict]:
+    return [{"task": "vqa", "question_id": q.question_id, "image_id": q.image_id,
+             "image": _abs(q.image_path), "question": q.question,
+             "question_type": q.question_type, "answer_type": q.answer_type,
+             "answer": preds[q.question_id], "gt": q.multiple_choice_answer,
+             "accuracy": per_question.get(q.question_id)} for q in questions]
+
+
+# ---- grounding (shapes data) -------------------------------------------------------------
+
+def evaluate_grounding(ev: Evaluation, data: EvalSet, scenes: Scenes) -> TaskResult | None:
+    """How much of the fusion's attention lands on the objects that relative-position
+    questions name; None when no question qualifies or the fusion has no cross-attention."""
+    relative = [q for q in data.questions if q.question_type == "relative_position"]
+    objects = scene_rows([q.image_id for q in relative], scenes.objects)
+    if not relative or objects is None:
+        return None
+    shares = relation_grounding(ev.model, ev.tokenizer,
+                                data.images.pixels[data.question_rows(relative)],
+                                [q.question for q in relative], objects,
+                                max_length=ev.max_length, batch_size=ev.cfg.batch_size,
+                                scene_size=scenes.image_size)
+    if shares is None:
+        return None
+    return TaskResult({"grounding": shares}, {"grounding": GROUNDING_PROTOCOL})
+
+
+# ---- one split ---------------------------------------------------------------------------
+
+def run_evaluators(ev: Evaluation, data: EvalSet, scenes: Scenes | None) -> list[TaskResult]:
+    """Every task of ``eval.tasks`` that the data has labels for, in the order of the files."""
+    tasks = ev.cfg.tasks
+    results: list[TaskResult | None] = []
+    if "caption" in tasks and data.captions:
+        results.append(evaluate_captions(ev, data))
+    if "retrieval" in tasks and data.captions:
+        results.append(evaluate_retrieval(ev, data))
+    if "vqa" in tasks and data.questions:
+        if ev.vocab is not None:
+            results.append(evaluate_vqa(ev, data))
+        if scenes is not None:
+            results.append(evaluate_grounding(ev, data, scenes))
+    return [r for r in results if r is not None]
+
+
+def assemble_metrics(data: EvalSet, results: Sequence[TaskResult],
+                     text_normalization: dict) -> dict:
+    """``metrics.json``: the counts, each task's metrics, then the protocol of them all
+    (``text_normalization``: the model's text settings, as its questions were read)."""
+    protocol = base_protocol(data.split, source="tuwen eval", n_images=len(data.captions),
+                             n_questions=len(data.questions))
+    protocol.update(image_ids_sha256=ids_sha256([r.image_id for r in data.captions]),
+                    question_ids_sha256=ids_sha256([q.question_id for q in data.questions]),
+                    text_normalization=text_normalization)
+    metrics: dict = {"split": data.split, "n_images": len(data.captions),
+                     "n_questions": len(data.questions), "skipped": len(data.skipped)}
+    for result in results:
+        metrics.update(result.metrics)
+        protocol.update(result.protocol)
+    return {**metrics, "protocol": protocol, "skipped_reasons": data.skipped[:20]}
+
+
+def write_outputs(out_dir: Path, metrics: dict, results: Sequence[TaskResult]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with (out_dir / "predictions.jsonl").open("w") as f:
+        for line in (line for result in results for line in result.predictions):
+            f.write(json.dumps(line) + "\n")
 
 
 @torch.no_grad()
@@ -222,154 +304,12 @@ def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, 
     With ``scenes`` (shapes data: every image's objects) ``metrics["grounding"]`` says how much
     of the fusion's attention lands on the objects relative-position questions name."""
     model.eval()
-    captions, questions, images = _evaluation_set(model, data, cfg, show_progress)
-    skipped = list(data.skipped) + images.skipped
-
-    metrics: dict = {"split": data.split, "n_images": len(captions), "n_questions": len(questions),
-                     "skipped": len(skipped)}
-    protocol = base_protocol(data.split, source="tuwen eval", n_images=len(captions),
-                             n_questions=len(questions))
-    protocol.update(image_ids_sha256=ids_sha256([r.image_id for r in captions]),
-                    question_ids_sha256=ids_sha256([q.question_id for q in questions]),
-                    text_normalization=model.spec.text.model_dump(mode="json"))
-    lines: list[dict] = []
-    if "caption" in cfg.tasks and captions:
-        _eval_captions(model, tokenizer, images, captions, cfg, metrics, protocol, lines,
-                       show_progress)
-    if "retrieval" in cfg.tasks and captions:
-        _eval_retrieval(model, tokenizer, images, captions, cfg, max_length, metrics, protocol,
-                        lines, show_progress)
-    if "vqa" in cfg.tasks and questions and vocab is not None:
-        _eval_vqa(model, tokenizer, vocab, images, questions, cfg, max_length, metrics, protocol,
-                  lines, show_progress)
-    if scenes is not None and "vqa" in cfg.tasks and questions:
-        _eval_grounding(model, tokenizer, images, questions, scenes, max_length, metrics,
-                        protocol, cfg.batch_size)
-    metrics["protocol"] = protocol
-    metrics["skipped_reasons"] = skipped[:20]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    with (out_dir / "predictions.jsonl").open("w") as f:
-        for line in lines:
-            f.write(json.dumps(line) + "\n")
+    ev = Evaluation(model, tokenizer, vocab, cfg, max_length, show_progress)
+    eval_set = select_eval_set(data, cfg, ImageTransform.for_model(model.spec), show_progress)
+    results = run_evaluators(ev, eval_set, scenes)
+    metrics = assemble_metrics(eval_set, results, model.spec.text.model_dump(mode="json"))
+    write_outputs(out_dir, metrics, results)
     return metrics
-
-
-def _captioned(images: LoadedImages, captions: list) -> LoadedImages:
-    """The loaded images of ``captions``, in their order."""
-    paths = [r.image_path for r in captions]
-    return LoadedImages(paths, [r.image_id for r in captions],
-                        images.pixels[[images.row[p] for p in paths]],
-                        {p: i for i, p in enumerate(paths)}, [])
-
-
-def _eval_captions(model, tokenizer, images, captions, cfg, metrics, protocol, lines, show):
-    refs = {r.image_id: list(r.captions) for r in captions}
-    sub = _captioned(images, captions)
-    decodings = [cfg.decoding] + (["greedy"] if cfg.decoding != "greedy" else [])
-    for decoding in decodings:
-        texts = generate_captions(model, tokenizer, sub, cfg, decoding, show)
-        preds = dict(zip(sub.ids, texts))
-        scores = caption_scores(preds, refs)
-        key = "caption" if decoding == cfg.decoding else f"caption_{decoding}"
-        metrics[key] = {k: scores[k] for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor",
-                                               "rouge_l", "cider")}
-        metrics[key]["distinct_captions"] = len(set(texts)) / max(len(texts), 1)
-        protocol[key] = {**scores.get("protocol", {}), **decoding_settings(cfg, decoding),
-                         "references_per_image": references_per_image(refs)}
-        if key == "caption":
-            per_image = scores.get("per_image", {})
-            lines.extend({"task": "caption", "image_id": i, "image": _abs(path),
-                          "caption": preds[i], "references": refs[i], **per_image.get(i, {})}
-                         for i, path in zip(sub.ids, sub.paths))
-
-
-def _eval_retrieval(model, tokenizer, images, captions, cfg, max_length, metrics, protocol,
-                    lines, show):
-    sub = _captioned(images, captions)
-    texts = [c for r in captions for c in r.captions]
-    owner = [i for i, r in enumerate(captions) for _ in r.captions]
-    feats = retrieval_features(model, tokenizer, sub, texts, cfg, max_length, show)
-    sim = feats.similarity()
-    itc = retrieval_recall(sim, owner)
-    result = itc
-    protocol["retrieval"] = {**RETRIEVAL_PROTOCOL, "score": "itc cosine", "n_texts": len(texts),
-                             "texts_per_image": count_histogram(len(r.captions) for r in captions)}
-    i2t_scores = t2i_scores = sim
-    if cfg.itm_rerank_k:
-        k = cfg.itm_rerank_k
-        i2t_scores = itm_rerank(model, feats, sim, k, "i2t", cfg.batch_size, show)
-        t2i_scores = itm_rerank(model, feats, sim, k, "t2i", cfg.batch_size, show)
-        i2t, t2i = retrieval_recall(i2t_scores, owner), retrieval_recall(t2i_scores, owner)
-        result = {**{key: v for key, v in i2t.items() if key.startswith("i2t")},
-                  **{key: v for key, v in t2i.items() if key.startswith("t2i")}}
-        metrics["retrieval_itc"] = _summary(itc)
-        protocol["retrieval"]["score"] = (f"itc cosine, top-{k} per query re-ranked by "
-                                          "itm probability + itc (BLIP protocol)")
-    metrics["retrieval"] = _summary(result)
-    lines.extend(_retrieval_lines(captions, texts, owner, i2t_scores, t2i_scores, result))
-
-
-def _abs(path) -> str:
-    """Image paths in predictions.jsonl are absolute: the report may be drawn elsewhere."""
-    return str(Path(path).absolute())
-
-
-def _retrieval_lines(captions, texts, owner, i2t_scores, t2i_scores, result, k=5) -> list[dict]:
-    """Per query (image, then caption): the 1-based rank of the right answer and the top k."""
-    ids = [r.image_id for r in captions]
-    top_texts = np.argsort(-i2t_scores, axis=1, kind="stable")[:, :k]     # (N_img, k)
-    top_images = np.argsort(-t2i_scores, axis=0, kind="stable")[:k].T     # (N_txt, k)
-    return [{"task": "retrieval", "direction": "i2t", "image_id": ids[i],
-             "image": _abs(r.image_path), "i2t_rank": int(result["i2t_ranks"][i]) + 1,
-             "top": [texts[j] for j in top_texts[i]],
-             "top_right": [owner[j] == i for j in top_texts[i]]}
-            for i, r in enumerate(captions)] + [
-            {"task": "retrieval", "direction": "t2i", "query": text, "image_id": ids[owner[j]],
-             "t2i_rank": int(result["t2i_ranks"][j]) + 1, "top": [ids[i] for i in top_images[j]]}
-            for j, text in enumerate(texts)]
-
-
-def _summary(result: dict) -> dict:
-    return {k: v for k, v in result.items() if not k.endswith("_ranks")}
-
-
-def _eval_vqa(model, tokenizer, vocab, images, questions, cfg, max_length, metrics, protocol,
-              lines, show):
-    answers = answer_questions(model, tokenizer, vocab, images, questions, cfg, max_length, show)
-    qs, anns = _vqa_records(questions)
-    preds = {q.question_id: a for q, a in zip(questions, answers)}
-    result = vqa_accuracy(preds, qs, anns)
-    metrics["vqa"] = {k: result[k] for k in ("accuracy", "by_answer_type", "by_question_type")}
-    protocol["vqa"] = {**VQA_PROTOCOL,
-                       "answers_per_question": count_histogram(len(q.answers) for q in questions),
-                       "answering": ("generation, greedy (model.vqa.mode: generate)"
-                                     if vqa.generates_answers(model)
-                                     else "classification over the answer vocabulary"),
-                       "answer_vocab_size": len(vocab),
-                       "answer_vocab_coverage": vocab.coverage(
-                           q.multiple_choice_answer for q in questions)}
-    per_q = result.get("per_question", {})
-    lines.extend({"task": "vqa", "question_id": q.question_id, "image_id": q.image_id,
-                  "image": _abs(q.image_path),
-                  "question": q.question, "question_type": q.question_type,
-                  "answer_type": q.answer_type,
-                  "answer": preds[q.question_id], "gt": q.multiple_choice_answer,
-                  "accuracy": per_q.get(q.question_id)} for q in questions)
-
-
-def _eval_grounding(model, tokenizer, images, questions, scenes, max_length, metrics, protocol,
-                    batch_size):
-    relative = [q for q in questions if q.question_type == "relative_position"]
-    objects = scene_rows([q.image_id for q in relative], scenes.objects)
-    if not relative or objects is None:
-        return
-    pixels = images.pixels[[images.row[q.image_path] for q in relative]]
-    result = relation_grounding(model, tokenizer, pixels, [q.question for q in relative],
-                                objects, max_length, batch_size, scenes.image_size)
-    if result is not None:
-        metrics["grounding"] = result
-        protocol["grounding"] = GROUNDING_PROTOCOL
 
 
 def evaluate_run(run_dir: str | Path, split: str, *, tasks: list[str] | None = None,

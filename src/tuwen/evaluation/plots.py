@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
 from tuwen.evaluation.attention import AttentionMaps, upsample
-
-# Keys of metrics.jsonl that are bookkeeping, not curves of the model's quality.
-BOOKKEEPING = {"step", "epoch", "lr", "samples_per_sec", "elapsed_s", "grad_norm"}
 
 
 def png_bytes(fig: Figure, dpi: int = 100, tight: bool = True) -> bytes:
@@ -83,39 +82,82 @@ def attention_grid(image: np.ndarray, result: AttentionMaps, cols: int = 6,
     return png_bytes(fig, dpi, tight=False)
 
 
+# Which panel plots a logged key of metrics.jsonl: (pattern the whole key matches, panel
+# title, y-axis label). A key goes to the first panel that matches; panels keep this order.
+PANELS: tuple[tuple[str, str, str], ...] = (
+    (r"loss(_.+)?", "training loss", "loss"),
+    (r"lr", "learning rate", "learning rate"),
+    (r"grad_norm(_.+)?", "gradient norm (total before clipping; weighted per task)", "L2 norm"),
+    (r"weight_.+", "task loss weights", "weight"),
+    (r"val_loss(_.+)?", "validation loss", "loss"),
+    (r"val_caption_distinct_captions", "validation: distinct greedy captions", "captions"),
+    (r"val_caption_.+", "validation: greedy caption diversity", "share"),
+    (r"val_caption\..+", "validation: caption metrics", "score (pycocoevalcap scale)"),
+    (r"val_retrieval\..+_rank", "validation: retrieval rank", "rank (1 = first)"),
+    (r"val_retrieval\..+", "validation: retrieval recall", "recall %"),
+    (r"val_vqa\..+", "validation: VQA accuracy", "accuracy %"),
+    (r"val_.+", "validation: other metrics", "value"),
+    (r".+", "other logged values", "value"),
+)
+# Keys of metrics.jsonl that are bookkeeping, not curves of training.
+BOOKKEEPING = {"step", "epoch", "samples_per_sec", "elapsed_s"}
+LOG_SCALE = {"training loss", "validation loss"}  # when every value is positive
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    ylabel: str
+    keys: tuple[str, ...]
+
+
 def _series(records: Sequence[Mapping], key: str) -> tuple[list, list]:
     points = [(r["step"], r[key]) for r in records
               if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def curve_keys(records: Sequence[Mapping]) -> dict[str, list[str]]:
-    """Which logged keys go into which panel: losses, learning rate, everything else."""
+def curve_panels(records: Sequence[Mapping]) -> list[Panel]:
+    """The panels of the training curves, in ``PANELS`` order, each with the logged keys it
+    plots; panels with no key are left out."""
     keys = sorted({k for r in records for k, v in r.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    losses = [k for k in keys if k == "loss" or k.startswith("loss_")]
-    other = [k for k in keys if k not in BOOKKEEPING and k not in losses]
-    return {"loss": losses, "learning rate": ["lr"] if "lr" in keys else [],
-            "validation": other}
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)} - BOOKKEEPING)
+    found: dict[int, list[str]] = {}
+    for key in keys:
+        index = next(i for i, (pattern, _, _) in enumerate(PANELS) if re.fullmatch(pattern, key))
+        found.setdefault(index, []).append(key)
+    return [Panel(PANELS[i][1], PANELS[i][2], tuple(found[i])) for i in sorted(found)]
+
+
+def curves_figure(records: Sequence[Mapping], cols: int = 3) -> Figure:
+    """One panel per kind of logged value (see ``PANELS``) against the step."""
+    panels = curve_panels(records)
+    cols = max(1, min(cols, len(panels)))
+    rows = max(1, math.ceil(len(panels) / cols))
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, panel in zip(axes, panels):
+        for key in panel.keys:
+            steps, values = _series(records, key)
+            ax.plot(steps, values, label=key, marker="." if len(steps) < 30 else None)
+        log = panel.title in LOG_SCALE and all(v > 0 for k in panel.keys
+                                               for v in _series(records, k)[1])
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"{panel.ylabel} (log scale)" if log else panel.ylabel)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
 
 
 def training_curves(records: Sequence[Mapping]) -> bytes:
-    """Loss per task, learning rate and any validation metrics against the step."""
-    panels = {name: keys for name, keys in curve_keys(records).items() if keys}
-    fig = Figure(figsize=(4.2 * max(len(panels), 1), 3.2))
-    axes = fig.subplots(1, max(len(panels), 1), squeeze=False).ravel()
-    for ax, (name, keys) in zip(axes, panels.items()):
-        for key in keys:
-            steps, values = _series(records, key)
-            ax.plot(steps, values, label=key, marker="." if len(steps) < 30 else None)
-        if name == "loss" and all(v > 0 for k in keys for v in _series(records, k)[1]):
-            ax.set_yscale("log")
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return png_bytes(fig)
+    """``curves_figure`` as PNG bytes."""
+    return png_bytes(curves_figure(records))
 
 
 def bar_chart(values: Mapping[str, float], title: str, xlabel: str) -> bytes:

@@ -127,10 +127,15 @@ def curves_section(run_dir: Path | None) -> str:
     records = analysis.read_jsonl(log, required=("step",))
     if not records:
         return _note(f"{log} is empty")
-    keys = plots.curve_keys(records)
-    listed = ", ".join(k for ks in keys.values() for k in ks)
-    return (_figure(plots.training_curves(records), "training curves")
-            + _note(f"{len(records)} logged steps from {log.name}: {listed}"))
+    panels = plots.curve_panels(records)
+    if not panels:
+        return _note(f"{log} holds no values to plot")
+    alt = "training curves: " + "; ".join(p.title for p in panels)
+    legend = "".join(f"<li><b>{_esc(p.title)}</b> ({_esc(p.ylabel)}): "
+                     f"{_esc(', '.join(p.keys))}</li>" for p in panels)
+    return (_figure(plots.training_curves(records), alt)
+            + _note(f"{len(records)} logged steps from {log.name}, one panel each:")
+            + f'<ul class="panels">{legend}</ul>')
 
 
 def _refs(refs: Sequence[str]) -> str:
@@ -191,7 +196,7 @@ def vqa_section(metrics: dict, records: Sequence[dict]) -> str:
                  f'<span class="num">{counts.get(t, "")}</span>'] for t, a in accs.items()]
         parts.append(f"<h3>By {label}</h3>" + _table([label, "accuracy %", "questions"], rows))
         if accs:
-            parts.append(_figure(plots.bar_chart(accs, f"VQA accuracy by {label}", "%"),
+            parts.append(_figure(plots.bar_chart(accs, f"VQA accuracy by {label}", "accuracy %"),
                                  f"accuracy by {label}"))
     confused = analysis.confused_answers(records)
     rows = [[_esc(gt), _esc(ans), f'<span class="num">{c}</span>'] for gt, ans, c in confused]

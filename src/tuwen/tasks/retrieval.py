@@ -2,17 +2,26 @@
 
 ITM negatives are mined from the in-batch ITC similarities (ALBEF/BLIP): for each image a
 caption the model finds confusingly similar, and for each caption such an image.
+
+For prediction, ``retrieval_features`` embeds many images and texts in batches, and
+``itm_rerank`` re-scores each query's ITC top-k with ITM (BLIP's protocol).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
+from tuwen.data.text import TextNormalizer
 from tuwen.models.image_encoders import ImageFeatures
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.models.layers import pad_to
 from tuwen.models.losses import contrastive_loss, matching_loss, sample_hard_negatives
 from tuwen.models.text_encoders import TextFeatures
+from tuwen.tasks.batching import chunk_starts, model_device
 from tuwen.tasks.gather import gather_cat, gather_sizes, rank, world_size
 
 
@@ -178,3 +187,80 @@ def match_scores(model: ImageTextModel, text: TextFeatures,
     """ITM probability that each (text, image) row pair matches."""
     fused = model.fuse(text, image_tokens)
     return model.itm_head(fused.pooled).float().softmax(dim=-1)[:, 1]
+
+
+def tokenize_texts(model: ImageTextModel, tokenizer, texts: Sequence[str],
+                   max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of ``texts`` normalised as the model was trained, one
+    padding for all."""
+    normalize = TextNormalizer.from_config(model.spec.text)
+    enc = tokenizer([normalize.retrieval(t) for t in texts], padding="longest",
+                    truncation=True, max_length=max_length, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+@dataclass
+class RetrievalFeatures:
+    image_embeds: torch.Tensor   # (N_img, E) unit-norm ITC space
+    image_tokens: torch.Tensor   # (N_img, N_patch, D) for ITM re-ranking
+    text_embeds: torch.Tensor    # (N_txt, E)
+    text: TextFeatures           # (N_txt, L, D), one padding for all texts
+
+    def similarity(self) -> np.ndarray:
+        """(N_img, N_txt) ITC cosine similarity."""
+        return (self.image_embeds @ self.text_embeds.t()).numpy()
+
+
+@torch.no_grad()
+def retrieval_features(model: ImageTextModel, pixel_values: torch.Tensor,
+                       input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                       batch_size: int = 64, show_progress: bool = False) -> RetrievalFeatures:
+    """ITC embeddings and ITM inputs of every image (N_img, 3, H, W) and every text
+    (N_txt, L), ``batch_size`` at a time on the model's device; the features come back on
+    the CPU."""
+    device = model_device(model)
+    image_embeds, image_tokens, text_embeds, text_tokens, text_pooled = [], [], [], [], []
+    for start in chunk_starts(len(pixel_values), batch_size, "embed images", show_progress):
+        feats = embed_images(model, pixel_values[start: start + batch_size].to(device))
+        image_embeds.append(model.itc_head.embed_image(feats.pooled).float().cpu())
+        image_tokens.append(feats.tokens.cpu())
+    for start in chunk_starts(len(input_ids), batch_size, "embed texts", show_progress):
+        chunk = slice(start, start + batch_size)
+        emb, feats = embed_texts(model, input_ids[chunk].to(device),
+                                 attention_mask[chunk].to(device))
+        text_embeds.append(emb.float().cpu())
+        text_tokens.append(feats.tokens.cpu())
+        text_pooled.append(feats.pooled.cpu())
+    text = TextFeatures(torch.cat(text_tokens), torch.cat(text_pooled), attention_mask)
+    return RetrievalFeatures(torch.cat(image_embeds), torch.cat(image_tokens),
+                             torch.cat(text_embeds), text)
+
+
+def _candidates(sim: np.ndarray, k: int, direction: str) -> tuple[np.ndarray, np.ndarray]:
+    """(image rows, text columns) of each query's ITC top-k, one pair per candidate."""
+    if direction == "i2t":
+        cand = np.argsort(-sim, axis=1, kind="stable")[:, :k]           # (N_img, k) texts
+        return np.repeat(np.arange(sim.shape[0]), cand.shape[1]), cand.ravel()
+    cand = np.argsort(-sim, axis=0, kind="stable")[:k, :]               # (k, N_txt) images
+    return cand.T.ravel(), np.repeat(np.arange(sim.shape[1]), cand.shape[0])
+
+
+@torch.no_grad()
+def itm_rerank(model: ImageTextModel, feats: RetrievalFeatures, sim: np.ndarray, k: int,
+               direction: str, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+    """BLIP's protocol: the ITC top-k of each query (``direction`` "i2t": each image's texts,
+    "t2i": each text's images) are re-scored by ITM probability + ITC similarity; everything
+    outside the top-k ranks below them. Returns scores shaped like ``sim`` (N_img, N_txt)."""
+    device = model_device(model)
+    scores = np.full_like(sim, -100.0)
+    img_idx, txt_idx = _candidates(sim, k, direction)
+    probs = []
+    for start in chunk_starts(len(img_idx), batch_size, f"itm rerank {direction}",
+                              show_progress):
+        i = torch.from_numpy(img_idx[start: start + batch_size])
+        t = torch.from_numpy(txt_idx[start: start + batch_size])
+        text = TextFeatures(feats.text.tokens[t].to(device), feats.text.pooled[t].to(device),
+                            feats.text.attention_mask[t].to(device))
+        probs.append(match_scores(model, text, feats.image_tokens[i].to(device)).float().cpu())
+    scores[img_idx, txt_idx] = torch.cat(probs).numpy() + sim[img_idx, txt_idx]
+    return scores

@@ -1,16 +1,25 @@
 """Visual question answering: classification over an answer vocabulary (the VQAv2
 standard), or generation (``model.vqa.mode: generate``): the decoder reads the question as a
-prompt and writes the answer, with the loss on the answer tokens only (data.vqa_text)."""
+prompt and writes the answer, with the loss on the answer tokens only (data.vqa_text).
+
+``predict_step`` and ``generate_answers`` answer one batch as ids; ``answer_questions``
+answers many questions as text, in batches, whichever the mode."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from tuwen.data.answers import AnswerVocab
+from tuwen.data.text import TextNormalizer
+from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.errors import TuwenError
 from tuwen.models.generation import generate
 from tuwen.models.image_encoders import ImageFeatures
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.models.losses import caption_loss, soft_answer_loss
+from tuwen.tasks.batching import chunk_starts, decode_until_eos, model_device
 
 
 def generates_answers(model: ImageTextModel) -> bool:
@@ -61,3 +70,33 @@ def generate_answers(model: ImageTextModel, pixel_values: torch.Tensor, prompt_i
     tokens = model.encode_image(pixel_values).tokens
     return generate(model, tokens, prompt_ids=prompt_ids, prompt_mask=prompt_mask,
                     max_new_tokens=max_new_tokens, **{"decoding": "greedy", **options})
+
+
+@torch.no_grad()
+def answer_questions(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None,
+                     pixel_values: torch.Tensor, image_rows: Sequence[int],
+                     questions: Sequence[str], *, max_length: int, batch_size: int = 64,
+                     show_progress: bool = False) -> list[str]:
+    """One answer per question, ``questions[i]`` asked of ``pixel_values[image_rows[i]]``
+    (images (N_img, 3, H, W) are shared by their questions), ``batch_size`` questions at a
+    time. Questions are normalised as in training; a classifier answers from ``vocab``, a
+    generating model (``model.vqa.mode: generate``) writes its answer greedily."""
+    if vocab is None and not generates_answers(model):
+        raise TuwenError("this model was trained without VQA data: it has no answer vocabulary")
+    device = model_device(model)
+    normalize = TextNormalizer.from_config(model.spec.text)
+    answers: list[str] = []
+    for start in chunk_starts(len(questions), batch_size, "vqa", show_progress):
+        texts = [normalize(q) for q in questions[start: start + batch_size]]
+        px = pixel_values[list(image_rows[start: start + batch_size])].to(device)
+        if generates_answers(model):
+            ids, mask = left_padded_prompts(tokenizer, texts, max_length)
+            out = generate_answers(model, px, ids.to(device), mask.to(device))
+            answers.extend(decode_until_eos(tokenizer, out, model.spec.eos_token_id))
+            continue
+        enc = tokenizer(texts, padding="longest", truncation=True, max_length=max_length,
+                        return_tensors="pt")
+        pred = predict_step(model, px, enc["input_ids"].to(device),
+                            enc["attention_mask"].to(device))
+        answers.extend(vocab.answer(i) for i in pred.tolist())
+    return answers

@@ -1,0 +1,87 @@
+"""What an evaluation runs on: the split's captioned images (at most ``eval.max_images``),
+their questions, and every image decoded once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from tuwen.config import EvalConfig
+from tuwen.data.images import ImageTransform, load_image
+from tuwen.data.prepare import SplitData
+from tuwen.data.records import ImageCaptions, VQAItem
+from tuwen.errors import DataError
+
+
+@dataclass
+class LoadedImages:
+    paths: list[Path]
+    ids: list[int | str]
+    pixels: torch.Tensor            # (N, 3, H, W)
+    row: dict[Path, int]            # image path -> row in pixels
+    skipped: list[str]
+
+    def rows(self, paths: Sequence[Path]) -> list[int]:
+        return [self.row[p] for p in paths]
+
+
+def load_images(paths: Sequence[Path], ids: Sequence, transform: ImageTransform,
+                show_progress: bool = True) -> LoadedImages:
+    """Each image decoded and transformed once; one that fails to load is skipped, with why."""
+    kept_paths, kept_ids, tensors, skipped = [], [], [], []
+    for path, image_id in tqdm(list(zip(paths, ids)), desc="load images",
+                               disable=not show_progress, leave=False):
+        try:
+            tensors.append(transform(load_image(path, transform.min_side)))
+        except DataError as err:
+            skipped.append(str(err))
+            continue
+        kept_paths.append(path)
+        kept_ids.append(image_id)
+    pixels = torch.stack(tensors) if tensors else torch.empty(0)
+    return LoadedImages(kept_paths, kept_ids, pixels, {p: i for i, p in enumerate(kept_paths)},
+                        skipped)
+
+
+@dataclass
+class EvalSet:
+    split: str
+    captions: list[ImageCaptions]   # the captioned images that loaded
+    questions: list[VQAItem]        # their questions (and those of VQA-only images)
+    images: LoadedImages            # every image of both, once
+    skipped: list[str]              # why samples were left out: the reader's and the loader's
+
+    def captioned_pixels(self) -> torch.Tensor:
+        """(N_captioned, 3, H, W): the image of each caption record, in their order."""
+        return self.images.pixels[self.images.rows([r.image_path for r in self.captions])]
+
+    def question_rows(self, questions: Sequence[VQAItem] | None = None) -> list[int]:
+        """The row in ``images.pixels`` of each question's image."""
+        questions = self.questions if questions is None else questions
+        return self.images.rows([q.image_path for q in questions])
+
+
+def select_eval_set(data: SplitData, cfg: EvalConfig, transform: ImageTransform,
+                    show_progress: bool = True) -> EvalSet:
+    """The captioned images (at most ``cfg.max_images``), their questions, and every image
+    decoded once by ``transform`` (the model's); images that fail to load are dropped with
+    their texts (and counted)."""
+    captions = data.captions[: cfg.max_images] if cfg.max_images else data.captions
+    paths = [r.image_path for r in captions]
+    ids = [r.image_id for r in captions]
+    allowed = set(paths) if cfg.max_images else None
+    questions = [q for q in data.questions if allowed is None or q.image_path in allowed]
+    known = set(paths)
+    for q in questions:  # VQA-only images are loaded too
+        if q.image_path not in known:
+            known.add(q.image_path)
+            paths.append(q.image_path)
+            ids.append(q.image_id)
+    images = load_images(paths, ids, transform, show_progress)
+    return EvalSet(data.split, [r for r in captions if r.image_path in images.row],
+                   [q for q in questions if q.image_path in images.row], images,
+                   list(data.skipped) + images.skipped)
