@@ -9,7 +9,7 @@ from tuwen.data.answers import AnswerVocab
 from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import decode_text, train_tokenizer
 from tuwen.errors import TuwenError
-from tuwen.models.builder import build_model
+from tuwen.models.image_text_model import build_model
 from tuwen.tasks import captioning, retrieval, vqa
 from tuwen.tasks.batching import decode_until_eos
 

@@ -211,7 +211,7 @@ def _direction_question(a: ShapeObject, b: ShapeObject, axis: str,
                         rng: np.random.Generator) -> Question:
     """No relation word to flip: the answer is the comparison itself, and where the first
     object is answers most of them alone, a first step a model can learn before the yes/no
-    form (README, "What the demo reaches")."""
+    form (docs/experiments/2026-11-29-relative-position.md)."""
     if rng.random() < 0.5:
         a, b = b, a
     if axis == "horizontal":
