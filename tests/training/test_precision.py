@@ -11,9 +11,11 @@ from tuwen.models.layers import Block
 from tuwen.tasks.joint import joint_step
 from tuwen.training.assets import prepare_assets
 from tuwen.training.distributed import make_accelerator
-from tuwen.training.loop import accumulate_gradients, build_loader, prepare
+from tuwen.training.loaders import build_loader
 from tuwen.training.optim import task_weights
+from tuwen.training.parts import prepare
 from tuwen.training.precision import autocast, enable_gradient_checkpointing
+from tuwen.training.step import accumulate_gradients
 
 VQA_ONLY = ["train.tasks.caption=0", "train.tasks.itc=0", "train.tasks.itm=0"]
 
