@@ -10,8 +10,12 @@ from tqdm.auto import tqdm
 from tuwen.config import TrainConfig
 from tuwen.training.state import TrainState
 
-TIME_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:g} min "
-               "[{elapsed}<{remaining}{postfix}]")
+
+def time_format(minutes: float) -> str:
+    """The bar's text: minutes spent of the budget, to a tenth (a hundredth under one)."""
+    decimals = 1 if minutes >= 1 else 2
+    return (f"{{desc}}: {{percentage:3.0f}}%|{{bar}}| {{n:.{decimals}f}}/{{total:g}} min "
+            "[{elapsed}<{remaining}{postfix}]")
 
 
 class Progress:
@@ -23,7 +27,7 @@ class Progress:
             self.bar = tqdm(total=self.max_steps, initial=state.step, unit="step", **options)
         else:
             self.bar = tqdm(total=self.minutes, initial=self.done(state), unit="min",
-                            bar_format=TIME_FORMAT, **options)
+                            bar_format=time_format(self.minutes), **options)
 
     def done(self, state: TrainState) -> float:
         """Where the bar stands: minutes of the budget spent, or steps done."""
