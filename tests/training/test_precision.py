@@ -104,7 +104,7 @@ def test_gradient_checkpointing_recomputes_blocks_with_the_same_gradients(tiny_b
         torch.testing.assert_close(ckpt[name], plain[name], msg=name)
 
 
-@pytest.mark.slow  # inductor compiles C++ kernels: ~1 min on 2 cores
+@pytest.mark.slow  # inductor compiles C++ kernels
 def test_compiled_towers_train_and_keep_their_parameter_names(tiny_shapes, tmp_path):
     from safetensors.torch import load_file
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from tuwen.config import Config
+from tuwen.config import Config, DataConfig
 from tuwen.data.augment import build_train_transform
 from tuwen.data.dataset import (
     Collator,
@@ -40,15 +40,19 @@ def train_collator(config: Config, assets: Assets) -> Collator:
                     if tcfg.itc_specific_captions else None)
 
 
+def loader_options(data: DataConfig) -> dict:
+    """DataLoader options that only apply with worker processes."""
+    if not data.num_workers:
+        return {}
+    return {"prefetch_factor": data.prefetch_factor, "persistent_workers": data.persistent_workers}
+
+
 def build_loader(config: Config, assets: Assets, rank: int = 0,
                  world_size: int = 1) -> MapBatches | StreamBatches:
     """The endless training batches, with the data position as state_dict()."""
     data, tcfg = config.data, config.train
     check_train_labels(assets.train, tcfg.tasks.active())
     transform = build_train_transform(data.augment, ImageTransform.for_model(assets.spec))
-    workers = data.num_workers
-    loader_options = ({"prefetch_factor": data.prefetch_factor,
-                       "persistent_workers": data.persistent_workers} if workers else {})
     examples = join_by_image(assets.train.captions, assets.train.questions)
     repeats = example_repeats(examples, assets.train.weights)
     collate = train_collator(config, assets)
@@ -58,10 +62,17 @@ def build_loader(config: Config, assets: Assets, rank: int = 0,
                                  seed=tcfg.seed, examples=examples, repeats=repeats,
                                  captions_per_image=data.captions_per_image,
                                  questions_per_image=data.questions_per_image, rank=rank,
-                                 world_size=world_size, **loader_options)
+                                 world_size=world_size, **loader_options(data))
     dataset = JointDataset(examples, transform, seed=tcfg.seed,
                            captions_per_image=data.captions_per_image,
                            questions_per_image=data.questions_per_image)
+    return map_batches(dataset, collate, config, repeats, rank, world_size)
+
+
+def map_batches(dataset: JointDataset, collate: Collator, config: Config,
+                repeats: list[float] | None, rank: int, world_size: int) -> MapBatches:
+    """Epochs of shuffled batches of an indexed dataset, each rank its share of each one."""
+    tcfg = config.train
     sampler = EpochBatchSampler(len(dataset), tcfg.batch_size, tcfg.seed, repeats=repeats)
     if world_size > 1:  # each rank its share of every global batch
         sampler = ShardedBatchSampler(sampler, rank, world_size)
@@ -70,8 +81,10 @@ def build_loader(config: Config, assets: Assets, rank: int = 0,
                          f"train.batch_size={tcfg.batch_size}")
     # The loader gets its own generator: starting an iterator draws a worker seed, and from
     # the global RNG that draw would shift every later random number after a resume.
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(tcfg.seed), **loader_options)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.data.num_workers,
+                        collate_fn=collate,
+                        generator=torch.Generator().manual_seed(tcfg.seed),
+                        **loader_options(config.data))
     return MapBatches(loader, sampler)
 
 
