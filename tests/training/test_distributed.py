@@ -41,7 +41,7 @@ def test_global_itc_loss_equals_one_process_on_the_concatenated_batch(tmp_path):
         torch.testing.assert_close(mean, grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.slow  # two launches of 2 processes each: ~1 min of CPU
+@pytest.mark.slow  # two launches of 2 processes each
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_processes_train_like_one_with_the_same_global_batch(tiny_shapes, tmp_path,
                                                                  launcher):

@@ -9,7 +9,7 @@ from test_distributed import BIN, HERE, run
 
 from tuwen.training.checkpoint import load_checkpoint, load_weights
 
-TOL = {"rtol": 1e-5, "atol": 1e-6}  # the ranks' arithmetic matches one process's; measured: 0
+TOL = {"rtol": 1e-5, "atol": 1e-6}  # the ranks' arithmetic matches one process's
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def reference():
     return objective, optimizer
 
 
-@pytest.mark.slow  # one launch of 2 processes: ~15 s
+@pytest.mark.slow  # one launch of 2 processes
 def test_gathered_weights_are_the_unsharded_training(sharded, reference):
     objective, _ = reference
     expected = objective.model.state_dict()  # without the objective's "model." prefix

@@ -11,9 +11,11 @@ from tuwen.models.layers import Block
 from tuwen.tasks.joint import joint_step
 from tuwen.training.assets import prepare_assets
 from tuwen.training.distributed import make_accelerator
-from tuwen.training.loop import accumulate_gradients, build_loader, prepare
+from tuwen.training.loaders import build_loader
 from tuwen.training.optim import task_weights
+from tuwen.training.parts import prepare
 from tuwen.training.precision import autocast, enable_gradient_checkpointing
+from tuwen.training.step import accumulate_gradients
 
 VQA_ONLY = ["train.tasks.caption=0", "train.tasks.itc=0", "train.tasks.itm=0"]
 
@@ -102,7 +104,7 @@ def test_gradient_checkpointing_recomputes_blocks_with_the_same_gradients(tiny_b
         torch.testing.assert_close(ckpt[name], plain[name], msg=name)
 
 
-@pytest.mark.slow  # inductor compiles C++ kernels: ~1 min on 2 cores
+@pytest.mark.slow  # inductor compiles C++ kernels
 def test_compiled_towers_train_and_keep_their_parameter_names(tiny_shapes, tmp_path):
     from safetensors.torch import load_file
 

@@ -51,7 +51,7 @@ def weights(run):
     return load_file(run / "model" / "model.safetensors")
 
 
-@pytest.mark.slow  # three Python processes: ~70 s of CPU
+@pytest.mark.slow  # three Python processes
 def test_sigterm_then_sigkill_then_resume_is_bitwise_identical(tiny_shapes, tmp_path):
     config = tiny_config(tiny_shapes)
     config_path = tmp_path / "tiny.yaml"

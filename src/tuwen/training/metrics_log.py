@@ -1,13 +1,19 @@
 """Training logs: metrics.jsonl (one object per logged step), TensorBoard events, and
-optionally Weights & Biases in offline mode (``wandb sync RUN/wandb/offline-run-*`` uploads)."""
+optionally Weights & Biases in offline mode (``wandb sync RUN/wandb/offline-run-*`` uploads);
+``Window`` averages the steps between two log lines into one record."""
 
 from __future__ import annotations
 
 import json
 import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuwen.errors import ConfigError
+from tuwen.training.state import TrainState
+from tuwen.training.step import StepResult
 
 
 def start_wandb(run_dir: Path, project: str, config: dict):
@@ -60,3 +66,39 @@ class MetricsLog:
             self.writer.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+@dataclass
+class Window:
+    """Sums between two log lines."""
+
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    steps: int = 0
+    samples: int = 0
+    start: float = field(default_factory=time.perf_counter)
+    task_grad_norms: dict[str, float] = field(default_factory=dict)  # the latest measured
+
+    def add(self, step: StepResult) -> None:
+        self.sums["loss"] += step.total
+        for name, value in step.losses.items():
+            self.sums[f"loss_{name}"] += value
+        for name, value in step.weights.items():
+            self.sums[f"weight_{name}"] += value
+        if step.grad_norm is not None:
+            self.sums["grad_norm"] += step.grad_norm
+        self.steps += 1
+        self.samples += step.samples
+        if step.task_grad_norms:
+            self.task_grad_norms = step.task_grad_norms
+
+    def record(self, state: TrainState, lr: float, world_size: int = 1) -> dict:
+        """The metrics.jsonl line for ``state.step``: means over the window; starts a new one."""
+        now = time.perf_counter()
+        out = {"step": state.step, "epoch": state.epoch, "lr": lr,
+               **{k: v / self.steps for k, v in self.sums.items()}, **self.task_grad_norms,
+               "samples_per_sec": world_size * self.samples / max(now - self.start, 1e-9),
+               "elapsed_s": round(state.elapsed_s, 2)}
+        self.sums.clear()
+        self.task_grad_norms = {}
+        self.steps, self.samples, self.start = 0, 0, now
+        return out

@@ -4,7 +4,8 @@ On a fixed subset of the validation split (``train.val_max_images`` images, the 
 captions and questions every time): the joint loss and each task's loss, greedy captions
 for the caption-collapse monitor, and whatever task metrics the caller's ``evaluate``
 callback returns (apps wire evaluation in; training does not import it). Runs under a forked
-RNG, so validating does not change the training run's random stream.
+RNG, so validating does not change the training run's random stream. ``validate`` is the
+loop's side: log the record and tell whether ``train.best_metric`` improved.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from tuwen.config import Config
+from tuwen.config import Config, TrainConfig
 from tuwen.data.dataset import Collator, JointDataset, join_by_image
 from tuwen.data.images import ImageTransform
 from tuwen.data.prepare import read_split
@@ -26,8 +28,14 @@ from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import captioning
 from tuwen.tasks.joint import joint_step
 from tuwen.training.assets import Assets
+from tuwen.training.checkpoint import read_best
+from tuwen.training.distributed import any_rank
+from tuwen.training.metrics_log import MetricsLog
 from tuwen.training.monitor import caption_diversity, collapse_warning
+from tuwen.training.optim import task_weights
+from tuwen.training.parts import Parts, train_mode
 from tuwen.training.precision import autocast
+from tuwen.training.state import TrainState
 
 Evaluate = Callable[[ImageTextModel, int], dict]
 CAPTION_IMAGES = 64  # greedy captions generated per validation for the collapse monitor
@@ -132,3 +140,22 @@ def is_better(value: float, best: dict | None, mode: str) -> bool:
 
 def best_mode(metric: str, mode: str | None) -> str:
     return mode or ("min" if "loss" in metric else "max")
+
+
+def validate(parts: Parts, validation: Validation | None, state: TrainState, tcfg: TrainConfig,
+             log: MetricsLog, ckpt_dir: Path) -> bool:
+    """Validation record to the log (main process); True on every rank if ``best_metric``
+    improved, so that the caller saves this step as the best checkpoint."""
+    improved = False
+    if validation is not None and parts.accelerator.is_main_process:
+        record = validation.run(parts.model, state.step, task_weights(state.step, tcfg),
+                                parts.accelerator.device)
+        train_mode(parts)
+        log.log(record)
+        metric = tcfg.best_metric
+        if metric is not None and metric in record:
+            improved = is_better(record[metric], read_best(ckpt_dir),
+                                 best_mode(metric, tcfg.best_mode))
+            if improved:
+                parts.best = (metric, record[metric])
+    return any_rank(improved)

@@ -1,0 +1,78 @@
+"""Preparing a run: its directory and assets, then the model, objective, optimiser and
+schedule that the loop works with, placed by Accelerate (one process, DDP or FSDP)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from tuwen.config import Config, save_config
+from tuwen.models.image_text_model import ImageTextModel, build_model
+from tuwen.models.towers import lr_multipliers
+from tuwen.training.assets import Assets, check_resume_config, prepare_assets
+from tuwen.training.cache import FeatureCache, make_feature_cache
+from tuwen.training.distributed import is_fsdp
+from tuwen.training.objective import JointObjective
+from tuwen.training.optim import LRSchedule, build_optimizer
+from tuwen.training.precision import compile_towers, enable_gradient_checkpointing
+
+
+@dataclass
+class Parts:
+    """What the loop works with once prepared."""
+
+    accelerator: Accelerator
+    objective: torch.nn.Module      # JointObjective, wrapped by Accelerate (DDP/FSDP)
+    model: ImageTextModel           # the bare model inside it
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    cache: FeatureCache | None
+    best: tuple[str, float] | None = None  # (metric, value) of the last improvement
+    task_grad_norm_every: int | None = None  # None where it cannot be measured (FSDP)
+
+
+def setup_run(config: Config, run_dir: Path, accelerator: Accelerator, resume: bool) -> Assets:
+    """The run directory, its config.yaml, the seed, and the tokenizer and answer vocabulary."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        check_resume_config(config, run_dir)
+    if accelerator.is_main_process:
+        save_config(config, run_dir / "config.yaml")
+    set_seed(config.train.seed)
+    # The main process builds and writes the tokenizer; the others then read it.
+    with accelerator.main_process_first():
+        return prepare_assets(config, run_dir / "model",
+                              reuse=resume or not accelerator.is_main_process)
+
+
+def prepare(config: Config, assets: Assets, accelerator: Accelerator, run_dir: Path) -> Parts:
+    tcfg = config.train
+    model = build_model(assets.spec)
+    if tcfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    cache = make_feature_cache(config, model, run_dir, str(accelerator.process_index))
+    if tcfg.compile:
+        compile_towers(model)
+    objective = JointObjective(model, tcfg.label_smoothing,
+                               gather=accelerator.num_processes > 1)
+    optimizer = build_optimizer(model, tcfg, lr_multipliers(model, config.model))
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    model = accelerator.unwrap_model(objective).model
+    every = tcfg.task_grad_norm_every
+    if every is not None and is_fsdp(accelerator):
+        accelerator.print("train.task_grad_norm_every: per-task gradient norms are not measured "
+                          "under FSDP (each rank holds a shard of the gradient); only the total "
+                          "grad_norm is logged")
+        every = None
+    return Parts(accelerator, objective, model, optimizer, LRSchedule(optimizer, tcfg), cache,
+                 task_grad_norm_every=every)
+
+
+def train_mode(parts: Parts) -> None:
+    parts.objective.train()
+    if parts.cache is not None:  # a frozen, cached encoder runs as it did when cached
+        parts.model.image_encoder.eval()

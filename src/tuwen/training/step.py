@@ -1,0 +1,81 @@
+"""One optimiser step: forward and backward over its micro-batches, clip, schedule, update."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from tuwen.config import TASKS, TrainConfig
+from tuwen.training.distributed import mean_over_ranks
+from tuwen.training.grad_norms import task_gradient_norms
+from tuwen.training.optim import task_weights
+from tuwen.training.parts import Parts
+from tuwen.training.precision import autocast
+from tuwen.training.state import TrainState
+
+
+@dataclass
+class StepResult:
+    total: float
+    losses: dict[str, float]
+    weights: dict[str, float]
+    grad_norm: float | None
+    samples: int
+    lr: float
+    task_grad_norms: dict[str, float] = field(default_factory=dict)
+
+
+def accumulate_gradients(parts: Parts, micro_batches: list[dict], weights: dict[str, float],
+                         precision: str, measure_tasks: bool = False,
+                         ) -> tuple[dict[str, float], int, dict[str, float]]:
+    """Forward and backward over the micro-batches of one step; the gradient is that of the
+    mean of their losses, synchronised across processes on the last one only. Returns the
+    mean losses, the number of samples and, with ``measure_tasks``, each task's gradient
+    norm on the first micro-batch (mean over processes)."""
+    accelerator, n = parts.accelerator, len(micro_batches)
+    sums: dict[str, float] = defaultdict(float)
+    norms: dict[str, float] = {}
+    samples = 0
+    for i, batch in enumerate(micro_batches):
+        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v
+                 for k, v in batch.items()}
+        sync = accelerator.no_sync(parts.objective) if i < n - 1 else contextlib.nullcontext()
+        with sync:
+            with autocast(precision, accelerator.device):
+                total, losses = parts.objective(batch, weights)
+            if measure_tasks and i == 0:
+                trainable = [p for p in parts.objective.parameters() if p.requires_grad]
+                norms = task_gradient_norms(losses, weights, trainable)
+            accelerator.backward(total / n)
+        sums["loss"] += total.item() / n
+        for name, value in losses.items():
+            sums[name] += value.item() / n
+        samples += batch["size"]
+    if measure_tasks:  # a collective: every rank measures on the same steps
+        norms = mean_over_ranks(norms, tuple(f"grad_norm_{t}" for t in TASKS))
+    return mean_over_ranks(dict(sums), ("loss", *TASKS)), samples, norms
+
+
+def optimisation_step(parts: Parts, micro_batches: list[dict], tcfg: TrainConfig,
+                      state: TrainState, started: float) -> StepResult:
+    """One optimiser step over ``grad_accumulation`` micro-batches; advances ``state``."""
+    weights = task_weights(state.step, tcfg)
+    every = parts.task_grad_norm_every
+    losses, samples, task_norms = accumulate_gradients(
+        parts, micro_batches, weights, tcfg.precision,
+        measure_tasks=every is not None and (state.step + 1) % every == 0)
+    grad_norm = (parts.accelerator.clip_grad_norm_(parts.objective.parameters(), tcfg.grad_clip)
+                 if tcfg.grad_clip else None)
+    state.elapsed_s = time.perf_counter() - started
+    lr = parts.schedule.step(state.step, state.elapsed_s)
+    parts.optimizer.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    state.samples += samples
+    total = losses.pop("loss")
+    return StepResult(total, losses, weights if tcfg.task_schedule else {},
+                      None if grad_norm is None else float(grad_norm), samples, lr, task_norms)
