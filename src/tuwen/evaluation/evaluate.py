@@ -20,7 +20,7 @@ from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform, load_image
 from tuwen.data.prepare import SplitData, read_split
 from tuwen.data.text import TextNormalizer
-from tuwen.data.tokenizer import decode_text, load_tokenizer
+from tuwen.data.tokenizer import decode_text, load_text_tokenizer, load_tokenizer
 from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.errors import DataError
 from tuwen.evaluation.caption_metrics import caption_scores
@@ -158,8 +158,11 @@ def itm_rerank(model: ImageTextModel, feats: RetrievalFeatures, sim: np.ndarray,
 
 def answer_questions(model: ImageTextModel, tokenizer, vocab: AnswerVocab, images: LoadedImages,
                      questions: list, cfg: EvalConfig, max_length: int,
-                     show: bool = True) -> list[str]:
+                     show: bool = True, text_tokenizer=None) -> list[str]:
+    """Generated answers (prompts in ``tokenizer``, the decoder's) or classified ones
+    (questions in ``text_tokenizer``, the text encoder's own when it has one)."""
     device = _device(model)
+    text_tok = text_tokenizer or tokenizer
     normalize = TextNormalizer.from_config(model.spec.text)  # as the model was trained
     answers: list[str] = []
     for start in _batches(len(questions), cfg.batch_size, "vqa", show):
@@ -172,8 +175,8 @@ def answer_questions(model: ImageTextModel, tokenizer, vocab: AnswerVocab, image
             answers.extend(decode_text(tokenizer, _until_eos(row, model.spec.eos_token_id))
                            for row in out.tolist())
             continue
-        enc = tokenizer(texts, padding="longest", truncation=True,
-                        max_length=max_length, return_tensors="pt")
+        enc = text_tok(texts, padding="longest", truncation=True,
+                       max_length=max_length, return_tensors="pt")
         pred = vqa.predict_step(model, px, enc["input_ids"].to(device),
                                 enc["attention_mask"].to(device))
         answers.extend(vocab.answer(i) for i in pred.tolist())
@@ -217,11 +220,14 @@ def _evaluation_set(model: ImageTextModel, data: SplitData, cfg: EvalConfig,
 def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, data: SplitData,
                    cfg: EvalConfig, out_dir: Path, max_length: int,
                    show_progress: bool = True,
-                   scenes: Scenes | None = None) -> dict:
+                   scenes: Scenes | None = None, text_tokenizer=None) -> dict:
     """Every task of ``cfg.tasks`` on ``data`` -> ``out_dir/{metrics.json,predictions.jsonl}``.
     With ``scenes`` (shapes data: every image's objects) ``metrics["grounding"]`` says how much
-    of the fusion's attention lands on the objects relative-position questions name."""
+    of the fusion's attention lands on the objects relative-position questions name.
+    ``tokenizer`` is the decoder's; ``text_tokenizer`` the text encoder's own (None: the
+    decoder's serves both)."""
     model.eval()
+    text_tok = text_tokenizer or tokenizer
     captions, questions, images = _evaluation_set(model, data, cfg, show_progress)
     skipped = list(data.skipped) + images.skipped
 
@@ -237,13 +243,13 @@ def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, 
         _eval_captions(model, tokenizer, images, captions, cfg, metrics, protocol, lines,
                        show_progress)
     if "retrieval" in cfg.tasks and captions:
-        _eval_retrieval(model, tokenizer, images, captions, cfg, max_length, metrics, protocol,
+        _eval_retrieval(model, text_tok, images, captions, cfg, max_length, metrics, protocol,
                         lines, show_progress)
     if "vqa" in cfg.tasks and questions and vocab is not None:
-        _eval_vqa(model, tokenizer, vocab, images, questions, cfg, max_length, metrics, protocol,
-                  lines, show_progress)
+        _eval_vqa(model, (tokenizer, text_tok), vocab, images, questions, cfg, max_length,
+                  metrics, protocol, lines, show_progress)
     if scenes is not None and "vqa" in cfg.tasks and questions:
-        _eval_grounding(model, tokenizer, images, questions, scenes, max_length, metrics,
+        _eval_grounding(model, text_tok, images, questions, scenes, max_length, metrics,
                         protocol, cfg.batch_size)
     metrics["protocol"] = protocol
     metrics["skipped_reasons"] = skipped[:20]
@@ -334,9 +340,11 @@ def _summary(result: dict) -> dict:
     return {k: v for k, v in result.items() if not k.endswith("_ranks")}
 
 
-def _eval_vqa(model, tokenizer, vocab, images, questions, cfg, max_length, metrics, protocol,
+def _eval_vqa(model, tokenizers, vocab, images, questions, cfg, max_length, metrics, protocol,
               lines, show):
-    answers = answer_questions(model, tokenizer, vocab, images, questions, cfg, max_length, show)
+    lm_tok, text_tok = tokenizers
+    answers = answer_questions(model, lm_tok, vocab, images, questions, cfg, max_length, show,
+                               text_tokenizer=text_tok)
     qs, anns = _vqa_records(questions)
     preds = {q.question_id: a for q, a in zip(questions, answers)}
     result = vqa_accuracy(preds, qs, anns)
@@ -387,6 +395,6 @@ def evaluate_run(run_dir: str | Path, split: str, *, tasks: list[str] | None = N
     scenes = load_scenes(config.data.root)  # shapes data: the objects of every image
     metrics = evaluate_split(model, load_tokenizer(model_dir), vocab, data, config.eval,
                              run_dir / "eval" / split, config.data.max_text_length, show_progress,
-                             scenes=scenes)
+                             scenes=scenes, text_tokenizer=load_text_tokenizer(model_dir))
     write_report(run_dir / "eval" / split, run_dir, show_progress=show_progress)
     return metrics

@@ -70,24 +70,27 @@ IMAGE_ENCODERS = {"small_vit": _small_vit, "small_cnn": _small_cnn, "hf": _hf_im
 
 def _transformer_text(spec: ModelSpec, hf_configs: dict) -> Tower:
     cfg, m = spec.model.text_encoder, spec.model
-    return TextTransformer(spec.vocab_size, spec.max_text_length, m.hidden_size, cfg.layers,
-                           cfg.heads, m.mlp_ratio, m.dropout, spec.pad_token_id, cfg.window)
+    vocab_size, pad = spec.text_vocab
+    return TextTransformer(vocab_size, spec.max_text_length, m.hidden_size, cfg.layers,
+                           cfg.heads, m.mlp_ratio, m.dropout, pad, cfg.window)
 
 
 def _rnn_text(spec: ModelSpec, hf_configs: dict) -> Tower:
     cfg, m = spec.model.text_encoder, spec.model
-    return RNNTextEncoder(cfg.type, spec.vocab_size, m.hidden_size, cfg.layers, cfg.bidirectional,
-                          m.dropout, spec.pad_token_id)
+    vocab_size, pad = spec.text_vocab
+    return RNNTextEncoder(cfg.type, vocab_size, m.hidden_size, cfg.layers, cfg.bidirectional,
+                          m.dropout, pad)
 
 
 def _hf_text(spec: ModelSpec, hf_configs: dict) -> Tower:
     where = "model.text_encoder"
+    vocab_size, pad = spec.text_vocab
     backbone, config = hf_tower(spec.model.text_encoder, "text", where,
                                 hf_configs.get("text_encoder"),
-                                {"vocab_size": spec.vocab_size, "pad_token_id": spec.pad_token_id})
-    if config.vocab_size < spec.vocab_size:
+                                {"vocab_size": vocab_size, "pad_token_id": pad})
+    if config.vocab_size < vocab_size:
         raise ConfigError(f"{where}: {config.model_type!r} has {config.vocab_size} token "
-                          f"embeddings, fewer than the tokenizer's {spec.vocab_size} tokens")
+                          f"embeddings, fewer than the tokenizer's {vocab_size} tokens")
     positions = getattr(config, "max_position_embeddings", None)
     if positions is not None and positions < spec.max_text_length:
         raise ConfigError(f"{where}: {config.model_type!r} takes at most {positions} tokens, "

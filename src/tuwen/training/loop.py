@@ -150,7 +150,8 @@ def build_loader(config: Config, assets: Assets, rank: int = 0,
                        data.spatial_negatives,
                        vqa_answers=config.model.vqa.mode == "generate", normalizer=normalizer,
                        caption_counts=caption_image_counts(assets.train.captions, normalizer)
-                       if tcfg.itc_specific_captions else None)
+                       if tcfg.itc_specific_captions else None,
+                       text_tokenizer=assets.text_tokenizer)
     if assets.train.streams:  # webdataset: each rank and worker streams its own shards
         return streaming_batches(assets.train.streams, transform, collate,
                                  batch_size=tcfg.batch_size, num_workers=data.num_workers,
