@@ -317,6 +317,9 @@ class SmallCNNConfig(SmallViTConfig):
 
 class HFImageEncoderConfig(HFTowerConfig):
     type: Literal["hf"] = "hf"
+    # images at this size instead of the image processor's (mean/std still its own); ViT,
+    # DINOv2, CLIP, SigLIP interpolate their position embeddings, CNNs take any size
+    image_size: int | None = Field(None, ge=8)
 
 
 ImageEncoderConfig = typed_union(SmallViTConfig, SmallCNNConfig, HFImageEncoderConfig,
@@ -382,6 +385,36 @@ class TransformerDecoderConfig(TowerConfig):
     type: Literal["transformer"] = "transformer"
 
 
+class PixelShuffleConfig(Section):
+    """Each ``factor`` x ``factor`` block of image tokens becomes one token ``factor``² times
+    as wide (nanoVLM, Idefics3): ``factor``² fewer tokens, nothing averaged away."""
+
+    type: Literal["pixel_shuffle"] = "pixel_shuffle"
+    factor: int = Field(2, ge=2)
+
+
+class AvgPoolConfig(Section):
+    """The image token grid average-pooled to ``tokens`` (a square number: 16, 36, 64, ...)."""
+
+    type: Literal["avg_pool"] = "avg_pool"
+    tokens: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _square(self) -> AvgPoolConfig:
+        side = int(self.tokens ** 0.5 + 0.5)
+        if side * side != self.tokens:
+            raise ValueError(f"tokens={self.tokens} is not a square number (16, 36, 64, ...)")
+        return self
+
+
+class NoReductionConfig(Section):
+    type: Literal["none"] = "none"  # every image token reaches the LM
+
+
+TokenReductionConfig = typed_union(NoReductionConfig, PixelShuffleConfig, AvgPoolConfig,
+                                   default="none")
+
+
 class HFDecoderConfig(HFTowerConfig):
     """A Hugging Face causal LM (name, folder or ``hf_config: {model_type: gpt2, ...}``)
     reading the image as a projected prefix (LLaVA) or through cross-attention (GPT-2)."""
@@ -389,6 +422,8 @@ class HFDecoderConfig(HFTowerConfig):
     type: Literal["hf_causal_lm"] = "hf_causal_lm"
     conditioning: Literal["prefix", "cross_attention"] = "prefix"
     projector: Literal["mlp", "linear"] = "mlp"
+    # fewer image tokens for the LM, before the projector (its cost grows with the prefix)
+    reduce: TokenReductionConfig = NoReductionConfig()
 
 
 DecoderConfig = typed_union(TransformerDecoderConfig, HFDecoderConfig, default="transformer")

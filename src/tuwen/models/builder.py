@@ -21,12 +21,13 @@ from tuwen.models.fusion_weighted_sum import WeightedSumFusion
 from tuwen.models.heads import AnswerHead, ContrastiveHead, MatchingHead
 from tuwen.models.hf_backbone import hf_tower, hidden_size_of
 from tuwen.models.hf_decoder import HFCausalLMDecoder, causal_lm
-from tuwen.models.hf_image import HFImageEncoder
+from tuwen.models.hf_image import HFImageEncoder, probe_backbone
 from tuwen.models.hf_text import HFTextEncoder
 from tuwen.models.image_encoders import SmallCNN, SmallViT
 from tuwen.models.rnn_text import RNNTextEncoder
 from tuwen.models.spec import ModelSpec
 from tuwen.models.text_encoders import TextTransformer
+from tuwen.models.token_reduction import build_reduction
 from tuwen.models.towers import Tower
 
 # Tower builders take (spec, hf_configs) and record an hf tower's resolved config in
@@ -55,14 +56,13 @@ def _hf_image(spec: ModelSpec, hf_configs: dict) -> Tower:
     where = "model.image_encoder"
     backbone, config = hf_tower(spec.model.image_encoder, "image", where,
                                 hf_configs.get("image_encoder"), {"image_size": spec.image_size})
-    size, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
-    if size is not None and size != spec.image_size:
-        raise ConfigError(f"{where}: {config.model_type!r} takes {size}-px images, but the model "
-                          f"is set up for {spec.image_size}-px ones (data.image_size)")
-    if size is not None and isinstance(patch, int) and size % patch:
-        raise ConfigError(f"{where}: image_size {size} is not a multiple of patch_size {patch}")
+    # the grid and widths from one forward at the model's image size; ViT, CLIP, SigLIP, ...
+    # interpolate their position embeddings to it (DINOv2's config says 518 px, its
+    # processor 224)
+    layout = probe_backbone(backbone, spec.image_size, where)
     hf_configs["image_encoder"] = config.to_dict()
-    return HFImageEncoder(backbone, hidden_size_of(config), spec.model.hidden_size)
+    return HFImageEncoder(backbone, layout.feature_size, spec.model.hidden_size,
+                          layout.pooled_size, layout.interpolate)
 
 
 IMAGE_ENCODERS = {"small_vit": _small_vit, "small_cnn": _small_cnn, "hf": _hf_image}
@@ -137,7 +137,7 @@ def _hf_decoder(spec: ModelSpec, hf_configs: dict) -> nn.Module:
                           f"embeddings, fewer than the tokenizer's {spec.vocab_size} tokens")
     hf_configs["decoder"] = config.to_dict()
     decoder = HFCausalLMDecoder(lm, spec.model.hidden_size, cfg.conditioning, cfg.projector,
-                                spec.max_text_length)
+                                spec.max_text_length, build_reduction(cfg.reduce))
     if cfg.freeze:
         decoder.freeze()
     return decoder
