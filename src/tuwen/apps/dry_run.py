@@ -33,7 +33,9 @@ HUB_MODEL_TYPES = {"google/vit-base-patch16-224": "vit", "gpt2": "gpt2",
                    "bert-base-uncased": "bert", "openai/clip-vit-base-patch32": "clip",
                    "google/siglip-base-patch16-224": "siglip",
                    "HuggingFaceTB/SmolLM-135M": "llama", "microsoft/resnet-50": "resnet",
-                   "sentence-transformers/all-MiniLM-L6-v2": "bert"}
+                   "sentence-transformers/all-MiniLM-L6-v2": "bert",
+                   "HuggingFaceTB/SmolLM2-135M-Instruct": "llama",
+                   "facebook/dinov2-small": "dinov2"}
 # Size keys set on a tiny config wherever the architecture has them.
 TINY_HF = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
            "num_key_value_heads": 1, "intermediate_size": 64, "image_size": 32, "patch_size": 8,
