@@ -5,7 +5,14 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, BertTokenizer
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    BertTokenizer,
+    PreTrainedTokenizerFast,
+)
 
 from tuwen.config import ModelConfig
 from tuwen.models.spec import ModelSpec
@@ -79,3 +86,44 @@ def text_batch(vocab_size: int = 50, seed: int = 0) -> tuple[torch.Tensor, torch
     ids = torch.randint(5, vocab_size, (2, 6), generator=g)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
     return ids.masked_fill(mask == 0, 0), mask
+
+
+LM_TEXTS = ["a red circle left of a blue square", "two green triangles", "a yellow square",
+            "what colour is the circle?", "how many shapes are there?", "is there a square?",
+            "question: answer: red blue green yellow yes no one two three"]
+# (architecture, special tokens) of tiny GPT-2 and Llama LMs
+LMS = {
+    "gpt2": ({"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64},
+             {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}),
+    "llama": ({"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+               "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+               "max_position_embeddings": 64},
+              {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}),
+}
+
+
+def bpe_tokenizer(specials: dict) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with the LM's special tokens and, like GPT-2's and
+    Llama's, no padding token."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, show_progress=False,
+                                  special_tokens=list(dict.fromkeys(specials.values())),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(LM_TEXTS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
+
+
+def save_lm(kind: str, directory: Path) -> Path:
+    """A random tiny causal LM (``LMS[kind]``) and its BPE tokenizer, saved like a hub
+    checkpoint."""
+    raw, specials = LMS[kind]
+    tok = bpe_tokenizer(specials)
+    raw = {**raw, "vocab_size": len(tok), "bos_token_id": tok.bos_token_id,
+           "eos_token_id": tok.eos_token_id}
+    torch.manual_seed(5)
+    config = AutoConfig.for_model(raw.pop("model_type"), **raw)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory

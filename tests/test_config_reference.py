@@ -5,7 +5,14 @@ from typing import get_args
 
 import pytest
 
-from tuwen.config import DECODERS, FUSIONS, IMAGE_ENCODERS, SOURCES, TEXT_ENCODERS
+from tuwen.config import (
+    DECODERS,
+    FUSIONS,
+    IMAGE_ENCODERS,
+    REDUCTIONS,
+    SOURCES,
+    TEXT_ENCODERS,
+)
 from tuwen.config.reference import COMMAND, blocks, main, render
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
@@ -26,7 +33,7 @@ def test_every_kind_of_every_union_is_listed_with_its_own_keys():
     page = render()
     unions = {"data.sources[]": SOURCES, "model.image_encoder": IMAGE_ENCODERS,
               "model.text_encoder": TEXT_ENCODERS, "model.fusion": FUSIONS,
-              "model.decoder": DECODERS}
+              "model.decoder": DECODERS, "model.decoder.reduce": REDUCTIONS}
     for path, members in unions.items():
         for tag in members:
             key = "format" if path == "data.sources[]" else "type"
@@ -38,7 +45,8 @@ def test_every_kind_of_every_union_is_listed_with_its_own_keys():
     assert "| `spatial_negatives` | boolean | `false` |" in page  # data, nested in the page
 
 
-@pytest.mark.parametrize("members", [SOURCES, IMAGE_ENCODERS, TEXT_ENCODERS, FUSIONS, DECODERS])
+@pytest.mark.parametrize("members", [SOURCES, IMAGE_ENCODERS, TEXT_ENCODERS, FUSIONS, DECODERS,
+                                     REDUCTIONS])
 def test_union_dicts_name_each_class_by_its_tag(members):
     for tag, cls in members.items():
         key = "format" if "format" in cls.model_fields else "type"

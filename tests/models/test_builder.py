@@ -63,7 +63,7 @@ def test_spec_from_encoders_resolves_the_spec_that_from_encoders_builds():
     options = {"hidden_size": 32, "image_size": 32, "embed_dim": 16,
                "fusion": {"type": "concat", "layers": 1, "heads": 2},
                "decoder": {"layers": 1, "heads": 2}}
-    spec, tokenizer = spec_from_encoders("small_cnn", "gru", **options)
+    spec, tokenizer, _ = spec_from_encoders("small_cnn", "gru", **options)
     assert tokenizer is None and spec.vocab_size == DEFAULT_VOCAB_SIZE
     assert (spec.model.image_encoder.type, spec.model.text_encoder.type) == ("small_cnn", "gru")
     torch.manual_seed(0)

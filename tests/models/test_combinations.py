@@ -1,7 +1,8 @@
 """A pairwise-covering set of tower x fusion x language-model combinations: every value of
 each axis meets every value of every other axis at least once. Each is built from tiny HF
 checkpoints saved to folders and loaded by path, trains one step on all four objectives,
-and round-trips through save_pretrained/from_pretrained with identical outputs."""
+and round-trips through save_pretrained/from_pretrained with identical outputs. A BERT text
+tower with a GPT-2 or Llama LM keeps two tokenizers, through training and save/load."""
 
 import itertools
 from pathlib import Path
@@ -11,8 +12,12 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from hf_tiny import WORDS, hf_spec, save_bert, save_image_model
+from hf_tiny import LMS, WORDS, hf_spec, save_bert, save_image_model, save_lm
+from tuwen.data.dataset import Collator
+from tuwen.data.records import VQAItem
+from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.models.image_text_model import ImageTextModel, build_model
+from tuwen.tasks import captioning, vqa
 from tuwen.tasks.joint import joint_step
 
 transformers.logging.set_verbosity_error()  # "newly initialised cross-attention" reports
@@ -43,7 +48,7 @@ COMBINATIONS = [
     ("small_cnn", "bert", "concat", "small_decoder"),
 ]
 VOCAB = len(WORDS)  # the tiny BERT's vocabulary; the LMs have more rows
-LMS = {"gpt2": {"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2,
+LM_ARCHS = {"gpt2": {"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2,
                 "n_positions": 64},
        "llama": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
                  "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
@@ -65,7 +70,7 @@ def hub(tmp_path_factory) -> dict[str, Path]:
     for kind in ("vit", "resnet", "clip_vision_model"):
         dirs[kind] = save_image_model(kind, root / kind)
     dirs["bert"] = save_bert(root / "bert")
-    for kind, raw in LMS.items():
+    for kind, raw in LM_ARCHS.items():
         raw = dict(raw)
         torch.manual_seed(5)
         config = AutoConfig.for_model(raw.pop("model_type"), vocab_size=64, **raw)
@@ -131,4 +136,80 @@ def test_combination_trains_and_round_trips(row, hub, tmp_path):
     model.eval().save_pretrained(tmp_path / "model")
     loaded = ImageTextModel.from_pretrained(tmp_path / "model")
     for before, after in zip(outputs(model, data), outputs(loaded, data), strict=True):
+        assert torch.equal(before, after)
+
+
+# ---------------------------------------------------------------- two tokenizers
+# A pretrained BERT text tower with a pretrained causal LM: each keeps its own tokenizer
+# (BERT's WordPiece for ITC/ITM and questions, the LM's BPE for captions, prompts, answers).
+
+TWO_TOKENIZERS = [("vit", "gpt2", "prefix"), ("resnet", "gpt2", "cross_attention"),
+                  ("clip_vision_model", "llama", "prefix")]
+ANSWERS = ["red", "two", "yes", "blue"]
+
+
+def two_tokenizer_model(image: str, lm: str, conditioning: str, hub: dict, lm_hub: dict):
+    torch.manual_seed(0)
+    return ImageTextModel.from_encoders(
+        str(hub[image]), str(hub["bert"]), hidden_size=32, embed_dim=16, max_text_length=24,
+        fusion={"type": "cross_attention", "layers": 1, "heads": 2}, num_answers=3,
+        decoder={"type": "hf_causal_lm", "name_or_path": str(lm_hub[lm]),
+                 "conditioning": conditioning},
+        vqa={"mode": "generate"})
+
+
+def collated(model: ImageTextModel) -> dict:
+    g = torch.Generator().manual_seed(0)
+    captions = ["a red circle", "two green triangles", "a yellow square", "a blue square"]
+    items = [{"pixel_values": torch.randn(3, 32, 32, generator=g), "captions": [c],
+              "questions": [VQAItem(i, i, Path(f"{i}.png"), "what colour is the circle?",
+                                    (a,) * 10, a, "what", "other")]}
+             for i, (c, a) in enumerate(zip(captions, ANSWERS))]
+    return Collator(model.tokenizer, None, 24, vqa_answers=True,
+                    text_tokenizer=model.text_tokenizer)(items)
+
+
+@torch.no_grad()
+def generations(model: ImageTextModel, data: dict) -> list[torch.Tensor]:
+    px = data["pixel_values"]
+    ids, mask = left_padded_prompts(model.tokenizer, ["what colour is the circle?"] * 4, 24)
+    return [captioning.predict_step(model, px, decoding="greedy", max_new_tokens=6),
+            vqa.generate_answers(model, px, ids, mask, max_new_tokens=4)]
+
+
+@pytest.fixture(scope="module")
+def lm_hub(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("lm_hub")
+    return {kind: save_lm(kind, root / kind) for kind in LMS}
+
+
+@pytest.mark.parametrize("row", TWO_TOKENIZERS, ids="-".join)
+def test_bert_and_an_lm_keep_their_tokenizers_train_and_round_trip(row, hub, lm_hub, tmp_path):
+    model = two_tokenizer_model(*row, hub, lm_hub).train()
+    bert, lm = model.text_tokenizer, model.tokenizer
+    assert bert.cls_token == "[CLS]" and lm.eos_token == LMS[row[1]][1]["eos_token"]
+    assert model.spec.text_vocab == (len(WORDS), 0) and model.spec.vocab_size == len(lm)
+    data = collated(model)
+    # the text tower reads BERT ids, the LM its own: [CLS] red ... vs <bos> a red ...
+    assert bert.decode(data["caption_input_ids"][0], skip_special_tokens=True) == "a red circle"
+    assert data["caption_input_ids"][0, 0] == bert.cls_token_id
+    assert data["decoder_input_ids"][0, 0] == lm.bos_token_id
+    assert lm.decode(data["labels"][0][data["labels"][0] >= 0], skip_special_tokens=True) \
+        == "a red circle"
+    weights = {"caption": 1.0, "itc": 1.0, "itm": 1.0, "vqa": 1.0}
+    total, losses = joint_step(model, data, weights)
+    assert set(losses) == set(weights) and torch.isfinite(total)
+    total.backward()
+    for part in ("image_encoder", "text_encoder", "fusion", "decoder"):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in getattr(model, part).parameters() if p.requires_grad), part
+    model.eval().save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "text_tokenizer" / "tokenizer.json").is_file()
+    loaded = ImageTextModel.from_pretrained(tmp_path / "model")
+    assert loaded.tokenizer.get_vocab() == lm.get_vocab()
+    assert loaded.text_tokenizer.get_vocab() == bert.get_vocab()
+    assert collated(loaded).keys() == data.keys()
+    for before, after in zip(outputs(model, data), outputs(loaded, data), strict=True):
+        assert torch.equal(before, after)
+    for before, after in zip(generations(model, data), generations(loaded, data), strict=True):
         assert torch.equal(before, after)

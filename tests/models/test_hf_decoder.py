@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig
 
-from hf_tiny import hf_spec, save_bert
+from hf_tiny import LMS, hf_spec, save_bert, save_lm
 from tiny import tiny_overrides
 from tuwen.apps.cli import main
 from tuwen.apps.pipeline import Pipeline
@@ -30,52 +29,17 @@ from tuwen.models.spec import ModelSpec
 from tuwen.models.towers import lr_multipliers
 from tuwen.tasks import vqa
 from tuwen.tasks.joint import joint_step
-from tuwen.training.assets import choose_tokenizer
+from tuwen.training.assets import choose_tokenizer, choose_tokenizers
 
 transformers.logging.set_verbosity_error()  # "newly initialised cross-attention" reports
 
-TEXTS = ["a red circle left of a blue square", "two green triangles", "a yellow square",
-         "what colour is the circle?", "how many shapes are there?", "is there a square?",
-         "question: answer: red blue green yellow yes no one two three"]
-LMS = {
-    "gpt2": ({"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64},
-             {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}),
-    "llama": ({"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
-               "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-               "max_position_embeddings": 64},
-              {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}),
-}
 CASES = [("gpt2", "prefix"), ("gpt2", "cross_attention"), ("llama", "prefix")]
-
-
-def bpe_tokenizer(specials: dict) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with the LM's special tokens and, like GPT-2's and
-    Llama's, no padding token."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, show_progress=False,
-                                  special_tokens=list(dict.fromkeys(specials.values())),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(TEXTS, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
 
 
 @pytest.fixture(scope="module")
 def lm_dirs(tmp_path_factory) -> dict[str, Path]:
     """Each tiny LM saved with its tokenizer as a hub checkpoint is: a folder."""
-    out = {}
-    for kind, (raw, specials) in LMS.items():
-        directory = tmp_path_factory.mktemp(kind)
-        tok = bpe_tokenizer(specials)
-        raw = {**raw, "vocab_size": len(tok), "bos_token_id": tok.bos_token_id,
-               "eos_token_id": tok.eos_token_id}
-        torch.manual_seed(5)
-        config = AutoConfig.for_model(raw.pop("model_type"), **raw)
-        AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-        tok.save_pretrained(directory)
-        out[kind] = directory
-    return out
+    return {kind: save_lm(kind, tmp_path_factory.mktemp(kind)) for kind in LMS}
 
 
 def spec_for(lm_dir: Path, conditioning: str, tok, mode: str = "generate") -> ModelSpec:
@@ -130,12 +94,16 @@ def test_the_lms_tokenizer_is_the_models_and_gets_a_pad_token(lm_dirs):
         assert len(tok) == AutoConfig.from_pretrained(lm_dirs[kind]).vocab_size
 
 
-def test_two_hf_towers_with_different_tokenizers_are_refused(lm_dirs, tmp_path):
+def test_a_text_tower_and_an_lm_with_different_tokenizers_keep_both(lm_dirs, tmp_path):
     bert = save_bert(tmp_path / "bert")
     raw = {"model": {"text_encoder": {"type": "hf", "name_or_path": str(bert)},
                      "decoder": {"type": "hf_causal_lm", "name_or_path": str(lm_dirs["gpt2"])}}}
-    with pytest.raises(ConfigError, match="different tokenizers.*not supported"):
-        choose_tokenizer(config_from_dict(raw), train=None)
+    lm, text = choose_tokenizers(config_from_dict(raw), train=None)
+    assert lm.eos_token == "<|endoftext|>" and len(lm) == len(hf_tokenizer(
+        str(lm_dirs["gpt2"]), "model.decoder"))
+    assert text.cls_token == "[CLS]" and text.bos_token == "[CLS]"
+    same = {"model": {"decoder": raw["model"]["decoder"]}}
+    assert choose_tokenizers(config_from_dict(same), train=None)[1] is None
 
 
 def test_training_lowers_the_loss(trained):

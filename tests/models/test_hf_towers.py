@@ -154,9 +154,10 @@ def test_unreachable_hub_name_is_one_line():
 
 
 def test_sizes_that_cannot_be_wired_fail_at_build():
-    with pytest.raises(ConfigError, match="takes 48-px images, but the model is set up for 32"):
-        build_model(hf_spec(image={"type": "hf", "hf_config": {**IMAGE_CONFIGS["vit"],
-                                                               "image_size": 48}}))
+    # a ViT set up for 48 px interpolates its position embeddings to the model's 32 px
+    vit = build_model(hf_spec(image={"type": "hf", "hf_config": {**IMAGE_CONFIGS["vit"],
+                                                                 "image_size": 48}}))
+    assert vit.encode_image(torch.randn(1, 3, 32, 32)).grid == (4, 4)
     with pytest.raises(ConfigError, match="has 10 token embeddings, fewer than the tokenizer's 50"):
         build_model(hf_spec(text={"type": "hf", "hf_config": {**BERT, "vocab_size": 10}}))
     with pytest.raises(ConfigError, match="at most 8 tokens, less than data.max_text_length=16"):

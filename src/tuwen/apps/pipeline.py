@@ -14,7 +14,7 @@ import torch
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform, load_image
 from tuwen.data.text import TextNormalizer
-from tuwen.data.tokenizer import decode_text, load_tokenizer
+from tuwen.data.tokenizer import decode_text, load_text_tokenizer, load_tokenizer
 from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import captioning, vqa
@@ -27,6 +27,7 @@ class Pipeline:
     tokenizer: object
     vocab: AnswerVocab | None
     transform: ImageTransform
+    text_tokenizer: object | None = None  # the text encoder's own; None: `tokenizer` serves
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> Pipeline:
@@ -36,7 +37,7 @@ class Pipeline:
         vocab = AnswerVocab.load(vocab_path) if vocab_path.is_file() else None
         spec = model.spec
         return cls(model, load_tokenizer(directory), vocab,
-                   ImageTransform.for_model(spec))
+                   ImageTransform.for_model(spec), load_text_tokenizer(directory))
 
     def _pixels(self, images: list[str | Path]) -> torch.Tensor:
         device = next(self.model.parameters()).device
@@ -65,7 +66,7 @@ class Pipeline:
                     for row in out.tolist()]
         if self.vocab is None:
             raise ValueError("this model was trained without VQA data; it cannot answer")
-        enc = self.tokenizer(questions, padding="longest", truncation=True,
+        enc = (self.text_tokenizer or self.tokenizer)(questions, padding="longest", truncation=True,
                              max_length=self.model.spec.max_text_length, return_tensors="pt")
         device = next(self.model.parameters()).device
         pred = vqa.predict_step(self.model, self._pixels(images), enc["input_ids"].to(device),

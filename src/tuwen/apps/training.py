@@ -13,7 +13,7 @@ from pathlib import Path
 from tuwen.config import Config
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.prepare import read_split
-from tuwen.data.tokenizer import load_tokenizer
+from tuwen.data.tokenizer import load_text_tokenizer, load_tokenizer
 from tuwen.evaluation.evaluate import evaluate_split
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.training.assets import VOCAB_FILE
@@ -32,12 +32,14 @@ def validation_metrics(config: Config, run_dir: Path):
         if not loaded:  # the run writes its tokenizer and vocabulary before the first step
             model_dir = run_dir / "model"
             loaded["tokenizer"] = load_tokenizer(model_dir)
+            loaded["text_tokenizer"] = load_text_tokenizer(model_dir)
             vocab = model_dir / VOCAB_FILE
             loaded["vocab"] = AnswerVocab.load(vocab) if vocab.is_file() else None
             loaded["data"] = read_split(config.data, config.data.val_split)
         metrics = evaluate_split(model, loaded["tokenizer"], loaded["vocab"], loaded["data"], cfg,
                                  run_dir / "eval" / "val-during-training",
-                                 config.data.max_text_length, show_progress=False)
+                                 config.data.max_text_length, show_progress=False,
+                                 text_tokenizer=loaded["text_tokenizer"])
         return {k: metrics[k] for k in METRIC_SECTIONS if k in metrics}
 
     return evaluate

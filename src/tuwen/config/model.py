@@ -91,6 +91,10 @@ class HFImageEncoderConfig(HFTowerConfig):
     processor sets `data.image_size`, `data.image_mean` and `data.image_std`."""
 
     type: Literal["hf"] = Field("hf", description="Picks this kind.")
+    image_size: int | None = Field(None, ge=8, description=(
+        "Images at this side in pixels instead of the image processor's (mean and std stay "
+        "its own). ViT, DeiT, DINOv2, CLIP and SigLIP interpolate their position embeddings; "
+        "CNNs take any size. null: the processor's size."))
 
 
 IMAGE_ENCODERS: dict[str, type[Section]] = {
@@ -184,6 +188,42 @@ FusionConfig = typed_union(FUSIONS, default="cross_attention")
 
 # ---------------------------------------------------------------- decoder
 
+class NoReductionConfig(Section):
+    """Every image token reaches the language model."""
+
+    type: Literal["none"] = Field("none", description="Picks this kind.")
+
+
+class PixelShuffleConfig(Section):
+    """Each ``factor`` x ``factor`` block of image tokens becomes one token ``factor``² times
+    as wide (nanoVLM, Idefics3): ``factor``² fewer tokens, nothing averaged away."""
+
+    type: Literal["pixel_shuffle"] = Field("pixel_shuffle", description="Picks this kind.")
+    factor: int = Field(2, ge=2, description=(
+        "Side of the block of neighbouring tokens merged into one; the grid's sides must be "
+        "divisible by it."))
+
+
+class AvgPoolConfig(Section):
+    """The image token grid average-pooled to ``tokens`` tokens."""
+
+    type: Literal["avg_pool"] = Field("avg_pool", description="Picks this kind.")
+    tokens: int = Field(64, ge=1, description=(
+        "How many tokens the pooled grid has: a square number (16, 36, 64, ...)."))
+
+    @model_validator(mode="after")
+    def _square(self) -> AvgPoolConfig:
+        side = int(self.tokens ** 0.5 + 0.5)
+        if side * side != self.tokens:
+            raise ValueError(f"tokens={self.tokens} is not a square number (16, 36, 64, ...)")
+        return self
+
+
+REDUCTIONS: dict[str, type[Section]] = {
+    "none": NoReductionConfig, "pixel_shuffle": PixelShuffleConfig, "avg_pool": AvgPoolConfig}
+TokenReductionConfig = typed_union(REDUCTIONS, default="none")
+
+
 class TransformerDecoderConfig(TowerConfig):
     """A small causal Transformer decoder trained from scratch, cross-attending to the
     fused sequence."""
@@ -201,6 +241,9 @@ class HFDecoderConfig(HFTowerConfig):
         "the LM's own cross-attention layers read them (GPT-2 with `add_cross_attention`)."))
     projector: Literal["mlp", "linear"] = Field("mlp", description=(
         "The image-to-LM projection: a two-layer `mlp` or one `linear` layer."))
+    reduce: TokenReductionConfig = Field(default_factory=NoReductionConfig, description=(
+        "Fewer image tokens for the LM, before the projector: its cost grows with the "
+        "prefix. `none`, `pixel_shuffle` (with `factor`) or `avg_pool` (with `tokens`)."))
 
 
 DECODERS: dict[str, type[Section]] = {

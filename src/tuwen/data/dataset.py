@@ -209,13 +209,19 @@ class Collator:
     Texts are flattened into rows; ``caption_image`` / ``question_image`` give each row's
     image (an index into ``pixel_values``) and ``caption_first`` marks the first caption
     drawn for each image, which the decoder and ITM use.
+
+    ``tokenizer`` is the decoder's (decoder inputs, VQA prompts and answers);
+    ``text_tokenizer`` the text encoder's (``caption_input_ids``, ``question_input_ids``,
+    swapped captions) when it brings its own, else the decoder's serves both.
     """
 
     def __init__(self, tokenizer, vocab: AnswerVocab | None, max_length: int,
                  spatial_negatives: bool = False, vqa_answers: bool = False,
                  normalizer: TextNormalizer | None = None,
-                 caption_counts: Mapping[str, int] | None = None) -> None:
+                 caption_counts: Mapping[str, int] | None = None,
+                 text_tokenizer=None) -> None:
         self.tok, self.vocab, self.max_length = tokenizer, vocab, max_length
+        self.text_tok = text_tokenizer or tokenizer
         self.normalize = normalizer or TextNormalizer()
         self.spatial_negatives = spatial_negatives
         self.vqa_answers = vqa_answers  # generative VQA: prompt + answer rows (data.vqa_text)
@@ -243,8 +249,8 @@ class Collator:
         return batch
 
     def encode(self, texts: list[str]) -> dict:
-        enc = self.tok(texts, padding="longest", truncation=True, max_length=self.max_length,
-                       return_tensors="pt")
+        enc = self.text_tok(texts, padding="longest", truncation=True,
+                            max_length=self.max_length, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def captions(self, rows: list[tuple[int, int, str]]) -> dict:
@@ -271,8 +277,8 @@ class Collator:
                  if (s := swap_spatial(c)) is not None]
         if not pairs:
             return {}
-        enc = self.tok([s for _, s in pairs], padding="max_length", truncation=True,
-                       max_length=width, return_tensors="pt")
+        enc = self.text_tok([s for _, s in pairs], padding="max_length", truncation=True,
+                            max_length=width, return_tensors="pt")
         return {"swap_image": torch.tensor([i for i, _ in pairs]),
                 "swap_input_ids": enc["input_ids"], "swap_attention_mask": enc["attention_mask"]}
 

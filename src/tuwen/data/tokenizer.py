@@ -21,6 +21,10 @@ from tuwen.errors import DataError
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[BOS]", "[EOS]", "[MASK]")
 CONTINUING_PREFIX = "##"
 DEFAULT_MAX_LENGTH = 128  # captions and questions are short; COCO's longest is ~50 words
+# A model whose text encoder and language model bring different tokenizers keeps the LM's
+# (captions, prompts, generated answers) in the model folder and the text encoder's (ITC/ITM,
+# classified questions) in this subfolder; models.image_text_model writes the same name.
+TEXT_TOKENIZER_DIR = "text_tokenizer"
 _MAX_CHARS_PER_WORD = 100  # longer "words" (URLs, garbage) become a single [UNK]
 
 
@@ -104,6 +108,20 @@ def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
         raise DataError(folder, "tokenizer has no [PAD]/[UNK] token; is tokenizer_config.json "
                                 "missing or incomplete?")
     return tok
+
+
+def save_text_tokenizer(tok: PreTrainedTokenizerFast | None, directory: str | Path) -> None:
+    """The text encoder's own tokenizer, when it has one, into ``directory/text_tokenizer``
+    (the decoder's stays in ``directory`` itself, where every tool looks for it)."""
+    if tok is not None:
+        save_tokenizer(tok, Path(directory) / TEXT_TOKENIZER_DIR)
+
+
+def load_text_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast | None:
+    """The text encoder's tokenizer saved beside a model; None when the text encoder shares
+    the decoder's (``directory``'s own)."""
+    folder = Path(directory) / TEXT_TOKENIZER_DIR
+    return load_tokenizer(folder) if folder.is_dir() else None
 
 
 def _first_line(err: Exception) -> str:

@@ -24,7 +24,7 @@ from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform
 from tuwen.data.prepare import SplitData, read_split
 from tuwen.data.records import ImageCaptions, VQAItem
-from tuwen.data.tokenizer import load_tokenizer
+from tuwen.data.tokenizer import load_text_tokenizer, load_tokenizer
 from tuwen.evaluation.caption_metrics import caption_scores
 from tuwen.evaluation.eval_set import EvalSet, select_eval_set
 from tuwen.evaluation.grounding import Scenes, load_scenes, relation_grounding, scene_rows
@@ -61,11 +61,17 @@ class Evaluation:
     """The model under evaluation and how to run it."""
 
     model: ImageTextModel
-    tokenizer: Any
+    tokenizer: Any           # the language model's: captions, prompts, generated answers
     vocab: AnswerVocab | None
     cfg: EvalConfig
     max_length: int          # of a tokenised text (data.max_text_length)
     show_progress: bool = True
+    text_tokenizer: Any = None  # the text encoder's own, when it has one (None: tokenizer)
+
+    @property
+    def text_tok(self) -> Any:
+        """The tokenizer of the text encoder's inputs: retrieval texts and questions."""
+        return self.text_tokenizer or self.tokenizer
 
 
 def _abs(path: str | Path) -> str:
@@ -137,7 +143,7 @@ def evaluate_retrieval(ev: Evaluation, data: EvalSet) -> TaskResult:
     """Recall@1/5/10 both ways by ITC similarity; with ``eval.itm_rerank_k`` the re-ranked
     recall is ``retrieval`` and the ITC one ``retrieval_itc``."""
     queries = RetrievalQueries.of(data.captions)
-    ids, mask = retrieval.tokenize_texts(ev.model, ev.tokenizer, queries.texts, ev.max_length)
+    ids, mask = retrieval.tokenize_texts(ev.model, ev.text_tok, queries.texts, ev.max_length)
     feats = retrieval.retrieval_features(ev.model, data.captioned_pixels(), ids, mask,
                                          batch_size=ev.cfg.batch_size,
                                          show_progress=ev.show_progress)
@@ -194,7 +200,8 @@ def evaluate_vqa(ev: Evaluation, data: EvalSet) -> TaskResult:
     answers = vqa.answer_questions(ev.model, ev.tokenizer, ev.vocab, data.images.pixels,
                                    data.question_rows(), [q.question for q in questions],
                                    max_length=ev.max_length, batch_size=ev.cfg.batch_size,
-                                   show_progress=ev.show_progress)
+                                   show_progress=ev.show_progress,
+                                   text_tokenizer=ev.text_tokenizer)
     preds = {q.question_id: a for q, a in zip(questions, answers)}
     scores = vqa_accuracy(preds, *_vqa_records(questions))
     metrics = {k: scores[k] for k in ("accuracy", "by_answer_type", "by_question_type")}
@@ -242,7 +249,7 @@ def evaluate_grounding(ev: Evaluation, data: EvalSet, scenes: Scenes) -> TaskRes
     objects = scene_rows([q.image_id for q in relative], scenes.objects)
     if not relative or objects is None:
         return None
-    shares = relation_grounding(ev.model, ev.tokenizer,
+    shares = relation_grounding(ev.model, ev.text_tok,
                                 data.images.pixels[data.question_rows(relative)],
                                 [q.question for q in relative], objects,
                                 max_length=ev.max_length, batch_size=ev.cfg.batch_size,
@@ -299,12 +306,14 @@ def write_outputs(out_dir: Path, metrics: dict, results: Sequence[TaskResult]) -
 def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, data: SplitData,
                    cfg: EvalConfig, out_dir: Path, max_length: int,
                    show_progress: bool = True,
-                   scenes: Scenes | None = None) -> dict:
+                   scenes: Scenes | None = None, text_tokenizer: Any = None) -> dict:
     """Every task of ``cfg.tasks`` on ``data`` -> ``out_dir/{metrics.json,predictions.jsonl}``.
     With ``scenes`` (shapes data: every image's objects) ``metrics["grounding"]`` says how much
-    of the fusion's attention lands on the objects relative-position questions name."""
+    of the fusion's attention lands on the objects relative-position questions name.
+    ``tokenizer`` is the language model's; ``text_tokenizer`` the text encoder's own (None:
+    the language model's serves both)."""
     model.eval()
-    ev = Evaluation(model, tokenizer, vocab, cfg, max_length, show_progress)
+    ev = Evaluation(model, tokenizer, vocab, cfg, max_length, show_progress, text_tokenizer)
     eval_set = select_eval_set(data, cfg, ImageTransform.for_model(model.spec), show_progress)
     results = run_evaluators(ev, eval_set, scenes)
     metrics = assemble_metrics(eval_set, results, model.spec.text.model_dump(mode="json"))
@@ -327,6 +336,6 @@ def evaluate_run(run_dir: str | Path, split: str, *, tasks: list[str] | None = N
     scenes = load_scenes(config.data.root)  # shapes data: the objects of every image
     metrics = evaluate_split(model, load_tokenizer(model_dir), vocab, data, config.eval,
                              run_dir / "eval" / split, config.data.max_text_length, show_progress,
-                             scenes=scenes)
+                             scenes=scenes, text_tokenizer=load_text_tokenizer(model_dir))
     write_report(run_dir / "eval" / split, run_dir, show_progress=show_progress)
     return metrics

@@ -21,12 +21,13 @@ from tuwen.models.fusion_weighted_sum import WeightedSumFusion
 from tuwen.models.heads import AnswerHead, ContrastiveHead, MatchingHead
 from tuwen.models.hf_backbone import hf_tower, hidden_size_of
 from tuwen.models.hf_decoder import HFCausalLMDecoder, causal_lm
-from tuwen.models.hf_image import HFImageEncoder
+from tuwen.models.hf_image import HFImageEncoder, probe_backbone
 from tuwen.models.hf_text import HFTextEncoder
 from tuwen.models.image_encoders import SmallCNN, SmallViT
 from tuwen.models.rnn_text import RNNTextEncoder
 from tuwen.models.spec import ModelSpec
 from tuwen.models.text_encoders import TextTransformer
+from tuwen.models.token_reduction import build_reduction
 from tuwen.models.towers import Tower
 
 # Tower builders take (spec, hf_configs) and record an hf tower's resolved config in
@@ -55,14 +56,13 @@ def _hf_image(spec: ModelSpec, hf_configs: dict) -> Tower:
     where = "model.image_encoder"
     backbone, config = hf_tower(spec.model.image_encoder, "image", where,
                                 hf_configs.get("image_encoder"), {"image_size": spec.image_size})
-    size, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
-    if size is not None and size != spec.image_size:
-        raise ConfigError(f"{where}: {config.model_type!r} takes {size}-px images, but the model "
-                          f"is set up for {spec.image_size}-px ones (data.image_size)")
-    if size is not None and isinstance(patch, int) and size % patch:
-        raise ConfigError(f"{where}: image_size {size} is not a multiple of patch_size {patch}")
+    # the grid and widths from one forward at the model's image size; ViT, CLIP, SigLIP, ...
+    # interpolate their position embeddings to it (DINOv2's config says 518 px, its
+    # processor 224)
+    layout = probe_backbone(backbone, spec.image_size, where)
     hf_configs["image_encoder"] = config.to_dict()
-    return HFImageEncoder(backbone, hidden_size_of(config), spec.model.hidden_size)
+    return HFImageEncoder(backbone, layout.feature_size, spec.model.hidden_size,
+                          layout.pooled_size, layout.interpolate)
 
 
 IMAGE_ENCODERS = {"small_vit": _small_vit, "small_cnn": _small_cnn, "hf": _hf_image}
@@ -70,24 +70,27 @@ IMAGE_ENCODERS = {"small_vit": _small_vit, "small_cnn": _small_cnn, "hf": _hf_im
 
 def _transformer_text(spec: ModelSpec, hf_configs: dict) -> Tower:
     cfg, m = spec.model.text_encoder, spec.model
-    return TextTransformer(spec.vocab_size, spec.max_text_length, m.hidden_size, cfg.layers,
-                           cfg.heads, m.mlp_ratio, m.dropout, spec.pad_token_id, cfg.window)
+    vocab_size, pad = spec.text_vocab
+    return TextTransformer(vocab_size, spec.max_text_length, m.hidden_size, cfg.layers,
+                           cfg.heads, m.mlp_ratio, m.dropout, pad, cfg.window)
 
 
 def _rnn_text(spec: ModelSpec, hf_configs: dict) -> Tower:
     cfg, m = spec.model.text_encoder, spec.model
-    return RNNTextEncoder(cfg.type, spec.vocab_size, m.hidden_size, cfg.layers, cfg.bidirectional,
-                          m.dropout, spec.pad_token_id)
+    vocab_size, pad = spec.text_vocab
+    return RNNTextEncoder(cfg.type, vocab_size, m.hidden_size, cfg.layers, cfg.bidirectional,
+                          m.dropout, pad)
 
 
 def _hf_text(spec: ModelSpec, hf_configs: dict) -> Tower:
     where = "model.text_encoder"
+    vocab_size, pad = spec.text_vocab
     backbone, config = hf_tower(spec.model.text_encoder, "text", where,
                                 hf_configs.get("text_encoder"),
-                                {"vocab_size": spec.vocab_size, "pad_token_id": spec.pad_token_id})
-    if config.vocab_size < spec.vocab_size:
+                                {"vocab_size": vocab_size, "pad_token_id": pad})
+    if config.vocab_size < vocab_size:
         raise ConfigError(f"{where}: {config.model_type!r} has {config.vocab_size} token "
-                          f"embeddings, fewer than the tokenizer's {spec.vocab_size} tokens")
+                          f"embeddings, fewer than the tokenizer's {vocab_size} tokens")
     positions = getattr(config, "max_position_embeddings", None)
     if positions is not None and positions < spec.max_text_length:
         raise ConfigError(f"{where}: {config.model_type!r} takes at most {positions} tokens, "
@@ -134,7 +137,7 @@ def _hf_decoder(spec: ModelSpec, hf_configs: dict) -> nn.Module:
                           f"embeddings, fewer than the tokenizer's {spec.vocab_size} tokens")
     hf_configs["decoder"] = config.to_dict()
     decoder = HFCausalLMDecoder(lm, spec.model.hidden_size, cfg.conditioning, cfg.projector,
-                                spec.max_text_length)
+                                spec.max_text_length, build_reduction(cfg.reduce))
     if cfg.freeze:
         decoder.freeze()
     return decoder

@@ -6,7 +6,9 @@
 Each tower may be a hub name or local folder, a ``transformers`` config (object, or dict with
 ``model_type``) for random weights, a tuwen tower type ("small_vit", "lstm", ...) or a full
 tower section (``{"type": "gru", "bidirectional": False}``). A named HF text tower brings its
-tokenizer (``model.tokenizer``); the image size and normalisation come from the image tower.
+tokenizer (``model.tokenizer``); with a named causal LM decoder as well, the LM's is
+``model.tokenizer`` and the text tower's ``model.text_tokenizer``; the image size and
+normalisation come from the image tower.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ def tower_section(value: Any, types: dict, role: str) -> dict:
 def spec_from_encoders(image_encoder: Any, text_encoder: Any, *, hidden_size: int = 256,
                        fusion: str | dict = "cross_attention", image_size: int | None = None,
                        vocab_size: int | None = None, max_text_length: int = 64,
-                       num_answers: int = 1, **model_fields: Any) -> tuple[ModelSpec, Any]:
-    """The spec, and the named HF text tower's tokenizer (None for any other text tower).
+                       num_answers: int = 1, **model_fields: Any) -> tuple[ModelSpec, Any, Any]:
+    """The spec, the decoder's tokenizer and the text encoder's own (None when it shares
+    the decoder's). A named causal LM decoder brings the decoder's, else a named HF text
+    tower's serves both; with neither, both are None.
 
     ``model_fields``: any other ``model`` config key (embed_dim, decoder, dropout, ...)."""
     raw = {"hidden_size": hidden_size, **model_fields,
@@ -56,14 +60,27 @@ def spec_from_encoders(image_encoder: Any, text_encoder: Any, *, hidden_size: in
     model_cfg = config_from_dict({"model": raw, "data": data}, "from_encoders").model
     default = Preprocessing(data["image_size"], (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     pre = resolve_preprocessing(model_cfg, default, log=image_size is not None)
-    text = model_cfg.text_encoder
-    tokenizer = (hf_tokenizer(text.name_or_path, "model.text_encoder")
-                 if text.type == "hf" and text.name_or_path is not None else None)
+    tokenizer, text_tokenizer = _tokenizers(model_cfg)
+    text_fields = ({} if text_tokenizer is None else
+                   {"text_vocab_size": len(text_tokenizer),
+                    "text_pad_token_id": text_tokenizer.pad_token_id})
     spec = ModelSpec(model=model_cfg, vocab_size=_vocab_size(model_cfg, tokenizer, vocab_size),
                      num_answers=num_answers, image_size=pre.size,
                      max_text_length=max_text_length, image_mean=pre.mean, image_std=pre.std,
-                     **_special_ids(model_cfg, tokenizer))
-    return spec, tokenizer
+                     **_special_ids(model_cfg, tokenizer), **text_fields)
+    return spec, tokenizer, text_tokenizer
+
+
+def _tokenizers(model_cfg: ModelConfig) -> tuple[Any, Any]:
+    """(decoder's, text encoder's own or None), as training chooses them."""
+    text, decoder = model_cfg.text_encoder, model_cfg.decoder
+    text_name = text.name_or_path if text.type == "hf" else None
+    lm_name = decoder.name_or_path if decoder.type == "hf_causal_lm" else None
+    text_tok = None if text_name is None else hf_tokenizer(text_name, "model.text_encoder")
+    if lm_name is None:
+        return text_tok, None
+    lm_tok = hf_tokenizer(lm_name, "model.decoder")
+    return lm_tok, None if text_name in (None, lm_name) else text_tok
 
 
 def _vocab_size(model_cfg: ModelConfig, tokenizer, vocab_size: int | None) -> int:
@@ -83,4 +100,3 @@ def _special_ids(model_cfg: ModelConfig, tokenizer) -> dict[str, int]:
     if text.type == "hf" and isinstance(text.hf_config.get("pad_token_id"), int):
         return {"pad_token_id": text.hf_config["pad_token_id"]}
     return {}  # tuwen's WordPiece layout: [PAD]=0, [BOS]=4, [EOS]=5
-

@@ -91,10 +91,15 @@ def check_modality(config: PretrainedConfig, modality: str, where: str) -> None:
                       f"({examples})")
 
 
-def hidden_size_of(config: PretrainedConfig) -> int:
-    """Width of the features the model returns (a CNN's last stage, else hidden_size)."""
+def hidden_size_of(config: PretrainedConfig) -> int | None:
+    """Width of the features the model says it returns (a CNN's last stage, else
+    hidden_size); None when its config names neither (MobileNetV2, EfficientNet: image
+    towers measure theirs, hf_image.probe_backbone)."""
     sizes = getattr(config, "hidden_sizes", None)
-    return int(sizes[-1]) if sizes else int(config.hidden_size)
+    if sizes:
+        return int(sizes[-1])
+    size = getattr(config, "hidden_size", None)
+    return None if size is None else int(size)
 
 
 def build_backbone(cfg: HFTowerConfig, config: PretrainedConfig, pretrained: bool,

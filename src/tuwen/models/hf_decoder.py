@@ -19,6 +19,7 @@ uses the LM's own KV cache; with ``prefix`` the image enters it once, on the fir
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from tuwen.config import HFTowerConfig
 from tuwen.errors import ConfigError
 from tuwen.models.decoder import DecoderOutput, positions_from_mask
 from tuwen.models.hf_backbone import adapt, config_from_dict
+from tuwen.models.token_reduction import expand_weights
 from tuwen.models.towers import Tower
 
 
@@ -72,12 +74,15 @@ class HFCausalLMDecoder(Tower):
     body_name = "lm"
 
     def __init__(self, lm: nn.Module, hidden_size: int, conditioning: str = "prefix",
-                 projector: str = "mlp", max_length: int = 40) -> None:
+                 projector: str = "mlp", max_length: int = 40,
+                 reduce: nn.Module | None = None) -> None:
         super().__init__()
         if conditioning not in ("prefix", "cross_attention"):
             raise ValueError(f"conditioning must be prefix or cross_attention, got {conditioning}")
         self.lm, self.conditioning, self.max_length = lm, conditioning, max_length
-        self.projector = build_projector(projector, hidden_size, lm.config.hidden_size)
+        self.reduce = reduce  # fewer image tokens before the projector (token_reduction)
+        width = hidden_size if reduce is None else reduce.out_features(hidden_size)
+        self.projector = build_projector(projector, width, lm.config.hidden_size)
         self.positions = getattr(lm.config, "max_position_embeddings", None)
         # transformers 5 renamed past_key_values to cache (peft wraps the model: look inside)
         base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
@@ -98,6 +103,9 @@ class HFCausalLMDecoder(Tower):
         batch, length = input_ids.shape
         past = 0 if cache is None else cache.length
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, L, W)
+        full = image_tokens.shape[1]
+        if self.reduce is not None:
+            image_tokens = self.reduce(image_tokens)  # (B, N', D')
         kwargs: dict[str, Any] = {}
         prefix = cache.prefix if past else 0
         if self.conditioning == "cross_attention":
@@ -118,7 +126,8 @@ class HFCausalLMDecoder(Tower):
                           **kwargs)
         if cache is not None:
             cache.length, cache.prefix = past + length, prefix
-        weights = self._image_attentions(out, prefix, length) if output_attentions else None
+        weights = self._image_attentions(out, prefix, length, full) if output_attentions \
+            else None
         return DecoderOutput(logits=out.logits[:, -length:], cross_attentions=weights)
 
     def _check_length(self, total: int) -> None:
@@ -126,11 +135,18 @@ class HFCausalLMDecoder(Tower):
             raise ValueError(f"{total} positions (image prefix + text) exceed the LM's "
                              f"max_position_embeddings={self.positions}")
 
-    def _image_attentions(self, out, prefix: int, length: int) -> tuple[torch.Tensor, ...]:
-        """Per layer (B, H, L, N): the text positions' attention to the image."""
+    def _image_attentions(self, out, prefix: int, length: int,
+                          full: int) -> tuple[torch.Tensor, ...]:
+        """Per layer (B, H, L, N): the text positions' attention to the image, on the image
+        encoder's full grid of N tokens even when the LM saw fewer."""
         if self.conditioning == "cross_attention":
-            return tuple(a[:, :, -length:] for a in out.cross_attentions)
-        return tuple(a[:, :, -length:, :prefix] for a in out.attentions)
+            weights = tuple(a[:, :, -length:] for a in out.cross_attentions)
+        else:
+            weights = tuple(a[:, :, -length:, :prefix] for a in out.attentions)
+        if self.reduce is None:
+            return weights
+        block = self.reduce.block(math.isqrt(full))
+        return tuple(expand_weights(w, block) for w in weights)
 
 
 # ---------------------------------------------------------------- building

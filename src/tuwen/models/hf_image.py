@@ -7,6 +7,7 @@ of the tokens, so ``N == rows * cols`` of ``grid`` for every encoder.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from contextlib import contextmanager
@@ -54,20 +55,69 @@ def eager_attention(model: nn.Module, needed: bool):
             model.set_attn_implementation(before)
 
 
+@dataclass(frozen=True)
+class BackboneLayout:
+    """What a backbone really returns at the model's image size (``probe_backbone``)."""
+
+    feature_size: int      # width of its tokens (channels of a CNN's last map)
+    pooled_size: int       # width of its pooled output (its pooler's, else the tokens')
+    grid: tuple[int, int]  # (rows, cols) of its token grid
+    prefix: int            # CLS and register tokens in front of the grid
+    interpolate: bool      # pass interpolate_pos_encoding=True (ViT, CLIP, SigLIP, Swin, ...)
+
+
+def takes_interpolation(backbone: nn.Module) -> bool:
+    """Whether the model's forward can resize its position embeddings to the image size
+    (DINOv2 always does, and has no such argument)."""
+    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    return "interpolate_pos_encoding" in inspect.signature(base.forward).parameters
+
+
+@torch.no_grad()
+def probe_backbone(backbone: nn.Module, image_size: int, where: str) -> BackboneLayout:
+    """One forward of a blank image at ``image_size``: the token grid and widths come from
+    what the model outputs, not from config attribute names (CNNs such as MobileNetV2 have
+    no ``hidden_size``). What cannot be wired is a one-line error naming the model."""
+    name = getattr(getattr(backbone, "config", None), "model_type", type(backbone).__name__)
+    interpolate = takes_interpolation(backbone)
+    extra = {"interpolate_pos_encoding": True} if interpolate else {}
+    was_training = backbone.training
+    backbone.eval()  # BatchNorm statistics stay as loaded
+    try:
+        out = backbone(pixel_values=torch.zeros(1, 3, image_size, image_size), **extra)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        first = (str(err).strip() or type(err).__name__).splitlines()[0][:160]
+        raise ConfigError(f"{where}: {name!r} cannot encode {image_size}-px images "
+                          f"({first})") from None
+    finally:
+        backbone.train(was_training)
+    hidden = getattr(out, "last_hidden_state", None)
+    if not torch.is_tensor(hidden) or hidden.ndim not in (3, 4):
+        raise ConfigError(f"{where}: {name!r} returns no last_hidden_state of image tokens "
+                          "(B, N, C) or feature map (B, C, h, w); it cannot be the image tower")
+    tokens, grid, prefix = grid_tokens(hidden)
+    pooled = getattr(out, "pooler_output", None)
+    pooled_size = pooled.flatten(1).shape[1] if torch.is_tensor(pooled) else tokens.shape[-1]
+    return BackboneLayout(tokens.shape[-1], pooled_size, grid, prefix, interpolate)
+
+
 class HFImageEncoder(Tower):
     body_name = "backbone"
 
-    def __init__(self, backbone: nn.Module, feature_size: int, dim: int) -> None:
+    def __init__(self, backbone: nn.Module, feature_size: int, dim: int,
+                 pooled_size: int | None = None, interpolate: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.proj = nn.Linear(feature_size, dim)
-        self.pooled_proj = nn.Linear(feature_size, dim)  # poolers live in their own space
+        # poolers live in their own space (and may have their own width)
+        self.pooled_proj = nn.Linear(pooled_size or feature_size, dim)
+        self.extra = {"interpolate_pos_encoding": True} if interpolate else {}
 
     def forward(self, pixel_values: torch.Tensor,
                 output_attentions: bool = False) -> ImageFeatures:
         asked = {"output_attentions": True} if output_attentions else {}  # CNNs have none
         with eager_attention(self.backbone, output_attentions):
-            out = self.backbone(pixel_values=pixel_values, **asked)
+            out = self.backbone(pixel_values=pixel_values, **asked, **self.extra)
         tokens, grid, prefix = grid_tokens(out.last_hidden_state)  # (B, N, C)
         pooled = getattr(out, "pooler_output", None)
         if pooled is None:  # ViT built without its (mostly untrained) pooler
@@ -106,7 +156,15 @@ def resolve_preprocessing(model: ModelConfig, default: Preprocessing,
 
 def hf_preprocessing(cfg: HFImageEncoderConfig, default: Preprocessing) -> Preprocessing:
     """The tower's own preprocessing: its image processor when it has one, else its
-    config's image size with ``default``'s mean/std (random weights: mean/std unknown)."""
+    config's image size with ``default``'s mean/std (random weights: mean/std unknown);
+    ``cfg.image_size`` replaces the size."""
+    pre = _tower_preprocessing(cfg, default)
+    if cfg.image_size is None:
+        return pre
+    return Preprocessing(cfg.image_size, pre.mean, pre.std)
+
+
+def _tower_preprocessing(cfg: HFImageEncoderConfig, default: Preprocessing) -> Preprocessing:
     if cfg.name_or_path is not None:
         processor = processor_dict(cfg.name_or_path)
         if processor is not None:

@@ -45,11 +45,14 @@ def hf_tokenizer(name_or_path: str, where: str) -> PreTrainedTokenizerBase:
 
 
 def with_bos_eos(tok: PreTrainedTokenizerBase, where: str) -> PreTrainedTokenizerBase:
-    """BOS/EOS from CLS/SEP where missing (BERT), PAD from EOS where missing (GPT-2)."""
-    missing = {key: value for key, value in (("bos_token", tok.cls_token),
-                                             ("eos_token", tok.sep_token))
+    """BOS/EOS from CLS/SEP where missing (BERT), BOS from EOS where there is no CLS either,
+    PAD from EOS where missing (GPT-2, Llama)."""
+    missing = {key: value for key, value in (("eos_token", tok.sep_token),
+                                             ("bos_token", tok.cls_token))
                if getattr(tok, key) is None}
     eos = tok.eos_token or missing.get("eos_token")
+    if missing.get("bos_token", "") is None:  # Qwen-style LM tokenizers: EOS starts too
+        missing["bos_token"] = eos
     if tok.pad_token is None:
         missing["pad_token"] = eos
     if None in missing.values():
@@ -57,4 +60,7 @@ def with_bos_eos(tok: PreTrainedTokenizerBase, where: str) -> PreTrainedTokenize
                           "(nor CLS/SEP to stand in for them); the decoder needs them")
     if missing:
         tok.add_special_tokens(missing)  # existing tokens: the vocabulary does not grow
+    # tuwen pools the first position ([CLS]) and pads its decoder sequences itself; LM
+    # tokenizers that pad on the left (for generation) would move it
+    tok.padding_side = "right"
     return tok

@@ -3,8 +3,9 @@
 It takes built modules and offers the few entry points the tasks need. It assembles itself
 from a spec (``from_spec``, through ``builder.build_components``), from two named towers
 (``from_encoders``) or from a saved folder (``from_pretrained``). Saving writes
-``config.json`` + ``model.safetensors``, the tokenizer the model holds (``from_encoders``/
-``from_pretrained`` set it) and, for a Hugging Face image tower, ``preprocessor_config.json``;
+``config.json`` + ``model.safetensors``, the tokenizers the model holds (``from_encoders``/
+``from_pretrained`` set them: the decoder's in the folder, a text encoder's own in
+``text_tokenizer/``) and, for a Hugging Face image tower, ``preprocessor_config.json``;
 training writes its tokenizer and answer vocabulary itself.
 """
 
@@ -33,6 +34,10 @@ from tuwen.models.length_buckets import length_groups, run_grouped
 from tuwen.models.spec import ModelSpec
 from tuwen.models.text_encoders import TextFeatures
 
+# where the text encoder's own tokenizer is saved (data.tokenizer.TEXT_TOKENIZER_DIR: the
+# same name; models do not import data)
+TEXT_TOKENIZER_DIR = "text_tokenizer"
+
 
 @dataclass
 class ImageTextOutput:
@@ -53,7 +58,8 @@ class ImageTextModel(nn.Module):
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
         self.fusion, self.decoder = fusion, decoder
         self.itc_head, self.itm_head, self.vqa_head = itc_head, itm_head, vqa_head
-        self.tokenizer = None  # saved with the model when set (not used by forward)
+        self.tokenizer = None  # the decoder's; saved with the model when set (not used by forward)
+        self.text_tokenizer = None  # the text encoder's own, when it is not the decoder's
 
     @classmethod
     def from_components(cls, parts: Components) -> ImageTextModel:
@@ -71,10 +77,10 @@ class ImageTextModel(nn.Module):
         """A model from two towers: hub names, folders, HF configs (objects or dicts with
         ``model_type``) or tuwen tower types/sections; see ``from_encoders.spec_from_encoders``
         for the options. A named HF text tower brings its tokenizer (``model.tokenizer``)."""
-        spec, tokenizer = spec_from_encoders(image_encoder, text_encoder,
-                                             hidden_size=hidden_size, fusion=fusion, **options)
+        spec, tokenizer, text_tokenizer = spec_from_encoders(
+            image_encoder, text_encoder, hidden_size=hidden_size, fusion=fusion, **options)
         model = cls.from_spec(spec)
-        model.tokenizer = tokenizer
+        model.tokenizer, model.text_tokenizer = tokenizer, text_tokenizer
         return model
 
     def encode_image(self, pixel_values: torch.Tensor) -> ImageFeatures:
@@ -138,6 +144,8 @@ class ImageTextModel(nn.Module):
         save_model(self, str(directory / "model.safetensors"))  # handles the tied LM head
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(directory))
+        if self.text_tokenizer is not None:
+            self.text_tokenizer.save_pretrained(str(directory / TEXT_TOKENIZER_DIR))
         if self.spec.model.image_encoder.type == "hf":  # tuwen's preprocessing, for HF tools
             spec = self.spec
             processor = preprocessor_config(Preprocessing(spec.image_size, spec.image_mean,
@@ -165,6 +173,8 @@ class ImageTextModel(nn.Module):
             raise TuwenError(f"{weights_path}: weights do not fit the config (missing "
                              f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
         model.tokenizer = saved_tokenizer(directory)
+        if (directory / TEXT_TOKENIZER_DIR).is_dir():
+            model.text_tokenizer = saved_tokenizer(directory / TEXT_TOKENIZER_DIR)
         return model.eval()
 
 

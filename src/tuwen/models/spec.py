@@ -24,6 +24,9 @@ class ModelSpec:
     pad_token_id: int = 0
     bos_token_id: int = 4
     eos_token_id: int = 5
+    # the text encoder's own tokenizer, when it is not the decoder's (None: the same)
+    text_vocab_size: int | None = None
+    text_pad_token_id: int | None = None
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     # tower name -> its Hugging Face config (to_dict()), recorded when the model is built:
@@ -31,6 +34,13 @@ class ModelSpec:
     hf_configs: dict[str, dict] = field(default_factory=dict)
     # how texts were normalised in training (data.text); inference applies the same
     text: TextConfig = field(default_factory=TextConfig)
+
+    @property
+    def text_vocab(self) -> tuple[int, int]:
+        """(vocab size, pad id) of the text encoder's tokenizer."""
+        if self.text_vocab_size is None:
+            return self.vocab_size, self.pad_token_id
+        return self.text_vocab_size, self.text_pad_token_id
 
     def to_dict(self) -> dict:
         out = asdict(self)

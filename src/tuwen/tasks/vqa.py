@@ -76,11 +76,13 @@ def generate_answers(model: ImageTextModel, pixel_values: torch.Tensor, prompt_i
 def answer_questions(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None,
                      pixel_values: torch.Tensor, image_rows: Sequence[int],
                      questions: Sequence[str], *, max_length: int, batch_size: int = 64,
-                     show_progress: bool = False) -> list[str]:
+                     show_progress: bool = False, text_tokenizer=None) -> list[str]:
     """One answer per question, ``questions[i]`` asked of ``pixel_values[image_rows[i]]``
     (images (N_img, 3, H, W) are shared by their questions), ``batch_size`` questions at a
     time. Questions are normalised as in training; a classifier answers from ``vocab``, a
-    generating model (``model.vqa.mode: generate``) writes its answer greedily."""
+    generating model (``model.vqa.mode: generate``) writes its answer greedily. ``tokenizer``
+    is the language model's (prompts, answers); a classifier reads the questions in
+    ``text_tokenizer``, the text encoder's own when it has one."""
     if vocab is None and not generates_answers(model):
         raise TuwenError("this model was trained without VQA data: it has no answer vocabulary")
     device = model_device(model)
@@ -94,8 +96,8 @@ def answer_questions(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None
             out = generate_answers(model, px, ids.to(device), mask.to(device))
             answers.extend(decode_until_eos(tokenizer, out, model.spec.eos_token_id))
             continue
-        enc = tokenizer(texts, padding="longest", truncation=True, max_length=max_length,
-                        return_tensors="pt")
+        enc = (text_tokenizer or tokenizer)(texts, padding="longest", truncation=True,
+                                            max_length=max_length, return_tensors="pt")
         pred = predict_step(model, px, enc["input_ids"].to(device),
                             enc["attention_mask"].to(device))
         answers.extend(vocab.answer(i) for i in pred.tolist())

@@ -15,7 +15,12 @@ import yaml
 from tuwen.config import Config, HFTowerConfig, ModelConfig
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.prepare import SplitData, build_answer_vocab, build_tokenizer, read_split
-from tuwen.data.tokenizer import load_tokenizer, save_tokenizer
+from tuwen.data.tokenizer import (
+    load_text_tokenizer,
+    load_tokenizer,
+    save_text_tokenizer,
+    save_tokenizer,
+)
 from tuwen.errors import ConfigError, TuwenError
 from tuwen.models.hf_image import Preprocessing, resolve_preprocessing
 from tuwen.models.hf_text import hf_tokenizer
@@ -30,6 +35,7 @@ class Assets:
     tokenizer: object
     vocab: AnswerVocab | None
     spec: ModelSpec
+    text_tokenizer: object | None = None  # the text encoder's own; None: it uses `tokenizer`
 
 
 def check_bad_fraction(data: SplitData, max_fraction: float) -> None:
@@ -60,18 +66,30 @@ def tokenizer_sources(model: ModelConfig) -> dict[str, str]:
             if isinstance(section, HFTowerConfig) and section.name_or_path is not None}
 
 
-def choose_tokenizer(config: Config, train: SplitData):
-    """A named hf tower's own tokenizer (BERT's: BOS/EOS mapped to CLS/SEP); otherwise a
-    WordPiece trained on the training texts (an ``hf_config`` tower is sized to it)."""
+def choose_tokenizers(config: Config, train: SplitData) -> tuple[object, object | None]:
+    """(the decoder's tokenizer, the text encoder's own or None when it shares it).
+
+    The decoder's is a named causal LM's tokenizer, else a named text tower's (BERT's: BOS/EOS
+    mapped to CLS/SEP), else a WordPiece trained on the training texts (towers built from an
+    ``hf_config`` are sized to it). A named text tower whose tokenizer is not the decoder's
+    keeps its own (BLIP-2's BERT Q-Former beside OPT): two tokenizers.
+    """
     sources = tokenizer_sources(config.model)
-    if len(set(sources.values())) > 1:
-        named = " and ".join(f"{k} ({v!r})" for k, v in sources.items())
-        raise ConfigError(f"{named} bring different tokenizers; tuwen uses one tokenizer for "
-                          "the text encoder and the decoder, so this pairing is not supported")
-    if sources:
-        where, name = next(iter(sources.items()))
-        return hf_tokenizer(name, where)
-    return build_tokenizer(train, config.data.tokenizer.vocab_size)
+    text_name, lm_name = sources.get("model.text_encoder"), sources.get("model.decoder")
+    if lm_name is not None:
+        lm = hf_tokenizer(lm_name, "model.decoder")
+    elif text_name is not None:
+        return hf_tokenizer(text_name, "model.text_encoder"), None
+    else:
+        lm = build_tokenizer(train, config.data.tokenizer.vocab_size)
+    if text_name is None or text_name == lm_name:
+        return lm, None
+    return lm, hf_tokenizer(text_name, "model.text_encoder")
+
+
+def choose_tokenizer(config: Config, train: SplitData):
+    """The decoder's tokenizer (see ``choose_tokenizers``)."""
+    return choose_tokenizers(config, train)[0]
 
 
 def prepare_assets(config: Config, model_dir: Path, reuse: bool = False) -> Assets:
@@ -79,14 +97,15 @@ def prepare_assets(config: Config, model_dir: Path, reuse: bool = False) -> Asse
     train = read_split(config.data, config.data.train_split, stream=True)  # shards: streamed
     check_bad_fraction(train, config.data.max_bad_fraction)
     if reuse and (model_dir / "tokenizer.json").is_file():
-        tokenizer = load_tokenizer(model_dir)
+        tokenizer, text_tokenizer = load_tokenizer(model_dir), load_text_tokenizer(model_dir)
         vocab = AnswerVocab.load(model_dir / VOCAB_FILE) if (model_dir / VOCAB_FILE).is_file() \
             else None
     else:
-        tokenizer = choose_tokenizer(config, train)
+        tokenizer, text_tokenizer = choose_tokenizers(config, train)
         vocab = build_answer_vocab(train, config.data.answer_vocab_size)
         model_dir.mkdir(parents=True, exist_ok=True)
         save_tokenizer(tokenizer, model_dir)
+        save_text_tokenizer(text_tokenizer, model_dir)
         if vocab is not None:
             vocab.save(model_dir / VOCAB_FILE)
     spec = ModelSpec(model=config.model, vocab_size=len(tokenizer),
@@ -95,8 +114,17 @@ def prepare_assets(config: Config, model_dir: Path, reuse: bool = False) -> Asse
                      max_text_length=config.data.max_text_length,
                      pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                      eos_token_id=tokenizer.eos_token_id, image_mean=config.data.image_mean,
-                     image_std=config.data.image_std, text=config.data.text)
-    return Assets(train, tokenizer, vocab, spec)
+                     image_std=config.data.image_std, text=config.data.text,
+                     **text_vocab(text_tokenizer))
+    return Assets(train, tokenizer, vocab, spec, text_tokenizer)
+
+
+def text_vocab(text_tokenizer) -> dict[str, int]:
+    """The spec fields of the text encoder's own tokenizer (none when it shares the LM's)."""
+    if text_tokenizer is None:
+        return {}
+    return {"text_vocab_size": len(text_tokenizer),
+            "text_pad_token_id": text_tokenizer.pad_token_id}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:

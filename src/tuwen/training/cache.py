@@ -44,6 +44,11 @@ def fingerprint(module: nn.Module, extra: str = "") -> str:
     return digest.hexdigest()
 
 
+# forward arguments a tower passes on every call (hf_image: ViT-family models resize their
+# position embeddings to the image size); cached outputs are those of such calls
+SAME_OUTPUTS = ("interpolate_pos_encoding",)
+
+
 def _row_key(row: torch.Tensor) -> str:
     return hashlib.sha256(row.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
@@ -129,6 +134,7 @@ class FeatureCache:
     def __init__(self, module: nn.Module, directory: Path, precision: str,
                  writer: str = "0") -> None:
         self.module, self.forward = module, module.forward
+        self.options: dict = {}  # the SAME_OUTPUTS arguments the tower passes
         self.key = fingerprint(module, precision)[:32]
         self.store = _Store(Path(directory) / self.key, writer)
         self.template = None  # an output of the module, for its type and non-tensor fields
@@ -136,8 +142,10 @@ class FeatureCache:
         module.forward = self.cached_forward
 
     def cached_forward(self, pixel_values: torch.Tensor, *args, **kwargs):
-        if args or any(kwargs.values()):  # e.g. output_attentions=True: not what is cached
+        rest = {k: v for k, v in kwargs.items() if k not in SAME_OUTPUTS}
+        if args or any(rest.values()):  # e.g. output_attentions=True: not what is cached
             return self.forward(pixel_values, *args, **kwargs)
+        self.options = {k: v for k, v in kwargs.items() if k in SAME_OUTPUTS}
         keys = [_row_key(row) for row in pixel_values]
         missing = [i for i, k in enumerate(keys) if k not in self.store.index]
         if missing:
@@ -175,7 +183,7 @@ class FeatureCache:
         """One image through the module, for the output's type and non-tensor fields."""
         was_training = self.module.training
         self.module.eval()
-        out = self.forward(pixel_values)
+        out = self.forward(pixel_values, **self.options)
         self.module.train(was_training)
         return out
 

@@ -37,7 +37,8 @@ def train_collator(config: Config, assets: Assets) -> Collator:
                     data.spatial_negatives,
                     vqa_answers=config.model.vqa.mode == "generate", normalizer=normalizer,
                     caption_counts=caption_image_counts(assets.train.captions, normalizer)
-                    if tcfg.itc_specific_captions else None)
+                    if tcfg.itc_specific_captions else None,
+                    text_tokenizer=assets.text_tokenizer)
 
 
 def loader_options(data: DataConfig) -> dict:
