@@ -98,18 +98,45 @@ def cmd_demo(args: argparse.Namespace) -> None:
              counts={k: v for k, v in counts.items() if v is not None})
 
 
-def cmd_caption(args: argparse.Namespace) -> None:
+def _pipeline(args: argparse.Namespace):
     from tuwen.apps.pipeline import Pipeline
 
-    pipe = Pipeline.from_pretrained(args.model)
-    for image, text in zip(args.images, pipe.caption(args.images, decoding=args.decoding)):
+    return Pipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+
+
+def cmd_caption(args: argparse.Namespace) -> None:
+    captions = _pipeline(args).caption(args.images, decoding=args.decoding,
+                                       beam_size=args.beam_size, max_length=args.max_length)
+    for image, text in zip(args.images, captions):
         print(f"{image}\t{text}")
 
 
 def cmd_ask(args: argparse.Namespace) -> None:
-    from tuwen.apps.pipeline import Pipeline
+    answer = _pipeline(args).answer([args.image], [args.question], top_k=args.top)[0]
+    print(answer.text)
+    if args.top > 1:
+        for text, prob in answer.alternatives:
+            print(f"  {prob:.3f}\t{text}")
 
-    print(Pipeline.from_pretrained(args.model).ask([args.image], [args.question])[0])
+
+def _add_inference(sub: argparse._SubParsersAction) -> None:
+    cap = sub.add_parser("caption", help="caption images with a saved model")
+    cap.add_argument("model")
+    cap.add_argument("images", nargs="+")
+    cap.add_argument("--decoding", choices=["greedy", "beam", "top_p"], default="beam")
+    cap.add_argument("--beam-size", type=int, default=3)
+    cap.add_argument("--max-length", type=int, default=30, help="most tokens per caption")
+    cap.set_defaults(func=cmd_caption)
+    ask = sub.add_parser("ask", help="answer a question about an image")
+    ask.add_argument("model")
+    ask.add_argument("image")
+    ask.add_argument("question")
+    ask.add_argument("--top", type=int, default=1,
+                     help="also print the N most likely answers with their probabilities")
+    ask.set_defaults(func=cmd_ask)
+    for p in (cap, ask):
+        p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: a GPU if there is one)")
+        p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default fp32")
 
 
 def cmd_attention(args: argparse.Namespace) -> None:
@@ -245,18 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_counts(demo)
     demo.set_defaults(func=cmd_demo)
 
-    cap = sub.add_parser("caption", help="caption images with a saved model")
-    cap.add_argument("model")
-    cap.add_argument("images", nargs="+")
-    cap.add_argument("--decoding", choices=["greedy", "beam", "top_p"], default="beam")
-    cap.set_defaults(func=cmd_caption)
-
-    ask = sub.add_parser("ask", help="answer a question about an image")
-    ask.add_argument("model")
-    ask.add_argument("image")
-    ask.add_argument("question")
-    ask.set_defaults(func=cmd_ask)
-
+    _add_inference(sub)
     _add_score(sub)
     _add_attention(sub)
     return parser
