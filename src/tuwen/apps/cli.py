@@ -139,6 +139,59 @@ def _add_inference(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default fp32")
 
 
+def cmd_index(args: argparse.Namespace) -> None:
+    from tuwen.apps.index import IndexOptions, build_index
+
+    options = IndexOptions(exact_below=args.exact_below, approximate=args.approximate)
+    report = build_index(_pipeline(args), args.model, args.image_dir, args.out, options,
+                         batch_size=args.batch_size)
+    if report is not None:  # the process that wrote the index
+        for line in report.skipped:
+            print(f"skipped: {line}", file=sys.stderr)
+        print(f"{report.summary()}; index in {args.out}")
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from tuwen.apps.pipeline import Pipeline
+    from tuwen.apps.search import ImageIndex, search_index
+
+    if (args.query is None) == (args.image is None):
+        raise TuwenError("tuwen search: give a text QUERY or --image IMG (one of the two)")
+    index = ImageIndex(args.index)
+    pipe = Pipeline.from_pretrained(args.model or index.model_dir, device=args.device)
+    hits = search_index(index, pipe, query=args.query, image=args.image, k=args.k)
+    if args.json:
+        print(json.dumps([{**hit.__dict__, "path": str(index.root / hit.path)} for hit in hits]))
+        return
+    for hit in hits:
+        print(f"{hit.rank}\t{hit.score:.4f}\t{index.root / hit.path}")
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    idx = sub.add_parser("index", help="embed a folder of images (recursively) for search; "
+                                       "a re-run embeds only new or changed files")
+    idx.add_argument("model", help="saved model folder (RUN/model)")
+    idx.add_argument("image_dir")
+    idx.add_argument("--out", required=True, help="index folder (created or updated)")
+    idx.add_argument("--batch-size", type=int, default=64)
+    idx.add_argument("--exact-below", type=int, default=100_000,
+                     help="exact inner-product search below this many images (default 100000)")
+    idx.add_argument("--approximate", choices=["hnsw", "ivf"], default="hnsw",
+                     help="the approximate index above that size (default hnsw)")
+    idx.add_argument("--device", help="cpu, cuda ... (default: a GPU if there is one)")
+    idx.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default fp32")
+    idx.set_defaults(func=cmd_index)
+    se = sub.add_parser("search", help="images of an index that best match a text or an image")
+    se.add_argument("index", help="index folder (tuwen index --out)")
+    se.add_argument("query", nargs="?", help="text query")
+    se.add_argument("--image", help="search by this image instead of a text")
+    se.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    se.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    se.add_argument("--model", help="model folder (default: the one that built the index)")
+    se.add_argument("--device", help="cpu, cuda ... (default: a GPU if there is one)")
+    se.set_defaults(func=cmd_search)
+
+
 def cmd_attention(args: argparse.Namespace) -> None:
     from tuwen.evaluation import attention
     from tuwen.evaluation.plots import attention_grid
@@ -273,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     _add_inference(sub)
+    _add_search(sub)
     _add_score(sub)
     _add_attention(sub)
     return parser
