@@ -9,21 +9,22 @@ from tiny import tiny_overrides
 
 @pytest.fixture(scope="session")
 def trained_run(tiny_shapes, tmp_path_factory):
-    """RUN folder of a seconds-long training on ``tiny_shapes``, with ``tuwen eval``'s
-    predictions for its test split in RUN/eval/test/predictions.jsonl."""
+    """RUN folder of a seconds-long training on ``tiny_shapes``."""
     from tuwen.apps.cli import main
-    from tuwen.evaluation.evaluate import evaluate_run
 
     run = tmp_path_factory.mktemp("apps") / "run"
     sets = tiny_overrides(tiny_shapes, max_steps=8, save_every=8)
     assert main(["train", "configs/shapes.yaml", "--out", str(run),
                  *[arg for s in sets for arg in ("--set", s)]]) == 0
-    evaluate_run(run, "test", show_progress=False)
     return run
 
 
 @pytest.fixture(scope="session")
 def predictions(trained_run) -> list[dict]:
+    """``tuwen eval``'s predictions for the test split (RUN/eval/test/predictions.jsonl)."""
+    from tuwen.evaluation.evaluate import evaluate_run
+
+    evaluate_run(trained_run, "test", show_progress=False)
     path = trained_run / "eval" / "test" / "predictions.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
 

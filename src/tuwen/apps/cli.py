@@ -192,6 +192,50 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     se.set_defaults(func=cmd_search)
 
 
+SERVE_LIMITS = {"max_batch": int, "max_wait_ms": float, "max_queue": int, "timeout_s": float,
+                "max_upload_bytes": int, "max_image_pixels": int, "max_text_chars": int}
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from tuwen.apps.limits import ServeSettings
+    from tuwen.apps.search import ImageIndex
+    from tuwen.apps.server import create_app
+
+    try:
+        settings = ServeSettings(**{k: getattr(args, k) for k in SERVE_LIMITS
+                                    if getattr(args, k) is not None})
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise TuwenError(f"--{first['loc'][0].replace('_', '-')}: {first['msg']}") from None
+    index = ImageIndex(args.index) if args.index else None
+    app = create_app(_pipeline(args), index, settings)
+    print(f"serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)")
+    # connections past the queues and their batches are refused with 503 by uvicorn itself
+    limit = settings.max_queue * 4 + settings.max_batch
+    uvicorn.run(app, host=args.host, port=args.port, limit_concurrency=limit,
+                log_level=args.log_level)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="web page and JSON API over a saved model")
+    serve.add_argument("model", help="saved model folder (RUN/model)")
+    serve.add_argument("--index", help="image index folder (tuwen index --out) for search")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    for name, kind in SERVE_LIMITS.items():
+        serve.add_argument(f"--{name.replace('_', '-')}", type=kind,
+                           help="see docs/inference.md (default: a safe value)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--device", help="cpu, cuda ... (default: a GPU if there is one)")
+    serve.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default fp32")
+    serve.set_defaults(func=cmd_serve)
+
+
 def cmd_attention(args: argparse.Namespace) -> None:
     from tuwen.evaluation import attention
     from tuwen.evaluation.plots import attention_grid
@@ -327,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_inference(sub)
     _add_search(sub)
+    _add_serve(sub)
     _add_score(sub)
     _add_attention(sub)
     return parser

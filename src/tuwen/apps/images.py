@@ -24,6 +24,10 @@ FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 class ImageRejected(TuwenError):
     """An image input that is too large, of a refused type, or not decodable."""
 
+    def __init__(self, message: str, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.too_large = too_large  # over a size limit (HTTP 413) rather than malformed
+
 
 @dataclass(frozen=True)
 class ImageLimits:
@@ -40,7 +44,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits(),
         raise ImageRejected(f"{name}: empty (0 bytes)")
     if len(data) > limits.max_bytes:
         raise ImageRejected(f"{name}: {len(data):,} bytes is more than the limit of "
-                            f"{limits.max_bytes:,}")
+                            f"{limits.max_bytes:,}", too_large=True)
     image = _open(data, limits, name)
     try:
         image.load()
@@ -60,11 +64,12 @@ def _open(data: bytes, limits: ImageLimits, name: str) -> Image.Image:
         raise ImageRejected(f"{name}: not an image of an accepted type "
                             f"({', '.join(f.lower() for f in limits.formats)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageRejected(f"{name}: too many pixels ({err})") from None
+        raise ImageRejected(f"{name}: more pixels than the limit of {limits.max_pixels:,} "
+                            f"({err})", too_large=True) from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageRejected(f"{name}: cannot read the image header ({err})") from None
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageRejected(f"{name}: {width} x {height} pixels is more than the limit of "
-                            f"{limits.max_pixels:,} pixels")
+                            f"{limits.max_pixels:,} pixels", too_large=True)
     return image
