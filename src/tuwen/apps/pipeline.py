@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,10 +27,12 @@ from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import decode_text, load_tokenizer
 from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.errors import TuwenError
-from tuwen.evaluation.attention import AttentionMaps, LoadedModel, attention_maps
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import captioning, retrieval, vqa
 from tuwen.training.assets import VOCAB_FILE
+
+if TYPE_CHECKING:
+    from tuwen.evaluation.attention import AttentionMaps
 
 ImageInput = str | Path | bytes | Image.Image
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
@@ -233,6 +236,8 @@ class Pipeline:
         """Per-token attention maps of one image over its patch grid, as ``tuwen attention``
         draws them: of ``text``, or of the caption the model writes (greedy) when it is None.
         ``options``: source ("decoder" or "fusion"), question, layer, head, rollout."""
+        from tuwen.evaluation.attention import LoadedModel, attention_maps  # explain only
+
         loaded = LoadedModel(self.model, self.tokenizer, self.vocab, self.transform)
         if text is not None:
             text = self.normalize(text)
