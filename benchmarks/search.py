@@ -7,7 +7,7 @@ exact one, for each ``--ef-search`` (HNSW) or ``--probe`` (IVF) setting:
 
   python -m benchmarks.search --sizes 100000,1000000 --dim 128
 
-Writes benchmarks/results/search.json and prints a markdown table.
+Writes benchmarks/results/search.json (``--name``) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def bench_size(size: int, args) -> list[dict]:
     exact = build_faiss(vectors, IndexOptions(exact_below=size + 1))
     truth, ms = time_queries(exact, queries, args.k)
     rows = [row(size, "exact (IndexFlatIP)", "-", ms, 1.0, time.perf_counter() - start)]
-    for kind in args.approximate.split(","):
+    for kind in filter(None, args.approximate.split(",")):
         options = IndexOptions(exact_below=0, approximate=kind, hnsw_m=args.hnsw_m)
         start = time.perf_counter()
         index = build_faiss(vectors, options)
@@ -89,11 +89,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dim", type=int, default=128, help="the demo model's embed_dim")
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("-k", type=int, default=10)
-    parser.add_argument("--approximate", default="hnsw", help="hnsw and/or ivf, comma-separated")
+    parser.add_argument("--approximate", default="hnsw",
+                        help="hnsw and/or ivf, comma-separated ('' for exact alone)")
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-search", default="64,128,256")
     parser.add_argument("--probe", default="16,64")
     parser.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads")
+    parser.add_argument("--name", default="search", help="results/NAME.json")
     args = parser.parse_args(argv)
     args.ef_search = [int(v) for v in args.ef_search.split(",")]
     args.probe = [int(v) for v in args.probe.split(",")]
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
               "threads": args.threads, "faiss": faiss.__version__, "rows": rows,
               "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "search.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
     print(table(rows, args.k))
     return result
 
