@@ -2,6 +2,7 @@
 and clear errors."""
 
 import io
+import random
 
 import numpy as np
 import pytest
@@ -103,16 +104,19 @@ def test_mismatched_inputs_are_clear_errors(pipeline, tiny_shapes, tmp_path):
         pipeline.caption([tmp_path / "missing.png"])
 
 
-def png(width, height) -> bytes:
+def png(width, height, noise=False) -> bytes:
+    """A PNG of one colour, or of noise (kilobytes, so a cut one lacks pixel data)."""
     buf = io.BytesIO()
-    Image.new("RGB", (width, height), (200, 10, 10)).save(buf, format="PNG")
+    image = Image.frombytes("RGB", (width, height), random.Random(0).randbytes(
+        width * height * 3)) if noise else Image.new("RGB", (width, height), (200, 10, 10))
+    image.save(buf, format="PNG")
     return buf.getvalue()
 
 
 @pytest.mark.parametrize("data, message", [
     (b"", "empty"),
     (b"%PDF-1.4 not an image", "not an image of an accepted type"),
-    (png(64, 64)[:200], "truncated or corrupt"),
+    (png(64, 64, noise=True)[:2000], "truncated or corrupt"),
     (png(3000, 3000), "3000 x 3000 pixels is more than the limit"),
 ])
 def test_bad_image_bytes_are_refused_with_a_reason(data, message):
@@ -128,4 +132,4 @@ def test_image_type_is_decided_by_content_not_name():
         decode_image(buf.getvalue())
     assert decode_image(png(8, 8)).size == (8, 8)
     with pytest.raises(ImageRejected, match="more than the limit of 100"):
-        decode_image(png(8, 8), ImageLimits(max_bytes=100))
+        decode_image(png(8, 8, noise=True), ImageLimits(max_bytes=100))
