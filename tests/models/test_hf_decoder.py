@@ -211,7 +211,8 @@ def test_cli_trains_and_evaluates_an_lm_decoder_with_generative_vqa(tiny_shapes,
     assert isinstance(pipe.model.decoder, HFCausalLMDecoder)
     assert pipe.model.spec.model.vqa.mode == "generate"
     image = next((tiny_shapes / "images").iterdir())
-    caption, answer = pipe.caption([image], decoding="greedy")[0], pipe.ask([image], ["what?"])[0]
+    caption = pipe.caption([image], decoding="greedy")[0]
+    answer = pipe.answer([image], ["what?"])[0].text
     assert isinstance(caption, str) and isinstance(answer, str)
 
 

@@ -234,7 +234,7 @@ def test_training_run_with_hf_towers_uses_their_preprocessing_and_tokenizer(tiny
     pipe = Pipeline.from_pretrained(model_dir)
     assert pipe.transform.size == 16 and pipe.tokenizer.bos_token == "[CLS]"
     image = next((tiny_shapes / "images").iterdir())
-    assert isinstance(pipe.caption([image], decoding="greedy", max_new_tokens=4)[0], str)
+    assert isinstance(pipe.caption([image], decoding="greedy", max_length=4)[0], str)
 
 
 MINILM_CONFIG = Path(__file__).parents[2] / "configs" / "shapes_minilm.yaml"

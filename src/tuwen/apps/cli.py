@@ -92,18 +92,142 @@ def cmd_demo(args: argparse.Namespace) -> None:
              counts={k: v for k, v in counts.items() if v is not None})
 
 
-def cmd_caption(args: argparse.Namespace) -> None:
+def _pipeline(args: argparse.Namespace):
     from tuwen.apps.pipeline import Pipeline
 
-    pipe = Pipeline.from_pretrained(args.model)
-    for image, text in zip(args.images, pipe.caption(args.images, decoding=args.decoding)):
+    return Pipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+
+
+def cmd_caption(args: argparse.Namespace) -> None:
+    captions = _pipeline(args).caption(args.images, decoding=args.decoding,
+                                       beam_size=args.beam_size, max_length=args.max_length)
+    for image, text in zip(args.images, captions):
         print(f"{image}\t{text}")
 
 
 def cmd_ask(args: argparse.Namespace) -> None:
-    from tuwen.apps.pipeline import Pipeline
+    answer = _pipeline(args).answer([args.image], [args.question], top_k=args.top)[0]
+    print(answer.text)
+    if args.top > 1:
+        for text, prob in answer.alternatives:
+            print(f"  {prob:.3f}\t{text}")
 
-    print(Pipeline.from_pretrained(args.model).ask([args.image], [args.question])[0])
+
+def _add_inference(sub: argparse._SubParsersAction) -> None:
+    cap = sub.add_parser("caption", help="caption images with a saved model")
+    cap.add_argument("model")
+    cap.add_argument("images", nargs="+")
+    cap.add_argument("--decoding", choices=["greedy", "beam", "top_p"], default="beam")
+    cap.add_argument("--beam-size", type=int, default=3)
+    cap.add_argument("--max-length", type=int, default=30, help="most tokens per caption")
+    cap.set_defaults(func=cmd_caption)
+    ask = sub.add_parser("ask", help="answer a question about an image")
+    ask.add_argument("model")
+    ask.add_argument("image")
+    ask.add_argument("question")
+    ask.add_argument("--top", type=int, default=1,
+                     help="also print the N most likely answers with their probabilities")
+    ask.set_defaults(func=cmd_ask)
+    for p in (cap, ask):
+        p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: a GPU if there is one)")
+        p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default fp32")
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from tuwen.apps.index import IndexOptions, build_index
+
+    options = IndexOptions(exact_below=args.exact_below, approximate=args.approximate)
+    report = build_index(_pipeline(args), args.model, args.image_dir, args.out, options,
+                         batch_size=args.batch_size)
+    if report is not None:  # the process that wrote the index
+        for line in report.skipped:
+            print(f"skipped: {line}", file=sys.stderr)
+        print(f"{report.summary()}; index in {args.out}")
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from tuwen.apps.pipeline import Pipeline
+    from tuwen.apps.search import ImageIndex, search_index
+
+    if (args.query is None) == (args.image is None):
+        raise TuwenError("tuwen search: give a text QUERY or --image IMG (one of the two)")
+    index = ImageIndex(args.index)
+    pipe = Pipeline.from_pretrained(args.model or index.model_dir, device=args.device)
+    hits = search_index(index, pipe, query=args.query, image=args.image, k=args.k)
+    if args.json:
+        print(json.dumps([{**hit.__dict__, "path": str(index.root / hit.path)} for hit in hits]))
+        return
+    for hit in hits:
+        print(f"{hit.rank}\t{hit.score:.4f}\t{index.root / hit.path}")
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    idx = sub.add_parser("index", help="embed a folder of images (recursively) for search; "
+                                       "a re-run embeds only new or changed files")
+    idx.add_argument("model", help="saved model folder (RUN/model)")
+    idx.add_argument("image_dir")
+    idx.add_argument("--out", required=True, help="index folder (created or updated)")
+    idx.add_argument("--batch-size", type=int, default=64)
+    idx.add_argument("--exact-below", type=int, default=100_000,
+                     help="exact inner-product search below this many images (default 100000)")
+    idx.add_argument("--approximate", choices=["hnsw", "ivf"], default="hnsw",
+                     help="the approximate index above that size (default hnsw)")
+    idx.add_argument("--device", help="cpu, cuda ... (default: a GPU if there is one)")
+    idx.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default fp32")
+    idx.set_defaults(func=cmd_index)
+    se = sub.add_parser("search", help="images of an index that best match a text or an image")
+    se.add_argument("index", help="index folder (tuwen index --out)")
+    se.add_argument("query", nargs="?", help="text query")
+    se.add_argument("--image", help="search by this image instead of a text")
+    se.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    se.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    se.add_argument("--model", help="model folder (default: the one that built the index)")
+    se.add_argument("--device", help="cpu, cuda ... (default: a GPU if there is one)")
+    se.set_defaults(func=cmd_search)
+
+
+SERVE_LIMITS = {"max_batch": int, "max_wait_ms": float, "max_queue": int, "timeout_s": float,
+                "max_upload_bytes": int, "max_image_pixels": int, "max_text_chars": int}
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from tuwen.apps.limits import ServeSettings
+    from tuwen.apps.search import ImageIndex
+    from tuwen.apps.server import create_app
+
+    try:
+        settings = ServeSettings(**{k: getattr(args, k) for k in SERVE_LIMITS
+                                    if getattr(args, k) is not None})
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise TuwenError(f"--{first['loc'][0].replace('_', '-')}: {first['msg']}") from None
+    index = ImageIndex(args.index) if args.index else None
+    app = create_app(_pipeline(args), index, settings)
+    print(f"serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)")
+    # connections past the queues and their batches are refused with 503 by uvicorn itself
+    limit = settings.max_queue * 4 + settings.max_batch
+    uvicorn.run(app, host=args.host, port=args.port, limit_concurrency=limit,
+                log_level=args.log_level)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="web page and JSON API over a saved model")
+    serve.add_argument("model", help="saved model folder (RUN/model)")
+    serve.add_argument("--index", help="image index folder (tuwen index --out) for search")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    for name, kind in SERVE_LIMITS.items():
+        serve.add_argument(f"--{name.replace('_', '-')}", type=kind,
+                           help="see docs/inference.md (default: a safe value)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--device", help="cpu, cuda ... (default: a GPU if there is one)")
+    serve.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default fp32")
+    serve.set_defaults(func=cmd_serve)
 
 
 def cmd_attention(args: argparse.Namespace) -> None:
@@ -240,18 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_counts(demo)
     demo.set_defaults(func=cmd_demo)
 
-    cap = sub.add_parser("caption", help="caption images with a saved model")
-    cap.add_argument("model")
-    cap.add_argument("images", nargs="+")
-    cap.add_argument("--decoding", choices=["greedy", "beam", "top_p"], default="beam")
-    cap.set_defaults(func=cmd_caption)
-
-    ask = sub.add_parser("ask", help="answer a question about an image")
-    ask.add_argument("model")
-    ask.add_argument("image")
-    ask.add_argument("question")
-    ask.set_defaults(func=cmd_ask)
-
+    _add_inference(sub)
+    _add_search(sub)
+    _add_serve(sub)
     _add_score(sub)
     _add_attention(sub)
     return parser

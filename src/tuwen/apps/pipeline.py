@@ -1,24 +1,84 @@
-"""One inference entry point: a saved model folder -> captions, answers, embeddings.
+"""One inference entry point: a saved model folder -> captions, answers, embeddings, scores
+and attention maps. The CLI and the server use nothing else.
 
 ``Pipeline.from_pretrained(RUN/model)`` loads the model, its tokenizer and its answer
-vocabulary in one call, with no network access.
+vocabulary in one call, with no network access. Every method takes a list and runs it in
+batches of ``batch_size`` under ``torch.inference_mode()``, through the tasks'
+``predict_step`` functions and the model's public methods, with the image preprocessing
+and text normalisation the model was trained with (as ``tuwen eval`` does).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+from PIL import Image
 
+from tuwen.apps.images import ImageLimits, decode_image
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform, load_image
 from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import decode_text, load_text_tokenizer, load_tokenizer
 from tuwen.data.vqa_text import left_padded_prompts
+from tuwen.errors import TuwenError
 from tuwen.models.image_text_model import ImageTextModel
-from tuwen.tasks import captioning, vqa
+from tuwen.tasks import captioning, retrieval, vqa
 from tuwen.training.assets import VOCAB_FILE
+
+if TYPE_CHECKING:
+    from tuwen.evaluation.attention import AttentionMaps
+
+ImageInput = str | Path | bytes | Image.Image
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+@dataclass
+class Answer:
+    text: str
+    # the most likely answers with their probabilities, best first (classifying models);
+    # a generating model writes one answer and has none
+    alternatives: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Score:
+    itc: float   # cosine similarity of the unit-norm ITC embeddings, -1..1
+    itm: float   # ITM probability that the text matches the image, 0..1
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype or torch.float32
+    if dtype not in DTYPES:
+        raise TuwenError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def model_fingerprint(directory: str | Path) -> str:
+    """The model's identity: SHA-256 of its config.json, its weights' size and their first
+    and last MiB (two trainings of one config differ there; reading all of a large model's
+    weights would cost seconds)."""
+    directory = Path(directory)
+    digest = hashlib.sha256((directory / "config.json").read_bytes())
+    weights = directory / "model.safetensors"
+    size = weights.stat().st_size
+    digest.update(str(size).encode())
+    with weights.open("rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        digest.update(f.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def _until_eos(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos)] if eos in ids else ids
 
 
 @dataclass
@@ -27,48 +87,163 @@ class Pipeline:
     tokenizer: object
     vocab: AnswerVocab | None
     transform: ImageTransform
+    model_id: str = ""
+    batch_size: int = 32
+    image_limits: ImageLimits = ImageLimits()
     text_tokenizer: object | None = None  # the text encoder's own; None: `tokenizer` serves
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> Pipeline:
+    def from_pretrained(cls, directory: str | Path, device: str | None = None,
+                        dtype: str | torch.dtype | None = None) -> Pipeline:
+        """``device``: "cpu", "cuda", "cuda:1" ... (default: a GPU when there is one);
+        ``dtype``: fp32 (default), bf16 or fp16 weights and activations."""
         directory = Path(directory)
-        model = ImageTextModel.from_pretrained(directory).to(device)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = ImageTextModel.from_pretrained(directory)
+        model = model.to(device=device, dtype=resolve_dtype(dtype)).eval()
         vocab_path = directory / VOCAB_FILE
         vocab = AnswerVocab.load(vocab_path) if vocab_path.is_file() else None
-        spec = model.spec
-        return cls(model, load_tokenizer(directory), vocab,
-                   ImageTransform.for_model(spec), load_text_tokenizer(directory))
+        return cls(model, load_tokenizer(directory), vocab, ImageTransform.for_model(model.spec),
+                   model_id=model_fingerprint(directory),
+                   text_tokenizer=load_text_tokenizer(directory))
 
-    def _pixels(self, images: list[str | Path]) -> torch.Tensor:
-        device = next(self.model.parameters()).device
-        side = self.transform.min_side
-        return torch.stack([self.transform(load_image(p, side)) for p in images]).to(device)
+    # ------------------------------------------------------------ inputs
 
-    def caption(self, images: list[str | Path], decoding: str = "beam", beam_size: int = 3,
-                max_new_tokens: int = 30) -> list[str]:
-        ids = captioning.predict_step(self.model, self._pixels(images), decoding=decoding,
-                                      beam_size=beam_size, max_new_tokens=max_new_tokens)
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def normalize(self) -> TextNormalizer:
+        return TextNormalizer.from_config(self.model.spec.text)  # as in training
+
+    def load(self, image: ImageInput) -> Image.Image:
+        """A path, bytes or a PIL image -> RGB PIL image (bytes are checked, see apps.images)."""
+        if isinstance(image, Image.Image):
+            return image
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return decode_image(bytes(image), self.image_limits)
+        return load_image(image, self.transform.min_side)
+
+    def pixels(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """(B, 3, H, W) model input on the model's device and dtype."""
+        if not len(images):
+            raise TuwenError("no images given")
+        batch = torch.stack([self.transform(self.load(image)) for image in images])
+        return batch.to(self.device, self.dtype)
+
+    def _chunks(self, n: int):
+        return (slice(start, start + self.batch_size) for start in range(0, n, self.batch_size))
+
+    def _batched(self, fn: Callable, *columns: Sequence) -> list:
+        out: list = []
+        with torch.inference_mode():
+            for chunk in self._chunks(len(columns[0])):
+                out.extend(fn(*(column[chunk] for column in columns)))
+        return out
+
+    def _decode(self, ids: torch.Tensor) -> list[str]:
         eos = self.model.spec.eos_token_id
-        return [decode_text(self.tokenizer, row[: row.index(eos)] if eos in row else row)
-                for row in ids.tolist()]
+        return [decode_text(self.tokenizer, _until_eos(row, eos)) for row in ids.tolist()]
 
-    def ask(self, images: list[str | Path], questions: list[str]) -> list[str]:
-        device = next(self.model.parameters()).device
-        normalize = TextNormalizer.from_config(self.model.spec.text)  # as in training
-        questions = [normalize(q) for q in questions]
-        if vqa.generates_answers(self.model):  # model.vqa.mode: generate
-            ids, mask = left_padded_prompts(self.tokenizer, questions,
-                                            self.model.spec.max_text_length)
-            out = vqa.generate_answers(self.model, self._pixels(images), ids.to(device),
-                                       mask.to(device))
-            eos = self.model.spec.eos_token_id
-            return [decode_text(self.tokenizer, row[: row.index(eos)] if eos in row else row)
-                    for row in out.tolist()]
-        if self.vocab is None:
-            raise ValueError("this model was trained without VQA data; it cannot answer")
-        enc = (self.text_tokenizer or self.tokenizer)(questions, padding="longest", truncation=True,
-                             max_length=self.model.spec.max_text_length, return_tensors="pt")
-        device = next(self.model.parameters()).device
-        pred = vqa.predict_step(self.model, self._pixels(images), enc["input_ids"].to(device),
-                                enc["attention_mask"].to(device))
-        return [self.vocab.answer(i) for i in pred.tolist()]
+    # ------------------------------------------------------------ tasks
+
+    def caption(self, images: Sequence[ImageInput], decoding: str = "beam", beam_size: int = 3,
+                max_length: int = 30, **options) -> list[str]:
+        """One caption per image; ``options`` as ``generation.generate`` takes them
+        (length_penalty, top_p, temperature, generator)."""
+        def run(chunk):
+            ids = captioning.predict_step(self.model, self.pixels(chunk), decoding=decoding,
+                                          beam_size=beam_size, max_new_tokens=max_length,
+                                          **options)
+            return self._decode(ids)
+        return self._batched(run, list(images))
+
+    def answer(self, images: Sequence[ImageInput], questions: Sequence[str],
+               top_k: int = 5) -> list[Answer]:
+        """One answer per (image, question) pair: classified over the answer vocabulary with
+        its ``top_k`` alternatives, or generated (``model.vqa.mode: generate``)."""
+        if len(images) != len(questions):
+            raise TuwenError(f"{len(images)} images but {len(questions)} questions: "
+                             "one question per image")
+        if not vqa.generates_answers(self.model) and self.vocab is None:
+            raise TuwenError("this model was trained without VQA data; it cannot answer")
+        texts = [self.normalize(q) for q in questions]
+        run = self._generated_answers if vqa.generates_answers(self.model) else \
+            (lambda px, qs: self._classified_answers(px, qs, top_k))
+        return self._batched(lambda im, qs: run(self.pixels(im), qs), list(images), texts)
+
+    def _generated_answers(self, pixels: torch.Tensor, questions: list[str]) -> list[Answer]:
+        ids, mask = left_padded_prompts(self.tokenizer, questions, self.model.spec.max_text_length)
+        out = vqa.generate_answers(self.model, pixels, ids.to(self.device), mask.to(self.device))
+        return [Answer(text) for text in self._decode(out)]
+
+    def _classified_answers(self, pixels: torch.Tensor, questions: list[str],
+                            top_k: int) -> list[Answer]:
+        ids, mask = self._tokens(questions)
+        image = self.model.encode_image(pixels)
+        probs = vqa.answer_logits(self.model, ids, mask, image.tokens).float().softmax(dim=-1)
+        top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        out = []
+        for values, indices in zip(top.values.tolist(), top.indices.tolist()):
+            alternatives = [(self.vocab.answer(i), round(p, 4)) for p, i in zip(values, indices)]
+            out.append(Answer(alternatives[0][0], alternatives))
+        return out
+
+    def _tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Texts for the text encoder (questions, queries), in its own tokenizer."""
+        tokenizer = self.text_tokenizer or self.tokenizer
+        enc = tokenizer(texts, padding="longest", truncation=True,
+                        max_length=self.model.spec.max_text_length, return_tensors="pt")
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    def embed_images(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """(N, E) float32 unit-norm ITC embeddings."""
+        def run(chunk):
+            pooled = retrieval.embed_images(self.model, self.pixels(chunk)).pooled
+            return self.model.itc_head.embed_image(pooled).float().cpu().numpy()
+        return np.asarray(self._batched(run, list(images)), dtype=np.float32).reshape(
+            -1, self.embed_dim)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, E) float32 unit-norm ITC embeddings of texts (normalised as in retrieval)."""
+        def run(chunk):
+            ids, mask = self._tokens([self.normalize.retrieval(t) for t in chunk])
+            return retrieval.embed_texts(self.model, ids, mask)[0].float().cpu().numpy()
+        return np.asarray(self._batched(run, list(texts)), dtype=np.float32).reshape(
+            -1, self.embed_dim)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.spec.model.embed_dim
+
+    def score(self, images: Sequence[ImageInput], texts: Sequence[str]) -> list[Score]:
+        """ITC similarity and ITM probability of each (image, text) pair."""
+        if len(images) != len(texts):
+            raise TuwenError(f"{len(images)} images but {len(texts)} texts: one text per image")
+
+        def run(chunk, words):
+            feats = retrieval.embed_images(self.model, self.pixels(chunk))
+            image_embeds = self.model.itc_head.embed_image(feats.pooled)
+            ids, mask = self._tokens([self.normalize.retrieval(t) for t in words])
+            text_embeds, text = retrieval.embed_texts(self.model, ids, mask)
+            itc = (image_embeds * text_embeds).sum(dim=-1).float().tolist()
+            itm = retrieval.match_scores(self.model, text, feats.tokens).tolist()
+            return [Score(a, b) for a, b in zip(itc, itm)]
+        return self._batched(run, list(images), list(texts))
+
+    def explain(self, image: ImageInput, text: str | None = None, **options) -> AttentionMaps:
+        """Per-token attention maps of one image over its patch grid, as ``tuwen attention``
+        draws them: of ``text``, or of the caption the model writes (greedy) when it is None.
+        ``options``: source ("decoder" or "fusion"), question, layer, head, rollout."""
+        from tuwen.evaluation.attention import LoadedModel, attention_maps  # explain only
+
+        loaded = LoadedModel(self.model, self.tokenizer, self.vocab, self.transform)
+        if text is not None:
+            text = self.normalize(text)
+        with torch.inference_mode():
+            return attention_maps(loaded, self.pixels([image]), text=text, **options)

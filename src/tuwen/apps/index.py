@@ -1,0 +1,253 @@
+"""``tuwen index``: embed a folder of images into a FAISS index, incrementally.
+
+An index folder holds::
+
+    index.json      the model's identity and folder, the FAISS kind and its settings, counts
+    entries.jsonl   one line per image, in row order: path (relative to the folder), size, mtime
+    vectors.npy     (N, E) float32 unit-norm ITC embeddings, row i = entry i = id i
+    index.faiss     the FAISS index over vectors.npy
+
+A re-run embeds only the files that are new or whose size or modification time changed,
+and drops the files that are gone; the FAISS index is rebuilt from ``vectors.npy`` (exact
+inner product below ``exact_below`` images, HNSW or IVF above). Under ``torchrun`` /
+``accelerate launch`` each process embeds its share of the new files and the first merges
+the shards, through the same Accelerate state training uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from tuwen.apps.images import ImageRejected
+from tuwen.errors import DataError, TuwenError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"})
+META_FILE, ENTRIES_FILE = "index.json", "entries.jsonl"
+VECTORS_FILE, FAISS_FILE = "vectors.npy", "index.faiss"
+FORMAT_VERSION = 1
+
+
+class IndexOptions(BaseModel):
+    """How the FAISS index is built and searched (recorded in index.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+    exact_below: int = Field(100_000, ge=0)  # exact inner product below this many images
+    approximate: Literal["hnsw", "ivf"] = "hnsw"
+    hnsw_m: int = Field(32, ge=4)             # graph links per vector
+    hnsw_ef_construction: int = Field(80, ge=8)
+    hnsw_ef_search: int = Field(128, ge=1)    # candidates kept while searching
+    ivf_lists: int | None = Field(None, ge=1)  # default 4 * sqrt(N)
+    ivf_probe: int = Field(32, ge=1)          # lists visited per query
+
+    def kind(self, n: int) -> str:
+        return "exact" if n < self.exact_below else self.approximate
+
+
+class IndexMismatch(TuwenError):
+    """An index searched or updated with a model other than the one that built it."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str        # relative to the indexed folder, with '/' separators
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class IndexReport:
+    total: int
+    added: int
+    removed: int
+    unchanged: int
+    kind: str
+    seconds: float
+    skipped: list[str] = field(default_factory=list)   # unreadable images, one line each
+
+    def summary(self) -> str:
+        rate = self.added / self.seconds if self.seconds else 0.0
+        skipped = f", {len(self.skipped)} unreadable skipped" if self.skipped else ""
+        return (f"{self.total} images indexed ({self.kind}): {self.added} embedded, "
+                f"{self.removed} removed, {self.unchanged} unchanged{skipped} in "
+                f"{self.seconds:.1f} s ({rate:.1f} images/s)")
+
+
+def scan(root: Path) -> list[Entry]:
+    """Every image file under ``root`` (recursively, by suffix), sorted by path."""
+    if not root.is_dir():
+        raise TuwenError(f"{root}: not a folder of images")
+    out = []
+    for path in root.rglob("*"):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            stat = path.stat()
+            out.append(Entry(path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
+    return sorted(out, key=lambda e: e.path)
+
+
+def read_meta(directory: Path) -> dict | None:
+    path = directory / META_FILE
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as err:
+        raise TuwenError(f"{path}: not a tuwen index ({err})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise TuwenError(f"{path}: index format {meta.get('format_version')!r}, expected "
+                         f"{FORMAT_VERSION}")
+    return meta
+
+
+def read_entries(directory: Path) -> list[Entry]:
+    lines = (directory / ENTRIES_FILE).read_text().splitlines()
+    return [Entry(**json.loads(line)) for line in lines if line]
+
+
+def check_model(meta: dict, model_id: str, directory: Path) -> None:
+    if meta["model_id"] != model_id:
+        raise IndexMismatch(f"{directory} was built with model {meta['model_id']} "
+                            f"({meta['model_dir']}); this model is {model_id}: search it with "
+                            "that model, or index again into a new folder")
+
+
+def build_faiss(vectors: np.ndarray, options: IndexOptions):
+    """The FAISS index over unit-norm ``vectors`` (N, E): inner product = cosine."""
+    import faiss
+
+    n, dim = vectors.shape
+    kind = options.kind(n)
+    if kind == "exact":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = options.hnsw_ef_construction
+    else:
+        lists = options.ivf_lists or max(1, int(4 * n ** 0.5))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+        sample = vectors[np.random.default_rng(0).permutation(n)[: 256 * lists]]
+        index.train(sample)
+    index.add(vectors)
+    return index
+
+
+def set_search_options(index, options: IndexOptions) -> None:
+    import faiss
+
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = options.hnsw_ef_search
+    elif isinstance(index, faiss.IndexIVF):
+        index.nprobe = options.ivf_probe
+
+
+def embed_files(pipe, root: Path, entries: list[Entry], batch_size: int,
+                show: bool) -> tuple[list[Entry], np.ndarray, list[str]]:
+    """Embed ``entries`` in batches; unreadable images are left out and reported."""
+    kept, vectors, skipped = [], [], []
+    bar = tqdm(total=len(entries), desc="embed images", unit="img", disable=not show)
+    for start in range(0, len(entries), batch_size):
+        images, batch = [], []
+        for entry in entries[start: start + batch_size]:
+            try:
+                images.append(pipe.load(root / entry.path))
+                batch.append(entry)
+            except (DataError, ImageRejected) as err:
+                skipped.append(str(err))
+        if images:
+            vectors.append(pipe.embed_images(images))
+            kept.extend(batch)
+        bar.update(len(entries[start: start + batch_size]))
+    bar.close()
+    dim = pipe.embed_dim
+    return kept, (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), skipped
+
+
+@dataclass
+class Plan:
+    """What an update does: which old rows stay, which files to embed."""
+
+    keep_rows: list[int]
+    keep: list[Entry]
+    todo: list[Entry]
+    removed: int
+
+
+def plan_update(current: list[Entry], old: list[Entry]) -> Plan:
+    now = set(current)
+    keep_rows = [i for i, e in enumerate(old) if e in now]
+    keep = [old[i] for i in keep_rows]
+    kept = set(keep)
+    todo = [e for e in current if e not in kept]
+    return Plan(keep_rows, keep, todo, len(old) - len(keep))
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_index(out: Path, meta: dict, entries: list[Entry], vectors: np.ndarray,
+                options: IndexOptions) -> str:
+    """Write the four files; index.json last, so a killed run leaves the old index whole or
+    the new one (the next run re-checks every file against entries.jsonl either way)."""
+    import faiss
+
+    out.mkdir(parents=True, exist_ok=True)
+    order = np.argsort([e.path for e in entries], kind="stable")
+    entries, vectors = [entries[i] for i in order], np.ascontiguousarray(vectors[order])
+    lines = "".join(json.dumps(e.__dict__) + "\n" for e in entries)
+    _atomic_write(out / ENTRIES_FILE, lambda p: p.write_text(lines))
+    _atomic_write(out / VECTORS_FILE, lambda p: np.save(p.open("wb"), vectors))
+    index = build_faiss(vectors, options)
+    _atomic_write(out / FAISS_FILE, lambda p: faiss.write_index(index, str(p)))
+    meta = {**meta, "kind": options.kind(len(entries)), "count": len(entries)}
+    _atomic_write(out / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    return meta["kind"]
+
+
+def _old_index(out: Path, root: Path, model_id: str) -> tuple[list[Entry], np.ndarray | None]:
+    meta = read_meta(out)
+    if meta is None:
+        return [], None
+    check_model(meta, model_id, out)
+    if Path(meta["root"]) != root:
+        raise TuwenError(f"{out} indexes {meta['root']}, not {root}: use a new --out folder")
+    return read_entries(out), np.load(out / VECTORS_FILE)
+
+
+def build_index(pipe, model_dir: str | Path, image_dir: str | Path, out: str | Path,
+                options: IndexOptions | None = None, batch_size: int = 64,
+                show_progress: bool = True) -> IndexReport | None:
+    """Create or update the index of ``image_dir`` in ``out`` with ``pipe``'s model.
+
+    Returns the report on the process that writes the index, None on the others."""
+    from tuwen.apps.index_shards import Ranks
+
+    start = time.perf_counter()
+    options = options or IndexOptions()
+    root, out = Path(image_dir).resolve(), Path(out)
+    old, old_vectors = _old_index(out, root, pipe.model_id)
+    plan = plan_update(scan(root), old)
+    ranks = Ranks.from_environment()
+    kept, vectors, skipped = ranks.embed(
+        lambda share: embed_files(pipe, root, share, batch_size, show_progress and ranks.main),
+        plan.todo, out)
+    if not ranks.main:
+        return None
+    if old_vectors is not None:
+        vectors = np.concatenate([old_vectors[plan.keep_rows], vectors])
+    meta = {"format_version": FORMAT_VERSION, "model_id": pipe.model_id,
+            "model_dir": str(Path(model_dir).resolve()), "root": str(root),
+            "embed_dim": pipe.embed_dim, "options": options.model_dump()}
+    kind = write_index(out, meta, plan.keep + kept, vectors, options)
+    return IndexReport(len(plan.keep) + len(kept), len(kept), plan.removed, len(plan.keep),
+                       kind, time.perf_counter() - start, skipped)

@@ -1,0 +1,179 @@
+"""Image search: building, incremental updates, deletion, the model check, exact against
+approximate FAISS indexes, and the CLI."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tuwen.apps.cli import main
+from tuwen.apps.index import (
+    META_FILE,
+    VECTORS_FILE,
+    Entry,
+    IndexMismatch,
+    IndexOptions,
+    build_index,
+    read_entries,
+)
+from tuwen.apps.index_shards import merge_shards, write_shard
+from tuwen.apps.search import ImageIndex, UnknownImage, search_index
+from tuwen.errors import TuwenError
+
+
+@pytest.fixture
+def folder(tiny_shapes, tmp_path):
+    """12 shapes images in two nested folders, and a file that is not an image."""
+    root = tmp_path / "images"
+    images = sorted((tiny_shapes / "images").glob("*.png"))[:12]
+    for i, image in enumerate(images):
+        target = root / ("a" if i < 6 else "b/c") / image.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, target)
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def build(pipeline, trained_run, folder, out, **options):
+    return build_index(pipeline, trained_run / "model", folder, out, IndexOptions(**options),
+                       batch_size=5, show_progress=False)
+
+
+def test_build_embeds_every_image_once(pipeline, trained_run, folder, tmp_path):
+    report = build(pipeline, trained_run, folder, tmp_path / "idx")
+    assert (report.total, report.added, report.removed, report.kind) == (12, 12, 0, "exact")
+    entries = read_entries(tmp_path / "idx")
+    assert [e.path for e in entries] == sorted(e.path for e in entries)
+    assert all(e.path.startswith(("a/", "b/c/")) for e in entries)
+    vectors = np.load(tmp_path / "idx" / VECTORS_FILE)
+    np.testing.assert_allclose(vectors, pipeline.embed_images([folder / e.path for e in entries]),
+                               atol=1e-5)
+    index = ImageIndex(tmp_path / "idx")
+    hits = search_index(index, pipeline, image=folder / entries[3].path, k=3)
+    assert hits[0].id == 3 and hits[0].score == pytest.approx(1, abs=1e-4)
+    assert [h.rank for h in hits] == [1, 2, 3]
+
+
+def test_rerun_embeds_only_new_and_changed_files_and_drops_deleted(pipeline, trained_run,
+                                                                   folder, tmp_path):
+    out = tmp_path / "idx"
+    build(pipeline, trained_run, folder, out)
+    again = build(pipeline, trained_run, folder, out)
+    assert (again.added, again.removed, again.unchanged) == (0, 0, 12)
+    files = sorted(folder.rglob("*.png"))
+    files[0].unlink()                                      # deleted
+    shutil.copy(files[2], files[1])                        # changed content (and mtime)
+    os.utime(files[1], ns=(1, 10**18))
+    shutil.copy(files[3], folder / "b" / "new.png")        # new
+    report = build(pipeline, trained_run, folder, out)
+    assert (report.total, report.added, report.removed, report.unchanged) == (12, 2, 2, 10)
+    entries = read_entries(out)
+    assert files[0].relative_to(folder).as_posix() not in {e.path for e in entries}
+    vectors = np.load(out / VECTORS_FILE)
+    np.testing.assert_allclose(vectors, pipeline.embed_images([folder / e.path for e in entries]),
+                               atol=1e-5)
+
+
+def test_unreadable_images_are_skipped_and_reported(pipeline, trained_run, folder, tmp_path):
+    (folder / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    report = build(pipeline, trained_run, folder, tmp_path / "idx")
+    assert report.total == 12 and len(report.skipped) == 1 and "broken.png" in report.skipped[0]
+
+
+def test_another_model_is_a_clear_error(pipeline, trained_run, folder, tmp_path):
+    out = tmp_path / "idx"
+    build(pipeline, trained_run, folder, out)
+    meta = json.loads((out / META_FILE).read_text())
+    (out / META_FILE).write_text(json.dumps({**meta, "model_id": "0123456789abcdef"}))
+    with pytest.raises(IndexMismatch, match="built with model 0123456789abcdef"):
+        search_index(ImageIndex(out), pipeline, query="a red circle")
+    with pytest.raises(IndexMismatch):
+        build(pipeline, trained_run, folder, out)
+
+
+@pytest.mark.parametrize("options, kind", [
+    ({"exact_below": 0, "approximate": "hnsw"}, "hnsw"),
+    ({"exact_below": 0, "approximate": "ivf", "ivf_lists": 2, "ivf_probe": 2}, "ivf"),
+])
+def test_approximate_indexes_find_what_the_exact_one_finds(pipeline, trained_run, folder,
+                                                           tmp_path, options, kind):
+    build(pipeline, trained_run, folder, tmp_path / "exact")
+    assert build(pipeline, trained_run, folder, tmp_path / kind, **options).kind == kind
+    exact, approx = ImageIndex(tmp_path / "exact"), ImageIndex(tmp_path / kind)
+    for query in ("a red circle", "a blue square above a green triangle"):
+        want, got = (search_index(i, pipeline, query=query, k=5) for i in (exact, approx))
+        assert [h.id for h in got] == [h.id for h in want]
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
+
+
+def test_image_ids_are_bounds_checked(pipeline, trained_run, folder, tmp_path):
+    build(pipeline, trained_run, folder, tmp_path / "idx")
+    index = ImageIndex(tmp_path / "idx")
+    assert index.image_path(0).is_file()
+    for bad in (-1, 12, 10**9):
+        with pytest.raises(UnknownImage, match=f"image id {bad} is not in the index"):
+            index.image_path(bad)
+
+
+def test_shards_merge_in_rank_order(tmp_path):
+    for rank in (1, 0):
+        entries = [Entry(f"r{rank}-{i}.png", i, i) for i in range(rank + 1)]
+        write_shard(tmp_path, rank, entries, np.full((rank + 1, 4), rank, np.float32),
+                    [f"bad{rank}"])
+    entries, vectors, skipped = merge_shards(tmp_path, 2, Entry)
+    assert [e.path for e in entries] == ["r0-0.png", "r1-0.png", "r1-1.png"]
+    assert vectors[:, 0].tolist() == [0, 1, 1] and skipped == ["bad0", "bad1"]
+
+
+def test_cli_index_and_search(trained_run, folder, tmp_path, capsys):
+    model, out = str(trained_run / "model"), str(tmp_path / "idx")
+    assert main(["index", model, str(folder), "--out", out, "--device", "cpu"]) == 0
+    assert "12 images indexed (exact): 12 embedded" in capsys.readouterr().out
+    assert main(["index", model, str(folder), "--out", out, "--device", "cpu"]) == 0
+    assert "0 embedded, 0 removed, 12 unchanged" in capsys.readouterr().out
+    assert main(["search", out, "a red circle", "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["rank"] for h in hits] == [1, 2, 3] and all(Path(h["path"]).is_file() for h in hits)
+    image = sorted(folder.rglob("*.png"))[0]
+    assert main(["search", out, "--image", str(image), "-k", "2"]) == 0
+    first = capsys.readouterr().out.splitlines()[0].split("\t")
+    assert first[0] == "1" and float(first[1]) == pytest.approx(1, abs=1e-3)
+    assert first[2] == str(image)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["search", "{idx}"], "give a text QUERY or --image IMG"),
+    (["search", "{tmp}", "x"], "no index here"),
+    (["index", "{model}", "{tmp}/nowhere", "--out", "{idx}"], "not a folder of images"),
+])
+def test_cli_bad_input_is_one_line(trained_run, folder, tmp_path, capsys, argv, message):
+    names = {"idx": tmp_path / "idx", "tmp": tmp_path, "model": trained_run / "model"}
+    assert main([a.format(**names) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+
+
+def test_search_refuses_a_query_and_an_image_together(pipeline, trained_run, folder, tmp_path):
+    build(pipeline, trained_run, folder, tmp_path / "idx")
+    with pytest.raises(TuwenError, match="either a text query or an image"):
+        search_index(ImageIndex(tmp_path / "idx"), pipeline, query="x", image=b"y")
+
+
+@pytest.mark.slow
+def test_torchrun_embeds_on_two_processes(trained_run, folder, tmp_path):
+    out = tmp_path / "idx"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "-m", "tuwen", "index", str(trained_run / "model"), str(folder),
+                    "--out", str(out), "--device", "cpu"], check=True, env=env, timeout=600)
+    single = tmp_path / "single"
+    assert main(["index", str(trained_run / "model"), str(folder), "--out", str(single),
+                 "--device", "cpu"]) == 0
+    assert read_entries(out) == read_entries(single)
+    np.testing.assert_allclose(np.load(out / VECTORS_FILE), np.load(single / VECTORS_FILE),
+                               atol=1e-5)
