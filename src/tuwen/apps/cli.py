@@ -187,6 +187,41 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=cmd_score)
 
 
+def cmd_ablate(args: argparse.Namespace) -> None:
+    from tuwen.apps.ablate import ablate
+    from tuwen.apps.ablate_report import write_report
+    from tuwen.apps.space import BaseConfig
+
+    runs = ablate(BaseConfig(args.config, args.set), args.axis, args.seeds, args.out, args.split)
+    cfg = runs[0].outcome
+    dropped = sorted({f"{k} ({r.variant.label})" for r in runs for k in r.variant.dropped})
+    header = ["# Ablation", "", "```", "tuwen ablate " + " ".join(sys.argv[2:]), "```", "",
+              f"Split `{args.split}`; {args.seeds} seeds per variant (train.seed 0..{args.seeds - 1});"
+              f" budget per run: train.max_steps={runs[0].variant.config.train.max_steps}, "
+              f"train.max_minutes={runs[0].variant.config.train.max_minutes}; "
+              f"steps run: {sorted({r.outcome.steps for r in runs})}."]
+    if dropped:
+        header.append(f"Keys dropped by a type switch: {', '.join(dropped)}.")
+    print("\n" + write_report(runs, Path(args.out), header, args.resamples))
+    print(f"wrote {Path(args.out)}/ablation.md, ablation.csv, bootstrap.csv, ablation.png "
+          f"(runs in {cfg.run_dir.parent.parent})")
+
+
+def _add_ablate(sub: argparse._SubParsersAction) -> None:
+    ab = sub.add_parser("ablate", help="vary config keys, several seeds each, same budget; "
+                                       "mean +- std and paired-bootstrap intervals")
+    ab.add_argument("config")
+    ab.add_argument("--axis", action="append", default=[], metavar="KEY.PATH=V1,V2",
+                    help="values of one config key (several --axis make a grid)")
+    ab.add_argument("--seeds", type=int, default=3, help="seeds per value (default 3)")
+    ab.add_argument("--out", required=True, help="folder for the runs and the report")
+    ab.add_argument("--split", default="test", help="split to evaluate (default test)")
+    ab.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    ab.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="override of the base config for every run (e.g. train.max_steps)")
+    ab.set_defaults(func=cmd_ablate)
+
+
 def _add_counts(p: argparse.ArgumentParser) -> None:
     for name in ("train", "val", "test", "test_novel"):
         p.add_argument(f"--n-{name.replace('_', '-')}", dest=f"n_{name}", type=int,
@@ -259,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_score(sub)
     _add_attention(sub)
+    _add_ablate(sub)
     return parser
 
 
