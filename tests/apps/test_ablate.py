@@ -4,8 +4,8 @@ import csv
 import math
 
 import pytest
-from tiny import tiny_overrides
 
+from tiny import tiny_overrides
 from tuwen.apps.cli import main
 from tuwen.apps.space import BaseConfig
 from tuwen.errors import ConfigError
