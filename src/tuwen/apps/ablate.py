@@ -10,6 +10,7 @@ of every pairwise difference.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,12 +86,26 @@ def run_variant(variant: Variant, seed: int, out: Path, split: str) -> Run:
                                                    "predictions.jsonl"))
 
 
+def _run_one(job: tuple[Variant, int, Path, str]) -> Run:
+    import torch
+
+    torch.set_num_threads(1)  # --parallel: one thread per process, no OpenMP contention
+    return run_variant(*job)
+
+
 def ablate(base: BaseConfig, axes: list[str], seeds: int, out: str | Path,
-           split: str = "test") -> list[Run]:
+           split: str = "test", parallel: int = 1) -> list[Run]:
+    """Train and evaluate every variant and seed (``parallel`` runs at once, in processes)."""
     out = Path(out)
     variants = plan(base, axes, seeds)
+    if parallel < 1:
+        raise ConfigError(f"--parallel {parallel}: need at least 1")
     out.mkdir(parents=True, exist_ok=True)
     print(f"ablation: {len(variants)} variants x {seeds} seeds = {len(variants) * seeds} runs, "
           f"budget train.max_steps={variants[0].config.train.max_steps}, "
           f"train.max_minutes={variants[0].config.train.max_minutes}", flush=True)
-    return [run_variant(v, s, out, split) for v in variants for s in range(seeds)]
+    jobs = [(v, s, out, split) for v in variants for s in range(seeds)]
+    if parallel == 1:
+        return [run_variant(*job) for job in jobs]
+    with multiprocessing.get_context("spawn").Pool(parallel, maxtasksperchild=1) as pool:
+        return pool.map(_run_one, jobs, chunksize=1)

@@ -192,7 +192,8 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     from tuwen.apps.ablate_report import write_report
     from tuwen.apps.space import BaseConfig
 
-    runs = ablate(BaseConfig(args.config, args.set), args.axis, args.seeds, args.out, args.split)
+    runs = ablate(BaseConfig(args.config, args.set), args.axis, args.seeds, args.out, args.split,
+                  args.parallel)
     budget = runs[0].variant.config.train
     dropped = sorted({f"{k} ({r.variant.label})" for r in runs for k in r.variant.dropped})
     command = " ".join(["tuwen ablate", args.config, *(f"--axis {a}" for a in args.axis),
@@ -260,6 +261,7 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
     ab.add_argument("--out", required=True, help="folder for the runs and the report")
     ab.add_argument("--split", default="test", help="split to evaluate (default test)")
     ab.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    ab.add_argument("--parallel", type=int, default=1, help="runs at once, in processes")
     ab.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="override of the base config for every run (e.g. train.max_steps)")
     ab.set_defaults(func=cmd_ablate)
