@@ -20,7 +20,7 @@ from typing import Any
 
 from tuwen.apps.space import BaseConfig, Param, parse_choices, parse_param
 from tuwen.apps.trial import check_metric, train_and_evaluate
-from tuwen.errors import ConfigError
+from tuwen.errors import ConfigError, TuwenError
 
 STUDY = "tuwen-sweep"
 DB = "study.db"
@@ -82,8 +82,16 @@ def check(spec: SweepSpec) -> str:
     return spec.split or config.data.val_split
 
 
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise TuwenError("tuwen sweep needs optuna: pip install 'tuwen[sweep]'") from None
+    return optuna
+
+
 def open_study(out: Path, spec: SweepSpec, *, create: bool):
-    import optuna
+    optuna = _optuna()
 
     storage = optuna.storages.RDBStorage(
         f"sqlite:///{(out / DB).absolute()}", engine_kwargs={"connect_args": {"timeout": 120}})
@@ -217,6 +225,7 @@ def worker(spec: SweepSpec, out: Path, split: str, n_trials: int) -> None:
 def sweep(spec: SweepSpec, out: str | Path, parallel: int = 1):
     """Run (or resume) the sweep; returns the optuna study."""
     split = check(spec)
+    _optuna()
     if parallel < 1:
         raise ConfigError(f"--parallel {parallel}: need at least 1")
     out = Path(out)
