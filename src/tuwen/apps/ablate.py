@@ -31,8 +31,9 @@ class Variant:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{p.rsplit('.', 1)[-1] if len(self.values) == 1 else p}={v}"
-                         for p, v in self.values.items())
+        if len(self.values) == 1:  # the report's header names the one axis
+            return str(next(iter(self.values.values())))
+        return ", ".join(f"{p}={v}" for p, v in self.values.items())
 
     @property
     def slug(self) -> str:
