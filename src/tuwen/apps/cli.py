@@ -305,6 +305,86 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=cmd_score)
 
 
+def cmd_ablate(args: argparse.Namespace) -> None:
+    from tuwen.apps.ablate import ablate
+    from tuwen.apps.ablate_report import write_report
+    from tuwen.apps.space import BaseConfig
+
+    runs = ablate(BaseConfig(args.config, args.set), args.axis, args.seeds, args.out, args.split,
+                  args.parallel)
+    budget = runs[0].variant.config.train
+    dropped = sorted({f"{k} ({r.variant.label})" for r in runs for k in r.variant.dropped})
+    command = " ".join(["tuwen ablate", args.config, *(f"--axis {a}" for a in args.axis),
+                        f"--seeds {args.seeds}", f"--out {args.out}",
+                        *(f"--set {s}" for s in args.set)])
+    header = ["# Ablation", "", "```", command, "```", "",
+              f"Split `{args.split}`; {args.seeds} seeds per variant (train.seed 0.."
+              f"{args.seeds - 1}); budget per run: train.max_steps={budget.max_steps}, "
+              f"train.max_minutes={budget.max_minutes}; steps run: "
+              f"{sorted({r.outcome.steps for r in runs})}."]
+    if dropped:
+        header.append(f"Keys dropped by a type switch: {', '.join(dropped)}.")
+    print("\n" + write_report(runs, Path(args.out), header, args.resamples))
+    print(f"wrote {Path(args.out)}/ablation.md, ablation.csv, bootstrap.csv, ablation.png "
+          f"(runs in {Path(args.out) / 'runs'})")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from tuwen.apps.sweep import SweepSpec, sweep
+    from tuwen.apps.sweep_report import write_outputs
+
+    spec = SweepSpec(config=args.config, overrides=args.set, metric=args.metric,
+                     direction=args.direction, split=args.split, grid=args.grid,
+                     params=args.param, trials=args.trials, prune=not args.no_prune,
+                     seed=args.seed)
+    study = sweep(spec, args.out, parallel=args.parallel)
+    print("\n" + write_outputs(study, Path(args.out), args.metric, args.direction))
+    print(f"wrote {args.out}/results.csv, best.yaml, plot_params.png, plot_history.png, "
+          "plot_importance.png (study in study.db)")
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    sw = sub.add_parser("sweep", help="hyperparameter search (Optuna): a grid or TPE, "
+                                      "median pruning, resumable")
+    sw.add_argument("config")
+    sw.add_argument("--out", required=True, metavar="SWEEP_DIR",
+                    help="folder for the study (study.db), the trials and the results")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY.PATH=V1,V2",
+                    help="grid values of one key (several --grid: every combination)")
+    sw.add_argument("--param", action="append", default=[], metavar="KEY.PATH=SPEC",
+                    help="searched key: log:LOW:HIGH, float:LOW:HIGH, int:LOW:HIGH or "
+                         "choice:A,B,C")
+    sw.add_argument("--trials", type=int, help="number of trials of a --param search")
+    sw.add_argument("--metric", required=True,
+                    help="metrics.json key to optimise, e.g. retrieval.t2i_r1")
+    sw.add_argument("--direction", choices=["maximize", "minimize"], default="maximize")
+    sw.add_argument("--split", help="split the metric is read on (default: data.val_split)")
+    sw.add_argument("--parallel", type=int, default=1, help="trials at once, in processes")
+    sw.add_argument("--no-prune", action="store_true",
+                    help="no median pruning (by default weak trials stop early when "
+                         "train.eval_every reports the metric during training)")
+    sw.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="override of the base config for every trial")
+    sw.set_defaults(func=cmd_sweep)
+
+
+def _add_ablate(sub: argparse._SubParsersAction) -> None:
+    ab = sub.add_parser("ablate", help="vary config keys, several seeds each, same budget; "
+                                       "mean +- std and paired-bootstrap intervals")
+    ab.add_argument("config")
+    ab.add_argument("--axis", action="append", default=[], metavar="KEY.PATH=V1,V2",
+                    help="values of one config key (several --axis make a grid)")
+    ab.add_argument("--seeds", type=int, default=3, help="seeds per value (default 3)")
+    ab.add_argument("--out", required=True, help="folder for the runs and the report")
+    ab.add_argument("--split", default="test", help="split to evaluate (default test)")
+    ab.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    ab.add_argument("--parallel", type=int, default=1, help="runs at once, in processes")
+    ab.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="override of the base config for every run (e.g. train.max_steps)")
+    ab.set_defaults(func=cmd_ablate)
+
+
 def _add_counts(p: argparse.ArgumentParser) -> None:
     for name in ("train", "val", "test", "test_novel"):
         p.add_argument(f"--n-{name.replace('_', '-')}", dest=f"n_{name}", type=int,
@@ -369,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_score(sub)
     _add_attention(sub)
+    _add_ablate(sub)
+    _add_sweep(sub)
     return parser
 
 

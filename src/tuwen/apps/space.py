@@ -1,0 +1,214 @@
+"""Config assignments for sweeps and ablations: parsing, applying and checking them.
+
+``--grid PATH=V1,V2``, ``--param PATH=SPEC`` and ``--axis PATH=V1,V2`` all name a key of
+the config by its dotted path. Every value (and both ends of a range) is applied to the
+base config and validated before any trial starts, so a typo or a wrong type is one error
+naming the option, not a failed trial an hour later.
+
+Switching a typed section (``model.fusion.type=concat``) keeps the keys of the base section
+that the new type also has (``layers``, ``heads``) and drops the others (``window`` belongs
+to cross-attention only): "everything else identical" as far as the new type allows.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from tuwen.config import Config, apply_overrides, config_from_dict
+from tuwen.errors import ConfigError, TuwenError
+
+KINDS = ("log", "float", "int", "choice")
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML (``1e-4`` is a float, ``null`` is None)."""
+    value = yaml.safe_load(text) if text.strip() else None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def split_assignment(option: str, text: str) -> tuple[str, str]:
+    path, sep, rhs = text.partition("=")
+    if not sep or not path.strip():
+        raise ConfigError(f"{option} {text!r}: expected KEY.PATH=VALUES")
+    return path.strip(), rhs
+
+
+def parse_choices(option: str, text: str) -> tuple[str, list[Any]]:
+    """``PATH=V1,V2`` -> (path, [v1, v2])."""
+    path, rhs = split_assignment(option, text)
+    values = [parse_value(v) for v in rhs.split(",") if v.strip()]
+    if not values:
+        raise ConfigError(f"{option} {text!r}: empty list of values for {path}")
+    return path, values
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched parameter: ``log:LOW:HIGH``, ``float:LOW:HIGH``, ``int:LOW:HIGH`` or
+    ``choice:A,B,C``."""
+
+    path: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+
+    def probe_values(self) -> list[Any]:
+        """The values checked against the config before the search starts."""
+        return list(self.choices) if self.kind == "choice" else [self.low, self.high]
+
+    def suggest(self, trial) -> Any:
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.path, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.path, int(self.low), int(self.high))
+        return trial.suggest_float(self.path, self.low, self.high, log=self.kind == "log")
+
+
+def parse_param(text: str) -> Param:
+    path, spec = split_assignment("--param", text)
+    kind, _, rest = spec.partition(":")
+    if kind not in KINDS:
+        raise ConfigError(f"--param {text!r}: unknown kind {kind!r} (expected "
+                          f"{', '.join(KINDS)}, as in train.lr=log:1e-5:1e-2)")
+    if kind == "choice":
+        choices = tuple(parse_value(v) for v in rest.split(",") if v.strip())
+        if not choices:
+            raise ConfigError(f"--param {text!r}: empty choice list for {path}")
+        return Param(path, kind, choices=choices)
+    bounds = [parse_value(v) for v in rest.split(":")]
+    if len(bounds) != 2 or not all(isinstance(b, (int, float)) and math.isfinite(b)
+                                   for b in bounds):
+        raise ConfigError(f"--param {text!r}: expected {kind}:LOW:HIGH with two numbers")
+    low, high = bounds
+    if not low < high or (kind == "log" and low <= 0):
+        raise ConfigError(f"--param {text!r}: need LOW < HIGH" + (" and LOW > 0" if kind == "log"
+                                                                    else ""))
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise ConfigError(f"--param {text!r}: int bounds must be whole numbers")
+    return Param(path, kind, low=low, high=high)
+
+
+# ------------------------------------------------------------------ applying to a config
+
+def _union_members(annotation: Any) -> list[type[BaseModel]]:
+    """The classes of a typed_union annotation (``Annotated[Union[Annotated[cls, Tag]]]``)."""
+    inner = typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated \
+        else annotation
+    members = []
+    for arg in typing.get_args(inner):
+        cls = typing.get_args(arg)[0] if typing.get_origin(arg) is typing.Annotated else arg
+        if isinstance(cls, type) and issubclass(cls, BaseModel):
+            members.append(cls)
+    return members
+
+
+def typed_section(path: list[str]) -> list[type[BaseModel]]:
+    """The member classes when ``path`` names a typed section of Config, else []."""
+    cls: type[BaseModel] = Config
+    for i, part in enumerate(path):
+        field = cls.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            cls = annotation
+            continue
+        return _union_members(annotation) if i == len(path) - 1 else []
+    return []
+
+
+def _member_for(members: list[type[BaseModel]], key: str, value: Any):
+    for cls in members:
+        tag = typing.get_args(cls.model_fields[key].annotation) if key in cls.model_fields \
+            else ()
+        if value in tag:
+            return cls
+    return None
+
+
+def assign(raw: dict, path: str, value: Any) -> list[str]:
+    """Set ``path`` to ``value`` in the raw config; returns the keys a type switch dropped."""
+    parts = path.split(".")
+    members = typed_section(parts[:-1])
+    cls = _member_for(members, parts[-1], value) if members else None
+    dropped: list[str] = []
+    if cls is not None:
+        section: Any = raw
+        for part in parts[:-1]:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            dropped = [f"{'.'.join(parts[:-1])}.{k}" for k in section
+                       if k not in cls.model_fields]
+            for key in dropped:
+                section.pop(key.rsplit(".", 1)[1])
+    apply_overrides(raw, [f"{path}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+                          .removesuffix("\n...")])
+    return dropped
+
+
+@dataclass
+class BaseConfig:
+    """The YAML config plus the ``--set`` overrides every trial shares."""
+
+    path: str | None
+    overrides: list[str]
+
+    def raw(self) -> dict:
+        raw: Any = {}
+        if self.path is not None:
+            file = Path(self.path)
+            if not file.is_file():
+                raise ConfigError(f"{file}: config file not found")
+            raw = yaml.safe_load(file.read_text()) or {}
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{file}: expected a mapping at the top level")
+        return apply_overrides(raw, list(self.overrides))
+
+    def with_values(self, values: dict[str, Any], option: str = "--param"
+                    ) -> tuple[Config, list[str]]:
+        """The validated config with ``values`` assigned, and the keys type switches dropped."""
+        raw, dropped = self.raw(), []
+        for path, value in values.items():
+            dropped += assign(raw, path, value)
+        try:
+            return config_from_dict(raw, self.path or "defaults"), dropped
+        except TuwenError as err:
+            shown = ", ".join(f"{p}={v}" for p, v in values.items())
+            raise ConfigError(f"{option} {shown}: {err}") from None
+
+    def check(self, path: str, values: list[Any], option: str) -> None:
+        """Every value of ``path`` gives a valid config, and ``path`` is a real key."""
+        if not _known_path(path.split(".")):
+            raise ConfigError(f"{option} {path}: no such config key")
+        for value in values:
+            self.with_values({path: value}, option)
+
+
+def _known_path(parts: list[str]) -> bool:
+    cls: type[BaseModel] = Config
+    for i, part in enumerate(parts):
+        members = typed_section(parts[:i])
+        classes = members or [cls]
+        fields = [c.model_fields[part] for c in classes if part in c.model_fields]
+        if not fields:
+            return False
+        annotation = fields[0].annotation
+        if i < len(parts) - 1:
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                cls = annotation
+            elif not typed_section(parts[:i + 1]):
+                return False
+    return True
