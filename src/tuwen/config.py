@@ -456,6 +456,7 @@ class TaskWeightPoint(Section):
 
 class TrainConfig(Section):
     seed: int = 0
+    deterministic: bool = Field(True, description="same seed and thread count, same weights")
     batch_size: int = Field(64, ge=1)
     max_steps: int = Field(2000, ge=1)
     max_minutes: float | None = Field(None, gt=0)  # wall-clock budget; stops early, saves

@@ -56,6 +56,7 @@ from tuwen.training.checkpoint import (
     save_checkpoint,
     write_best,
 )
+from tuwen.training.determinism import configure_determinism
 from tuwen.training.distributed import (
     ShardedBatchSampler,
     any_rank,
@@ -375,6 +376,7 @@ def setup_run(config: Config, run_dir: Path, accelerator: Accelerator, resume: b
     if accelerator.is_main_process:
         save_config(config, run_dir / "config.yaml")
     set_seed(config.train.seed)
+    configure_determinism(config.train.deterministic)
     # The main process builds and writes the tokenizer; the others then read it.
     with accelerator.main_process_first():
         return prepare_assets(config, run_dir / "model",
