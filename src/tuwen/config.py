@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from tuwen import fsio
 from tuwen.errors import ConfigError
 
 TASKS = ("caption", "itc", "itm", "vqa")
@@ -627,4 +628,4 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    fsio.write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

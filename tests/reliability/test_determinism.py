@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import torch
-
 from runs import differing, finish, newest_step, start, wait_for, write_config
+
 from tuwen.training.determinism import configure_determinism
 
 INDEX_BACKWARD = """
