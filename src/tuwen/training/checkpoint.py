@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import random
 import shutil
 import warnings
@@ -171,10 +172,20 @@ def load_checkpoint(path: Path, model: torch.nn.Module | None) -> tuple[dict, di
         raise TuwenError(f"{path}: {reason}")
     if model is not None:
         load_weights_into(path, model)
-    optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
+    optimizer_state = _torch_load(path / "optimizer.pt")
     state = json.loads((path / "state.json").read_text())
-    tensors = torch.load(path / "rng.pt", weights_only=True)["ranks"]
+    tensors = _torch_load(path / "rng.pt")["ranks"]
     return state, optimizer_state, list(zip(tensors, state.pop("rng")))
+
+
+def _torch_load(path: Path):
+    """Tensors, numbers and containers only: a pickle that would build any other object
+    (run code) is refused."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        raise TuwenError(f"{path}: refused to load (not plain tensors and numbers; "
+                         "tuwen never unpickles objects)") from None
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
