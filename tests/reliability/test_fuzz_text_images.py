@@ -56,9 +56,12 @@ def test_ptb_tokenizer_on_any_unicode(text):
     assert "\n" not in ptb_tokenize(text)
 
 
+SLOW = settings.default.max_examples >= 10_000
+
+
 # each example scores a small corpus (BLEU, ROUGE-L, CIDEr): 50 by default, all in the slow run
-@settings(max_examples=max(50, settings.default.max_examples // 4 if settings.default.max_examples
-                           < 10_000 else settings.default.max_examples))
+
+@settings(max_examples=settings.default.max_examples if SLOW else 50)
 @given(st.lists(st.tuples(st.text(max_size=40), st.lists(st.text(max_size=40), min_size=1,
                                                          max_size=3)), min_size=1, max_size=4))
 def test_caption_metrics_on_any_strings(pairs):
