@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from tuwen import fsio
 from tuwen.config.model import DECODERS, FUSIONS, IMAGE_ENCODERS, TEXT_ENCODERS
 from tuwen.config.root import Config
 from tuwen.config.sources import SOURCES
@@ -92,4 +93,4 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    fsio.write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -67,6 +67,10 @@ class TrainConfig(Section):
     """The training run: optimisation, logging, checkpoints and scale."""
 
     seed: int = Field(0, description="Seeds weights, data order, sampling and augmentation.")
+    deterministic: bool = Field(True, description=(
+        "PyTorch's deterministic algorithms (and on GPU the cuDNN and cuBLAS switches): the "
+        "same seed, thread count and hardware give bitwise-equal weights, also across a kill "
+        "and `--resume`. Different thread counts may still differ. See docs/reliability.md."))
     batch_size: int = Field(64, ge=1, description=(
         "Images per micro-batch on each process (each with its captions and questions)."))
     max_steps: int = Field(2000, ge=1, description="Optimiser steps to train.")

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 
+from tuwen import fsio
 from tuwen.errors import DataError, TuwenError
 
 # Copied verbatim from vqaEval.py (including its odd entries): the table is part of the metric.
@@ -176,7 +177,7 @@ class AnswerVocab:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"answers": self._answers}, ensure_ascii=False, indent=0)
-        path.write_text(text + "\n", encoding="utf-8")
+        fsio.write_text(path, text + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> AnswerVocab:

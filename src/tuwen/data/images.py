@@ -100,7 +100,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         # convert("L") would clip 16-bit values at 255, turning most pictures white
         wide = np.asarray(image, dtype=np.float64)
         image = Image.fromarray(np.clip(wide / 257.0, 0, 255).round().astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+    if image.mode == "La":  # premultiplied: PIL converts it only to LA
+        image = image.convert("LA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
         canvas.alpha_composite(rgba)
@@ -171,6 +173,9 @@ def resize_and_crop(image: Image.Image, size: int) -> Image.Image:
     ``Resize`` and transformers' image processors, so the pixels match theirs exactly.
     """
     width, height = image.size
+    if width == 0 or height == 0:
+        raise DataError(getattr(image, "filename", "") or "image",
+                        f"image has zero size ({width} x {height} pixels)")
     if (width, height) == (size, size):
         return image  # the shapes dataset is stored at training size: skip both steps
     short, long = min(width, height), max(width, height)

@@ -107,6 +107,16 @@ def _close_meteor(meteor: Any) -> None:
         meteor.meteor_p.wait()
 
 
+def _cider(gts: dict, res: dict) -> tuple[float, list[float]]:
+    """pycocoevalcap's CIDEr; references with no n-gram at all (every one empty after
+    tokenization) give 0, where pycocoevalcap fails on an empty document frequency."""
+    from pycocoevalcap.cider.cider import Cider
+
+    if not any(ref.split() for refs in gts.values() for ref in refs):
+        return 0.0, [0.0] * len(gts)
+    return Cider().compute_score(gts, res)
+
+
 def caption_scores(predictions: Mapping[Hashable, str],
                    references: Mapping[Hashable, Sequence[str]]) -> dict:
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr (pycocoevalcap scale) of one caption per id.
@@ -118,7 +128,6 @@ def caption_scores(predictions: Mapping[Hashable, str],
     ``bleu_4`` per id) and ``protocol`` (how the numbers were made).
     """
     from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
     _check_inputs(predictions, references)
@@ -128,7 +137,7 @@ def caption_scores(predictions: Mapping[Hashable, str],
         gts, res = (_tokenize_java if has_java else _tokenize_python)(predictions, references)
         bleu, bleu_per_image = Bleu(4).compute_score(gts, res, verbose=0)
         rouge, _ = Rouge().compute_score(gts, res)
-        cider, cider_per_image = Cider().compute_score(gts, res)
+        cider, cider_per_image = _cider(gts, res)
         meteor = _meteor_score(meteor_jvm, gts, res) if meteor_jvm is not None else None
     finally:
         if meteor_jvm is not None:

@@ -22,6 +22,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoTokenizer
 
+from tuwen import fsio
 from tuwen.errors import TuwenError
 from tuwen.models.builder import Components, build_components
 from tuwen.models.decoder import DecoderOutput
@@ -140,8 +141,9 @@ class ImageTextModel(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(self.spec.to_dict(), indent=2))
-        save_model(self, str(directory / "model.safetensors"))  # handles the tied LM head
+        fsio.write_json(directory / "config.json", self.spec.to_dict(), indent=2)
+        with fsio.atomic_path(directory / "model.safetensors", (SafetensorError,)) as tmp:
+            save_model(self, str(tmp))  # handles the tied LM head
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(directory))
         if self.text_tokenizer is not None:
@@ -150,7 +152,7 @@ class ImageTextModel(nn.Module):
             spec = self.spec
             processor = preprocessor_config(Preprocessing(spec.image_size, spec.image_mean,
                                                           spec.image_std))
-            (directory / PROCESSOR_FILE).write_text(json.dumps(processor, indent=2))
+            fsio.write_json(directory / PROCESSOR_FILE, processor, indent=2)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> ImageTextModel:

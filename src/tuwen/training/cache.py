@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tuwen import fsio
 from tuwen.config import Config
 from tuwen.errors import ConfigError
 
@@ -87,9 +88,7 @@ class _Store:
 
     def set_meta(self, fields: dict[str, list[int]], template: dict) -> None:
         self.meta = {"fields": fields, "template": template}
-        tmp = self.dir / f".meta-{self.writer}.tmp"
-        tmp.write_text(json.dumps(self.meta))
-        tmp.replace(self.meta_path)
+        fsio.write_json(self.meta_path, self.meta)
 
     def append(self, keys: list[str], arrays: dict[str, np.ndarray]) -> None:
         start = self.rows.get(self.writer, 0)

@@ -10,16 +10,17 @@
   NumPy RNG states of every rank;
 - ``manifest.json`` — the sha256 of each file above, written last.
 
-Everything is written into ``.tmp-step-N/`` and renamed, so a kill at any moment leaves
-either the whole checkpoint or none. A checkpoint whose manifest is missing, or whose files
-are missing or do not match their hash, is skipped by ``latest_checkpoint`` with a warning.
+Everything is written into ``.tmp-step-N/``, synced and renamed (``tuwen.fsio.atomic_dir``),
+so a kill at any moment leaves either the whole checkpoint or none. A checkpoint whose
+manifest is missing, or whose files are missing or do not match their hash, is skipped by
+``latest_checkpoint`` with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import pickle
 import random
 import shutil
 import warnings
@@ -31,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from tuwen.errors import TuwenError
+from tuwen.fsio import atomic_dir, write_json
 
 MANIFEST = "manifest.json"
 FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "state.json")
@@ -75,32 +77,30 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_json(path: Path, data: dict) -> None:
-    with path.open("w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
+def _torch_save(obj, path: Path) -> None:
+    with path.open("wb") as f:  # a file object: a full disk is an OSError, not torch's own
+        torch.save(obj, f)
 
 
 def save_checkpoint(directory: Path, step: int, model: torch.nn.Module | dict,
                     optimizer_state: dict, state: dict,
                     rng_states: list[tuple[dict, dict]]) -> Path:
     """Write ``directory/step-{step}`` atomically; ``model`` is the module or its whole
-    state dict (FSDP); ``rng_states`` holds one entry per rank."""
-    final, tmp = directory / f"step-{step}", directory / f".tmp-step-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if isinstance(model, dict):  # tied weights become two copies; load_model accepts that
-        save_file({k: v.contiguous().clone() for k, v in model.items()},
-                  str(tmp / "model.safetensors"))
-    else:
-        save_model(model, str(tmp / "model.safetensors"))
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save({"ranks": [tensors for tensors, _ in rng_states]}, tmp / "rng.pt")
-    _write_json(tmp / "state.json", {**state, "rng": [plain for _, plain in rng_states]})
-    _write_json(tmp / MANIFEST, {"step": step, "files": {n: sha256(tmp / n) for n in FILES}})
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    state dict (FSDP); ``rng_states`` holds one entry per rank. A failed write (full disk,
+    no permission) raises ``WriteError`` and leaves the older checkpoints as they were."""
+    final = directory / f"step-{step}"
+    with atomic_dir(final, errors=(SafetensorError,)) as tmp:
+        if isinstance(model, dict):  # tied weights become two copies; load_model accepts that
+            save_file({k: v.contiguous().clone() for k, v in model.items()},
+                      str(tmp / "model.safetensors"))
+        else:
+            save_model(model, str(tmp / "model.safetensors"))
+        _torch_save(optimizer_state, tmp / "optimizer.pt")
+        _torch_save({"ranks": [tensors for tensors, _ in rng_states]}, tmp / "rng.pt")
+        (tmp / "state.json").write_text(
+            json.dumps({**state, "rng": [plain for _, plain in rng_states]}))
+        (tmp / MANIFEST).write_text(
+            json.dumps({"step": step, "files": {n: sha256(tmp / n) for n in FILES}}))
     return final
 
 
@@ -150,9 +150,7 @@ def read_best(directory: Path) -> dict | None:
 
 
 def write_best(directory: Path, step: int, metric: str, value: float) -> None:
-    tmp = directory / f".{BEST}.tmp"
-    _write_json(tmp, {"step": step, "metric": metric, "value": value})
-    os.replace(tmp, directory / BEST)
+    write_json(directory / BEST, {"step": step, "metric": metric, "value": value})
 
 
 def prune(directory: Path, keep_last: int) -> None:
@@ -174,10 +172,20 @@ def load_checkpoint(path: Path, model: torch.nn.Module | None) -> tuple[dict, di
         raise TuwenError(f"{path}: {reason}")
     if model is not None:
         load_weights_into(path, model)
-    optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
+    optimizer_state = _torch_load(path / "optimizer.pt")
     state = json.loads((path / "state.json").read_text())
-    tensors = torch.load(path / "rng.pt", weights_only=True)["ranks"]
+    tensors = _torch_load(path / "rng.pt")["ranks"]
     return state, optimizer_state, list(zip(tensors, state.pop("rng")))
+
+
+def _torch_load(path: Path):
+    """Tensors, numbers and containers only: a pickle that would build any other object
+    (run code) is refused."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        raise TuwenError(f"{path}: refused to load (not plain tensors and numbers; "
+                         "tuwen never unpickles objects)") from None
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

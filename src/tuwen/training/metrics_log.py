@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tuwen import fsio
 from tuwen.errors import ConfigError
 from tuwen.training.state import TrainState
 from tuwen.training.step import StepResult
@@ -59,7 +60,7 @@ class MetricsLog:
             return
         kept = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        fsio.write_text(self.path, "".join(line + "\n" for line in kept))
 
     def close(self) -> None:
         if self.writer is not None:

@@ -15,6 +15,7 @@ from tuwen.models.image_text_model import ImageTextModel, build_model
 from tuwen.models.towers import lr_multipliers
 from tuwen.training.assets import Assets, check_resume_config, prepare_assets
 from tuwen.training.cache import FeatureCache, make_feature_cache
+from tuwen.training.determinism import configure_determinism
 from tuwen.training.distributed import is_fsdp
 from tuwen.training.objective import JointObjective
 from tuwen.training.optim import LRSchedule, build_optimizer
@@ -43,6 +44,7 @@ def setup_run(config: Config, run_dir: Path, accelerator: Accelerator, resume: b
     if accelerator.is_main_process:
         save_config(config, run_dir / "config.yaml")
     set_seed(config.train.seed)
+    configure_determinism(config.train.deterministic)
     # The main process builds and writes the tokenizer; the others then read it.
     with accelerator.main_process_first():
         return prepare_assets(config, run_dir / "model",
