@@ -17,7 +17,6 @@ the shards, through the same Accelerate state training uses.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from tuwen import fsio
 from tuwen.apps.images import ImageRejected
 from tuwen.errors import DataError, TuwenError
 
@@ -190,9 +190,15 @@ def plan_update(current: list[Entry], old: list[Entry]) -> Plan:
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    """``write(tmp)`` to a temporary name, then renamed (tuwen.fsio): a kill or a full disk
+    leaves the previous file whole."""
+    with fsio.atomic_path(path, (RuntimeError,)) as tmp:  # faiss raises RuntimeError
+        write(tmp)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as f:  # a file object: np.save would append .npy to a name
+        np.save(f, array)
 
 
 def write_index(out: Path, meta: dict, entries: list[Entry], vectors: np.ndarray,
@@ -206,7 +212,7 @@ def write_index(out: Path, meta: dict, entries: list[Entry], vectors: np.ndarray
     entries, vectors = [entries[i] for i in order], np.ascontiguousarray(vectors[order])
     lines = "".join(json.dumps(e.__dict__) + "\n" for e in entries)
     _atomic_write(out / ENTRIES_FILE, lambda p: p.write_text(lines))
-    _atomic_write(out / VECTORS_FILE, lambda p: np.save(p.open("wb"), vectors))
+    _atomic_write(out / VECTORS_FILE, lambda p: _save_npy(p, vectors))
     index = build_faiss(vectors, options)
     _atomic_write(out / FAISS_FILE, lambda p: faiss.write_index(index, str(p)))
     meta = {**meta, "kind": options.kind(len(entries)), "count": len(entries)}
