@@ -1,0 +1,77 @@
+"""The named benchmarks: ``name -> run(quick, work_dir, threads) -> result dict``.
+
+A result may hold ``rows`` (name, peer, tuwen, ratio, unit[, tuwen_mfu, peer_mfu]) that the
+entry point prints as a table; the rest is kept in the JSON as measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks import (
+    feature_cache,
+    generation,
+    generation_cache,
+    loader_throughput,
+    precision,
+    training,
+)
+
+
+def _training(quick: bool, work: Path, threads: int) -> dict:
+    return training.run(quick, work, threads)
+
+
+def _generation(quick: bool, work: Path, threads: int) -> dict:
+    return generation.run(quick, work, threads)
+
+
+def _precision(quick: bool, work: Path, threads: int) -> dict:
+    """bf16 against fp32 on the shapes demo config (speed and validation loss)."""
+    steps = ["--steps", "6", "--batch", "8"] if quick else []
+    result = precision.main([*steps, "--out", str(work), "--threads", str(threads)])
+    fp32, bf16 = result["fp32"]["samples_per_sec"], result["bf16"]["samples_per_sec"]
+    return {**result, "rows": [{"name": "demo config bf16 vs fp32", "peer": 1 / fp32,
+                                "tuwen": 1 / bf16, "ratio": fp32 and bf16 / fp32,
+                                "unit": "s/sample"}]}
+
+
+def _feature_cache(quick: bool, work: Path, threads: int) -> dict:
+    """Epoch time with and without the frozen-feature cache (train.feature_cache)."""
+    size = ["--images", "32", "--batch", "16"] if quick else []
+    result = feature_cache.main([*size, "--out", str(work), "--threads", str(threads)])
+    plain, cached = result["epoch_wall_s_plain"][1:], result["epoch_wall_s_cached"][1:]
+    return {**result, "rows": [{"name": "frozen-feature cache, epoch after the first",
+                                "peer": sum(plain), "tuwen": sum(cached),
+                                "ratio": sum(plain) / sum(cached), "unit": "s"}]}
+
+
+def _generation_cache(quick: bool, work: Path, threads: int) -> dict:
+    """KV cache against re-running the prefix; needs a trained model (``make demo``)."""
+    model = Path("runs/demo/model")
+    if not model.is_dir():
+        return {"skipped": f"needs a trained model in {model} (make demo)"}
+    size = ["--images", "16", "--repeats", "1"] if quick else []
+    rows = generation_cache.main([*size, "--model", str(model), "--threads", str(threads)])
+    return {"rows": [{"name": f"KV cache {r['decoding']}", "peer": 1 / r["captions_per_s_no_cache"],
+                      "tuwen": 1 / r["captions_per_s_cache"], "ratio": r["speedup"],
+                      "unit": "s/caption"} for r in rows], "detail": rows}
+
+
+def _loader(quick: bool, work: Path, threads: int) -> dict:
+    """Image decode + preprocess throughput against Hugging Face's CLIP processor."""
+    size = ["--n", "64", "--repeats", "1", "--workers", "1"] if quick else []
+    loader_throughput.main([*size, "--dir", str(work)])
+    return {"note": "loader_throughput prints its own table (see the log)"}
+
+
+ENTRIES = {"training": _training, "generation": _generation, "precision": _precision,
+           "feature_cache": _feature_cache, "generation_cache": _generation_cache,
+           "loader_throughput": _loader}
+
+
+def descriptions() -> dict[str, str]:
+    """Each entry's first docstring line."""
+    docs = {"training": training.__doc__, "generation": generation.__doc__}
+    return {name: (docs.get(name) or fn.__doc__ or name).strip().splitlines()[0]
+            for name, fn in ENTRIES.items()}
