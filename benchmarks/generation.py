@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.peer import Dims, build_peer
-from benchmarks.tuwen_side import CONFIGS, shapes_data
+from benchmarks.peer import DIMS, build_peer
+from benchmarks.tuwen_side import CONFIGS, dims_overrides, shapes_data
 from tuwen.config import load_config
 from tuwen.models.generation import generate
 from tuwen.models.image_text_model import build_model
@@ -38,8 +38,8 @@ def tuwen_captions(model, pixels: torch.Tensor, tokens: int):
                             max_new_tokens=tokens)
 
 
-def tuwen_model(path: str, data: Path, work: Path):
-    config = load_config(CONFIGS[path], [f"data.root={data}"])
+def tuwen_model(path: str, dims, data: Path, work: Path):
+    config = load_config(CONFIGS[path], [f"data.root={data}", *dims_overrides(path, dims)])
     assets = prepare_assets(config, work / f"assets_{path}")
     torch.manual_seed(0)
     return build_model(assets.spec).eval()
@@ -52,11 +52,11 @@ def generated_length(ids: torch.Tensor, eos: int) -> float:
     return float(first.float().mean())
 
 
-def compare(path: str, images: int, tokens: int, repeats: int, data: Path, work: Path) -> dict:
+def compare(path: str, dims, images: int, tokens: int, repeats: int, data: Path,
+            work: Path) -> dict:
     torch.manual_seed(0)
-    dims = Dims()
     peer = build_peer(dims).eval()
-    ours = tuwen_model(path, data, work)
+    ours = tuwen_model(path, dims, data, work)
     pixels = torch.randn(images, 3, dims.image_size, dims.image_size)
     peer_s, tuwen_s = [], []
     for _ in range(repeats):
@@ -74,5 +74,7 @@ def compare(path: str, images: int, tokens: int, repeats: int, data: Path, work:
 def run(quick: bool, out: Path, threads: int) -> dict:
     torch.set_num_threads(threads)
     images, tokens, repeats = (8, 5, 1) if quick else (64, 20, 3)
-    data = shapes_data(out / "shapes96", n_train=200 if quick else 1500)
-    return {"rows": [compare(path, images, tokens, repeats, data, out) for path in CONFIGS]}
+    dims = DIMS["quick" if quick else "issue"]
+    data = shapes_data(out / f"shapes{dims.image_size}", dims.image_size, n_train=200)
+    return {"rows": [compare(path, dims, images, tokens, repeats, data, out)
+                     for path in CONFIGS]}

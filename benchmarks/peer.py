@@ -41,6 +41,9 @@ class Dims:
 # ViT-B/16 at 224 px and GPT-2 124M (benchmarks/gpu.sh); GPT-2's vocabulary kept at 1000 to
 # match tuwen's WordPiece tokenizer on the shapes captions.
 GPU_DIMS = Dims(image_size=224, hidden=768, layers=12, heads=12, mlp=3072, batch=64)
+# --quick: a smoke run of the benchmark code, not a measurement
+QUICK_DIMS = Dims(image_size=32, hidden=64, layers=1, heads=2, mlp=128, batch=8)
+DIMS = {"issue": Dims(), "gpu": GPU_DIMS, "quick": QUICK_DIMS}
 
 
 def build_peer(dims: Dims) -> VisionEncoderDecoderModel:
@@ -108,9 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--gpu-dims", action="store_true", help="ViT-B/16 + GPT-2 124M")
+    parser.add_argument("--dims", choices=sorted(DIMS), default="issue")
     args = parser.parse_args(argv)
-    dims = GPU_DIMS if args.gpu_dims else Dims()
+    dims = DIMS[args.dims]
     result = time_peer(dims, args.steps, args.warmup, args.precision, args.device)
     print(json.dumps(result))
     return result

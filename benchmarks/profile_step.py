@@ -26,7 +26,7 @@ from tuwen.training.precision import autocast
 
 
 def tuwen_parts(path: str, precision: str, data: Path, work: Path):
-    config = load_config(CONFIGS[path], overrides(data, precision, 100, 10))
+    config = load_config(CONFIGS[path], overrides(path, Dims(), data, precision, 100, 10))
     assets = prepare_assets(config, work / f"assets_{path}")
     config = with_train_tasks(config, assets.train, lambda _: None)
     model = build_model(assets.spec).train()

@@ -2,9 +2,10 @@
 
 Per round and per (path, precision): the peer (benchmarks/peer.py, in-memory tensors) then
 tuwen (``tuwen train`` with data loading, step time from metrics.jsonl), each in a fresh
-process with the same thread count. Best of the rounds per side, and the spread. The ratio
-is peer step time / tuwen step time (> 1: tuwen is faster). MFU: each side's step FLOPs over
-its best step time, against the GEMM rate measured in this run.
+process with the same thread count; the peer runs once more at the end (peer / tuwen / ...
+/ peer). Best of the runs per side, and the spread. The ratio is peer step time / tuwen
+step time (> 1: tuwen is faster). MFU: each side's step FLOPs over its best step time,
+against the GEMM rate measured in this run (same dtype and threads).
 """
 
 from __future__ import annotations
@@ -19,31 +20,26 @@ from pathlib import Path
 import torch
 
 from benchmarks.hardware import gemm_rate, step_flops
-from benchmarks.peer import Dims, build_peer, peer_batch
+from benchmarks.peer import DIMS, Dims, build_peer, peer_batch
 from benchmarks.tuwen_side import CONFIGS, overrides, run_cli, shapes_data, step_time, tuwen_step
 
 
 @dataclass(frozen=True)
 class Plan:
+    dims: str         # a key of benchmarks.peer.DIMS
     steps: int        # steps per run
-    first: int        # step time measured from this step's log line ...
+    first: int        # step time measured from this step's log line to the last one
     rounds: int       # alternating peer/tuwen rounds
     gemm_size: int
     threads: int
+    device: str = "cpu"
+    precisions: tuple[str, ...] = ("fp32", "bf16")
 
     @classmethod
     def make(cls, quick: bool, threads: int) -> Plan:
         if quick:
-            return cls(steps=4, first=2, rounds=1, gemm_size=256, threads=threads)
-        return cls(steps=40, first=10, rounds=3, gemm_size=1024, threads=threads)
-
-
-def peer_run(plan: Plan, precision: str) -> float:
-    cmd = [sys.executable, "-m", "benchmarks.peer", "--steps", str(plan.steps),
-           "--warmup", str(plan.first), "--precision", precision]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                         env={**os.environ, **thread_env(plan.threads)}).stdout
-    return json.loads(out.strip().splitlines()[-1])["step_s"]
+            return cls("quick", steps=4, first=2, rounds=1, gemm_size=256, threads=threads)
+        return cls("issue", steps=40, first=10, rounds=3, gemm_size=1024, threads=threads)
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -51,22 +47,33 @@ def thread_env(threads: int) -> dict[str, str]:
             "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+def peer_run(plan: Plan, precision: str) -> float:
+    cmd = [sys.executable, "-m", "benchmarks.peer", "--steps", str(plan.steps), "--warmup",
+           str(plan.first), "--precision", precision, "--dims", plan.dims,
+           "--device", plan.device]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                         env={**os.environ, **thread_env(plan.threads)}).stdout
+    return json.loads(out.strip().splitlines()[-1])["step_s"]
+
+
 def tuwen_run(plan: Plan, path: str, precision: str, data: Path, out: Path) -> float:
-    log_every = plan.first if plan.steps % plan.first == 0 else 1
-    sets = overrides(data, precision, plan.steps, log_every, ["train.save_every=1000000"])
-    records = run_cli(path, out / f"{path}_{precision}", sets, thread_env(plan.threads))
+    sets = overrides(path, DIMS[plan.dims], data, precision, plan.steps, plan.first,
+                     ["train.save_every=1000000"])
+    records = run_cli(path, out / f"{path}_{precision}", sets, thread_env(plan.threads),
+                      plan.device)
     return step_time(records, plan.first, plan.steps)
 
 
-def flops(path: str, precision: str, data: Path, work: Path) -> dict:
-    """FLOPs of one training step on each side (the peer at 24 tokens, tuwen at its batch's
-    padded caption length)."""
+def flops(plan: Plan, path: str, precision: str, data: Path, work: Path) -> dict:
+    """FLOPs of one training step on each side (the peer at its full caption length,
+    tuwen at its batch's padded caption length), counted on the CPU."""
+    dims: Dims = DIMS[plan.dims]
     torch.manual_seed(0)
-    peer = build_peer(Dims()).train()
-    batch = peer_batch(Dims())
-    run, tokens = tuwen_step(path, data, precision, work)
+    peer = build_peer(dims).train()
+    batch = peer_batch(dims)
+    run, tokens = tuwen_step(path, dims, data, precision, work)
     return {"peer_flops": step_flops(lambda: peer(**batch).loss.backward()),
-            "tuwen_flops": step_flops(run), "peer_tokens": Dims().text_length,
+            "tuwen_flops": step_flops(run), "peer_tokens": dims.text_length,
             "tuwen_tokens": tokens}
 
 
@@ -79,28 +86,36 @@ def measure(plan: Plan, path: str, precision: str, data: Path, out: Path) -> dic
     for _ in range(plan.rounds):
         peer.append(peer_run(plan, precision))
         tuwen.append(tuwen_run(plan, path, precision, data, out))
-    peer.append(peer_run(plan, precision))  # peer / tuwen / ... / peer, as in the issue
+    peer.append(peer_run(plan, precision))
     return {"peer": summary(peer), "tuwen": summary(tuwen)}
 
 
-def row(path: str, precision: str, times: dict, counted: dict, rate: float) -> dict:
+def row(path: str, precision: str, times: dict, counted: dict, rate: float,
+        batch: int) -> dict:
     peer_s, tuwen_s = times["peer"]["best_s"], times["tuwen"]["best_s"]
     return {"name": f"train {path} {precision}", "peer": peer_s, "tuwen": tuwen_s,
             "ratio": peer_s / tuwen_s, "unit": "s/step",
             "peer_mfu": counted["peer_flops"] / peer_s / rate,
             "tuwen_mfu": counted["tuwen_flops"] / tuwen_s / rate,
-            "detail": {**times, **counted, "gemm_flops_per_s": rate}}
+            "detail": {**times, **counted, "gemm_flops_per_s": rate,
+                       "peer_samples_per_s": batch / peer_s,
+                       "tuwen_samples_per_s": batch / tuwen_s}}
 
 
-def run(quick: bool, out: Path, threads: int, only_paths=tuple(CONFIGS)) -> dict:
-    torch.set_num_threads(threads)
-    plan = Plan.make(quick, threads)
-    data = shapes_data(out / "shapes96", n_train=200 if quick else 1500)
+def run_plan(plan: Plan, out: Path, paths=tuple(CONFIGS)) -> dict:
+    torch.set_num_threads(plan.threads)
+    dims = DIMS[plan.dims]
+    data = shapes_data(out / f"shapes{dims.image_size}", dims.image_size,
+                       n_train=max(200, dims.batch * plan.steps))
     rows = []
-    for precision in ("fp32", "bf16"):
-        rate = gemm_rate(precision, plan.gemm_size)
-        for path in only_paths:
-            counted = flops(path, precision, data, out)
+    for precision in plan.precisions:
+        rate = gemm_rate(precision, plan.gemm_size, device=plan.device)
+        for path in paths:
+            counted = flops(plan, path, precision, data, out)
             times = measure(plan, path, precision, data, out / "runs")
-            rows.append(row(path, precision, times, counted, rate))
-    return {"plan": vars(plan), "rows": rows}
+            rows.append(row(path, precision, times, counted, rate, dims.batch))
+    return {"plan": vars(plan), "dims": vars(dims), "rows": rows}
+
+
+def run(quick: bool, out: Path, threads: int) -> dict:
+    return run_plan(Plan.make(quick, threads), out)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.peer import Dims
 from tuwen.config import load_config
 from tuwen.data.prepare import with_train_tasks
 from tuwen.data.shapes import generate_shapes
@@ -32,15 +33,36 @@ def shapes_data(root: Path, image_size: int = 96, n_train: int = 1500) -> Path:
     return root
 
 
-def overrides(data: Path, precision: str, steps: int, log_every: int,
+def dims_overrides(path: str, dims: Dims) -> list[str]:
+    """``--set``s that give ``path``'s config the peer's dimensions."""
+    sets = [f"data.image_size={dims.image_size}", f"model.hidden_size={dims.hidden}",
+            f"model.embed_dim={dims.hidden}", f"model.mlp_ratio={dims.mlp / dims.hidden}",
+            f"train.batch_size={dims.batch}", f"model.text_encoder.heads={dims.heads}",
+            f"model.fusion.heads={dims.heads}"]
+    if path == "native":
+        return sets + [f"model.{tower}.{key}={value}" for tower in ("image_encoder", "decoder")
+                       for key, value in (("layers", dims.layers), ("heads", dims.heads))]
+    vit, gpt2 = "model.image_encoder.hf_config", "model.decoder.hf_config"
+    return sets + [f"{vit}.hidden_size={dims.hidden}", f"{vit}.num_hidden_layers={dims.layers}",
+                   f"{vit}.num_attention_heads={dims.heads}",
+                   f"{vit}.intermediate_size={dims.mlp}", f"{vit}.image_size={dims.image_size}",
+                   f"{vit}.patch_size={dims.patch_size}", f"{gpt2}.n_embd={dims.hidden}",
+                   f"{gpt2}.n_layer={dims.layers}", f"{gpt2}.n_head={dims.heads}",
+                   f"{gpt2}.n_inner={dims.mlp}", f"{gpt2}.vocab_size={dims.vocab}"]
+
+
+def overrides(path: str, dims: Dims, data: Path, precision: str, steps: int, log_every: int,
               extra: list[str] | None = None) -> list[str]:
     return [f"data.root={data}", f"train.precision={precision}", f"train.max_steps={steps}",
-            f"train.log_every={log_every}", *(extra or [])]
+            f"train.log_every={log_every}", *dims_overrides(path, dims), *(extra or [])]
 
 
-def run_cli(path: str, out: Path, sets: list[str], env: dict[str, str]) -> list[dict]:
+def run_cli(path: str, out: Path, sets: list[str], env: dict[str, str],
+            device: str = "cpu") -> list[dict]:
     """``tuwen train`` in a fresh process; returns its metrics.jsonl records."""
     cmd = [sys.executable, "-m", "tuwen", "train", CONFIGS[path], "--out", str(out)]
+    if device == "cpu":  # tuwen train takes a visible GPU
+        env = {**env, "CUDA_VISIBLE_DEVICES": ""}
     for item in sets:
         cmd += ["--set", item]
     subprocess.run(cmd, check=True, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
@@ -54,9 +76,9 @@ def step_time(records: list[dict], first: int, last: int) -> float:
     return (at[last] - at[first]) / (last - first)
 
 
-def tuwen_step(path: str, data: Path, precision: str, workdir: Path):
+def tuwen_step(path: str, dims: Dims, data: Path, precision: str, workdir: Path):
     """(run one forward+backward, the caption length it trained on) for the FLOP count."""
-    config = load_config(CONFIGS[path], overrides(data, precision, 1, 1))
+    config = load_config(CONFIGS[path], overrides(path, dims, data, precision, 1, 1))
     assets = prepare_assets(config, workdir / f"assets_{path}")
     config = with_train_tasks(config, assets.train, lambda _: None)
     model = build_model(assets.spec).train()
