@@ -66,12 +66,12 @@ def tuwen_run(plan: Plan, path: str, precision: str, data: Path, out: Path) -> f
 
 def flops(plan: Plan, path: str, precision: str, data: Path, work: Path) -> dict:
     """FLOPs of one training step on each side (the peer at its full caption length,
-    tuwen at its batch's padded caption length), counted on the CPU."""
+    tuwen at its batch's padded caption length)."""
     dims: Dims = DIMS[plan.dims]
     torch.manual_seed(0)
-    peer = build_peer(dims).train()
-    batch = peer_batch(dims)
-    run, tokens = tuwen_step(path, dims, data, precision, work)
+    peer = build_peer(dims).to(plan.device).train()
+    batch = peer_batch(dims, plan.device)
+    run, tokens = tuwen_step(path, dims, data, precision, work, plan.device)
     return {"peer_flops": step_flops(lambda: peer(**batch).loss.backward()),
             "tuwen_flops": step_flops(run), "peer_tokens": dims.text_length,
             "tuwen_tokens": tokens}

@@ -76,18 +76,19 @@ def step_time(records: list[dict], first: int, last: int) -> float:
     return (at[last] - at[first]) / (last - first)
 
 
-def tuwen_step(path: str, dims: Dims, data: Path, precision: str, workdir: Path):
+def tuwen_step(path: str, dims: Dims, data: Path, precision: str, workdir: Path,
+               device: str = "cpu"):
     """(run one forward+backward, the caption length it trained on) for the FLOP count."""
     config = load_config(CONFIGS[path], overrides(path, dims, data, precision, 1, 1))
     assets = prepare_assets(config, workdir / f"assets_{path}")
     config = with_train_tasks(config, assets.train, lambda _: None)
-    model = build_model(assets.spec).train()
-    objective = JointObjective(model)
-    batch = next(iter(build_loader(config, assets)))
+    objective = JointObjective(build_model(assets.spec).train()).to(device)
+    batch = {key: value.to(device) if torch.is_tensor(value) else value
+             for key, value in next(iter(build_loader(config, assets))).items()}
     weights = task_weights(0, config.train)
 
     def run() -> None:
-        with autocast(precision, torch.device("cpu")):
+        with autocast(precision, torch.device(device)):
             total, _ = objective(batch, weights)
         total.backward()
 
