@@ -31,6 +31,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results", default="benchmarks/results", help="where the JSON goes")
     parser.add_argument("--work", default="runs/benchmarks", help="data and runs")
     parser.add_argument("--list", action="store_true", help="list the entries and exit")
+    parser.add_argument("--steps", type=int, help="training: steps per run (default 40)")
+    parser.add_argument("--first", type=int, help="training: time from this step (default 10)")
+    parser.add_argument("--rounds", type=int, help="training: peer/tuwen rounds (default 3)")
+    parser.add_argument("--precision", action="append", choices=("fp32", "bf16"),
+                        help="training: only this precision (repeatable; default both)")
     return parser.parse_args(argv)
 
 
@@ -56,7 +61,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     results = {}
     for name in args.only or list(entries.ENTRIES):
         start = time.perf_counter()
-        result = entries.ENTRIES[name](args.quick, work / name, args.threads)
+        options = entries.Options(args.quick, work / name, args.threads, args.steps, args.first,
+                                  args.rounds, tuple(args.precision or ()) or None)
+        result = entries.ENTRIES[name](options)
         result = {"name": name, "quick": args.quick, "threads": args.threads,
                   "seconds": round(time.perf_counter() - start, 1), **result}
         (results_dir / f"{name}.json").write_text(json.dumps(result, indent=2))

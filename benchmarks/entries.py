@@ -1,4 +1,4 @@
-"""The named benchmarks: ``name -> run(quick, work_dir, threads) -> result dict``.
+"""The named benchmarks: ``name -> run(options) -> result dict``.
 
 A result may hold ``rows`` (name, peer, tuwen, ratio, unit[, tuwen_mfu, peer_mfu]) that the
 entry point prints as a table; the rest is kept in the JSON as measured.
@@ -6,6 +6,7 @@ entry point prints as a table; the rest is kept in the JSON as measured.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import (
@@ -18,50 +19,62 @@ from benchmarks import (
 )
 
 
-def _training(quick: bool, work: Path, threads: int) -> dict:
-    return training.run(quick, work, threads)
+@dataclass(frozen=True)
+class Options:
+    quick: bool
+    work: Path                 # this entry's data and runs
+    threads: int
+    steps: int | None = None   # training: steps per run, measured from step `first`
+    first: int | None = None
+    rounds: int | None = None
+    precisions: tuple[str, ...] | None = None
 
 
-def _generation(quick: bool, work: Path, threads: int) -> dict:
-    return generation.run(quick, work, threads)
+def _training(o: Options) -> dict:
+    return training.run(o.quick, o.work, o.threads, steps=o.steps, first=o.first,
+                        rounds=o.rounds, precisions=o.precisions)
 
 
-def _precision(quick: bool, work: Path, threads: int) -> dict:
+def _generation(o: Options) -> dict:
+    return generation.run(o.quick, o.work, o.threads)
+
+
+def _precision(o: Options) -> dict:
     """bf16 against fp32 on the shapes demo config (speed and validation loss)."""
-    steps = ["--steps", "6", "--batch", "8"] if quick else []
-    result = precision.main([*steps, "--out", str(work), "--threads", str(threads)])
+    steps = ["--steps", "6", "--batch", "8"] if o.quick else []
+    result = precision.main([*steps, "--out", str(o.work), "--threads", str(o.threads)])
     fp32, bf16 = result["fp32"]["samples_per_sec"], result["bf16"]["samples_per_sec"]
     return {**result, "rows": [{"name": "demo config bf16 vs fp32", "peer": 1 / fp32,
                                 "tuwen": 1 / bf16, "ratio": fp32 and bf16 / fp32,
                                 "unit": "s/sample"}]}
 
 
-def _feature_cache(quick: bool, work: Path, threads: int) -> dict:
+def _feature_cache(o: Options) -> dict:
     """Epoch time with and without the frozen-feature cache (train.feature_cache)."""
-    size = ["--images", "32", "--batch", "16"] if quick else []
-    result = feature_cache.main([*size, "--out", str(work), "--threads", str(threads)])
+    size = ["--images", "32", "--batch", "16"] if o.quick else []
+    result = feature_cache.main([*size, "--out", str(o.work), "--threads", str(o.threads)])
     plain, cached = result["epoch_wall_s_plain"][1:], result["epoch_wall_s_cached"][1:]
     return {**result, "rows": [{"name": "frozen-feature cache, epoch after the first",
                                 "peer": sum(plain), "tuwen": sum(cached),
                                 "ratio": sum(plain) / sum(cached), "unit": "s"}]}
 
 
-def _generation_cache(quick: bool, work: Path, threads: int) -> dict:
+def _generation_cache(o: Options) -> dict:
     """KV cache against re-running the prefix; needs a trained model (``make demo``)."""
     model = Path("runs/demo/model")
     if not model.is_dir():
         return {"skipped": f"needs a trained model in {model} (make demo)"}
-    size = ["--images", "16", "--repeats", "1"] if quick else []
-    rows = generation_cache.main([*size, "--model", str(model), "--threads", str(threads)])
+    size = ["--images", "16", "--repeats", "1"] if o.quick else []
+    rows = generation_cache.main([*size, "--model", str(model), "--threads", str(o.threads)])
     return {"rows": [{"name": f"KV cache {r['decoding']}", "peer": 1 / r["captions_per_s_no_cache"],
                       "tuwen": 1 / r["captions_per_s_cache"], "ratio": r["speedup"],
                       "unit": "s/caption"} for r in rows], "detail": rows}
 
 
-def _loader(quick: bool, work: Path, threads: int) -> dict:
+def _loader(o: Options) -> dict:
     """Image decode + preprocess throughput against Hugging Face's CLIP processor."""
-    size = ["--n", "64", "--repeats", "1", "--workers", "1"] if quick else []
-    loader_throughput.main([*size, "--dir", str(work)])
+    size = ["--n", "64", "--repeats", "1", "--workers", "1"] if o.quick else []
+    loader_throughput.main([*size, "--dir", str(o.work)])
     return {"note": "loader_throughput prints its own table (see the log)"}
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -59,8 +60,9 @@ def peer_run(plan: Plan, precision: str) -> float:
 def tuwen_run(plan: Plan, path: str, precision: str, data: Path, out: Path) -> float:
     sets = overrides(path, DIMS[plan.dims], data, precision, plan.steps, plan.first,
                      ["train.save_every=1000000"])
-    records = run_cli(path, out / f"{path}_{precision}", sets, thread_env(plan.threads),
-                      plan.device)
+    run_dir = out / f"{path}_{precision}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    records = run_cli(path, run_dir, sets, thread_env(plan.threads), plan.device)
     return step_time(records, plan.first, plan.steps)
 
 
@@ -117,5 +119,7 @@ def run_plan(plan: Plan, out: Path, paths=tuple(CONFIGS)) -> dict:
     return {"plan": vars(plan), "dims": vars(dims), "rows": rows}
 
 
-def run(quick: bool, out: Path, threads: int) -> dict:
-    return run_plan(Plan.make(quick, threads), out)
+def run(quick: bool, out: Path, threads: int, **changes) -> dict:
+    """``changes``: Plan fields to override (None: keep)."""
+    plan = Plan.make(quick, threads)
+    return run_plan(replace(plan, **{k: v for k, v in changes.items() if v is not None}), out)
