@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import (
+    extras,
     feature_cache,
     generation,
     generation_cache,
     loader_throughput,
+    optimizer,
     precision,
     training,
 )
@@ -37,6 +39,14 @@ def _training(o: Options) -> dict:
 
 def _generation(o: Options) -> dict:
     return generation.run(o.quick, o.work, o.threads)
+
+
+def _extras(o: Options) -> dict:
+    return extras.run(o.quick, o.work, o.threads)
+
+
+def _optimizer(o: Options) -> dict:
+    return optimizer.run(o.quick, o.work, o.threads)
 
 
 def _precision(o: Options) -> dict:
@@ -78,13 +88,15 @@ def _loader(o: Options) -> dict:
     return {"note": "loader_throughput prints its own table (see the log)"}
 
 
-ENTRIES = {"training": _training, "generation": _generation, "precision": _precision,
+ENTRIES = {"training": _training, "generation": _generation, "optimizer": _optimizer,
+           "extras": _extras, "precision": _precision,
            "feature_cache": _feature_cache, "generation_cache": _generation_cache,
            "loader_throughput": _loader}
 
 
 def descriptions() -> dict[str, str]:
     """Each entry's first docstring line."""
-    docs = {"training": training.__doc__, "generation": generation.__doc__}
+    docs = {"training": training.__doc__, "generation": generation.__doc__,
+            "optimizer": optimizer.__doc__, "extras": extras.__doc__}
     return {name: (docs.get(name) or fn.__doc__ or name).strip().splitlines()[0]
             for name, fn in ENTRIES.items()}

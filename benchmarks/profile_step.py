@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from benchmarks.peer import Dims, build_peer, peer_batch, peer_step
+from benchmarks.peer import DIMS, Dims, build_peer, peer_batch, peer_step
 from benchmarks.tuwen_side import CONFIGS, overrides, shapes_data
 from tuwen.config import load_config
 from tuwen.data.prepare import with_train_tasks
@@ -25,8 +25,8 @@ from tuwen.training.optim import build_optimizer, task_weights
 from tuwen.training.precision import autocast
 
 
-def tuwen_parts(path: str, precision: str, data: Path, work: Path):
-    config = load_config(CONFIGS[path], overrides(path, Dims(), data, precision, 100, 10))
+def tuwen_parts(path: str, dims: Dims, precision: str, data: Path, work: Path):
+    config = load_config(CONFIGS[path], overrides(path, dims, data, precision, 100, 10))
     assets = prepare_assets(config, work / f"assets_{path}")
     config = with_train_tasks(config, assets.train, lambda _: None)
     model = build_model(assets.spec).train()
@@ -69,16 +69,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rows", type=int, default=30)
     parser.add_argument("--work", default="runs/benchmarks/profile")
+    parser.add_argument("--dims", choices=sorted(DIMS), default="issue")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    parts = tuwen_parts(args.path, args.precision, shapes_data(work / "shapes96"), work)
+    dims = DIMS[args.dims]
+    data = shapes_data(work / f"shapes{dims.image_size}", dims.image_size, n_train=400)
+    parts = tuwen_parts(args.path, dims, args.precision, data, work)
     print(f"== tuwen {args.path} {args.precision}")
     profiled(lambda: tuwen_step(*parts), args.steps, args.rows)
     torch.manual_seed(0)
-    peer = build_peer(Dims()).train()
+    peer = build_peer(dims).train()
     optimizer = torch.optim.AdamW(peer.parameters(), lr=5e-4)
-    batch = peer_batch(Dims())
+    batch = peer_batch(dims)
     print(f"== peer {args.precision}")
     profiled(lambda: peer_step(peer, optimizer, batch, args.precision, "cpu"), args.steps,
              args.rows)
