@@ -70,7 +70,12 @@ from tuwen.training.grad_norms import task_gradient_norms
 from tuwen.training.metrics_log import MetricsLog
 from tuwen.training.objective import JointObjective
 from tuwen.training.optim import LRSchedule, build_optimizer, task_weights
-from tuwen.training.precision import autocast, compile_towers, enable_gradient_checkpointing
+from tuwen.training.precision import (
+    autocast,
+    compile_towers,
+    enable_gradient_checkpointing,
+    precision_warning,
+)
 from tuwen.training.preemption import StopRequest
 from tuwen.training.validation import Evaluate, Validation, best_mode, is_better, make_validation
 
@@ -282,6 +287,8 @@ def micro_batch_groups(stream: Iterator[dict], size: int) -> Iterator[list[dict]
 
 def prepare(config: Config, assets: Assets, accelerator: Accelerator, run_dir: Path) -> Parts:
     tcfg = config.train
+    if (warning := precision_warning(tcfg.precision, accelerator.device)) is not None:
+        accelerator.print(warning)
     model = build_model(assets.spec)
     if tcfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
