@@ -51,7 +51,7 @@ def timed(model: ImageTextModel, pixels: torch.Tensor, batch_size: int, decoding
     return seconds, out, sum(lengths) / len(lengths)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="runs/demo/model")
     parser.add_argument("--data", default="data/shapes")
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--untrained", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = ImageTextModel.from_pretrained(args.model)
@@ -87,6 +87,7 @@ def main() -> None:
                      "speedup": round(result[True][0] / result[False][0], 2),
                      "identical_tokens": same})
         print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -115,3 +115,17 @@ def test_compiled_towers_train_and_keep_their_parameter_names(tiny_shapes, tmp_p
     assert result.steps == 2
     names = load_file(tmp_path / "run" / "model" / "model.safetensors").keys()
     assert not any("_orig_mod" in n for n in names)
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns(tmp_path):
+    from tuwen.training.precision import cpu_flags, precision_warning
+    cpu = torch.device("cpu")
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert cpu_flags(str(info)) == {"fpu", "sse", "avx2", "fma"}
+    assert "emulated" in precision_warning("bf16", cpu, {"avx2"})
+    assert precision_warning("bf16", cpu, {"avx2", "amx_bf16"}) is None
+    assert precision_warning("bf16", cpu, {"avx512_bf16"}) is None
+    assert precision_warning("fp32", cpu, {"avx2"}) is None
+    assert precision_warning("bf16", torch.device("cuda"), {"avx2"}) is None
+    assert cpu_flags(str(tmp_path / "missing")) == set()

@@ -19,8 +19,16 @@ from tuwen.config import TASKS, TrainConfig
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig,
                     lr_multipliers: dict[str, float] | None = None) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, cfg, lr_multipliers or {}), lr=cfg.lr,
-                             betas=cfg.betas)
+    groups = param_groups(model, cfg, lr_multipliers or {})
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=can_fuse(groups))
+
+
+def can_fuse(groups: list[dict]) -> bool:
+    """The fused AdamW kernel (one pass over all parameters instead of a Python loop over
+    them; benchmarks/NOTES.md) takes floating-point parameters on CPU or CUDA."""
+    params = [p for group in groups for p in group["params"]]
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                                for p in params)
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig,

@@ -19,7 +19,11 @@ from tuwen.training.determinism import configure_determinism
 from tuwen.training.distributed import is_fsdp
 from tuwen.training.objective import JointObjective
 from tuwen.training.optim import LRSchedule, build_optimizer
-from tuwen.training.precision import compile_towers, enable_gradient_checkpointing
+from tuwen.training.precision import (
+    compile_towers,
+    enable_gradient_checkpointing,
+    precision_warning,
+)
 
 
 @dataclass
@@ -53,6 +57,8 @@ def setup_run(config: Config, run_dir: Path, accelerator: Accelerator, resume: b
 
 def prepare(config: Config, assets: Assets, accelerator: Accelerator, run_dir: Path) -> Parts:
     tcfg = config.train
+    if (warning := precision_warning(tcfg.precision, accelerator.device)) is not None:
+        accelerator.print(warning)
     model = build_model(assets.spec)
     if tcfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from pathlib import Path
 
 import torch
 import torch.utils.checkpoint
@@ -23,6 +24,29 @@ def autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo cannot be read)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines()
+                 if line.startswith("flags")), set())
+
+
+def precision_warning(precision: str, device: torch.device, flags: set[str] | None = None,
+                      ) -> str | None:
+    """A warning when bf16 autocast is bound to be slower than fp32: on a CPU without bf16
+    matrix instructions PyTorch emulates bf16 matmuls (benchmarks/NOTES.md)."""
+    if precision != "bf16" or device.type != "cpu":
+        return None
+    flags = cpu_flags() if flags is None else flags
+    if not flags or flags & {"avx512_bf16", "amx_bf16"}:
+        return None
+    return ("train.precision: bf16 on a CPU without bf16 matrix instructions (AVX512-BF16 or "
+            "AMX): matmuls are emulated and usually slower than fp32")
 
 
 def _checkpointed(forward, *args, **kwargs):
