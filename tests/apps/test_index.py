@@ -140,10 +140,13 @@ def test_cli_index_and_search(trained_run, folder, tmp_path, capsys):
     hits = json.loads(capsys.readouterr().out)
     assert [h["rank"] for h in hits] == [1, 2, 3] and all(Path(h["path"]).is_file() for h in hits)
     image = sorted(folder.rglob("*.png"))[0]
-    assert main(["search", out, "--image", str(image), "-k", "2"]) == 0
-    first = capsys.readouterr().out.splitlines()[0].split("\t")
-    assert first[0] == "1" and float(first[1]) == pytest.approx(1, abs=1e-3)
-    assert first[2] == str(image)
+    assert main(["search", out, "--image", str(image), "-k", "12"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [r[0] for r in rows] == [str(i) for i in range(1, 13)]
+    scores = {path: float(score) for _, score, path in rows}
+    # the query image finds itself at cosine 1 (a tiny model may tie other images with it)
+    assert scores[str(image)] == pytest.approx(1, abs=1e-3)
+    assert scores[str(image)] >= max(scores.values()) - 1e-6
 
 
 @pytest.mark.parametrize("argv, message", [
