@@ -110,7 +110,7 @@ def write_bootstrap_csv(diffs: list[Difference], path: Path) -> None:
 def bar_chart(rows: list[Row], columns: list[str]) -> bytes:
     shown = [c for c in columns if c in CHART or c == "images_per_sec"]
     cols = min(3, len(shown)) or 1
-    fig = Figure(figsize=(4.2 * cols, 3.2 * math.ceil(len(shown) / cols)))
+    fig = Figure(figsize=(4.2 * cols, 3.2 * math.ceil(len(shown) / cols)), layout="constrained")
     labels = [r.variant.label for r in rows]
     for i, metric in enumerate(shown):
         ax = fig.add_subplot(math.ceil(len(shown) / cols), cols, i + 1)
