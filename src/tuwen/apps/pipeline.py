@@ -24,11 +24,12 @@ from tuwen.apps.images import ImageLimits, decode_image
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform, load_image
 from tuwen.data.text import TextNormalizer
-from tuwen.data.tokenizer import decode_text, load_text_tokenizer, load_tokenizer
+from tuwen.data.tokenizer import load_text_tokenizer, load_tokenizer
 from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.errors import TuwenError
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import captioning, retrieval, vqa
+from tuwen.tasks.batching import decode_until_eos
 from tuwen.training.assets import VOCAB_FILE
 
 if TYPE_CHECKING:
@@ -75,10 +76,6 @@ def model_fingerprint(directory: str | Path) -> str:
         f.seek(max(0, size - (1 << 20)))
         digest.update(f.read(1 << 20))
     return digest.hexdigest()[:16]
-
-
-def _until_eos(ids: list[int], eos: int) -> list[int]:
-    return ids[: ids.index(eos)] if eos in ids else ids
 
 
 @dataclass
@@ -147,8 +144,7 @@ class Pipeline:
         return out
 
     def _decode(self, ids: torch.Tensor) -> list[str]:
-        eos = self.model.spec.eos_token_id
-        return [decode_text(self.tokenizer, _until_eos(row, eos)) for row in ids.tolist()]
+        return decode_until_eos(self.tokenizer, ids, self.model.spec.eos_token_id)
 
     # ------------------------------------------------------------ tasks
 

@@ -23,9 +23,9 @@ from tuwen.data.dataset import Collator, JointDataset, join_by_image
 from tuwen.data.images import ImageTransform
 from tuwen.data.prepare import read_split
 from tuwen.data.text import TextNormalizer
-from tuwen.data.tokenizer import decode_text
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import captioning
+from tuwen.tasks.batching import decode_until_eos
 from tuwen.tasks.joint import joint_step
 from tuwen.training.assets import Assets
 from tuwen.training.checkpoint import read_best
@@ -111,9 +111,7 @@ class Validation:
         pixels = torch.cat([b["pixel_values"] for b in self.batches])[:CAPTION_IMAGES]
         ids = captioning.predict_step(model, pixels.to(device), decoding="greedy",
                                       max_new_tokens=self.config.eval.max_new_tokens)
-        eos = model.spec.eos_token_id
-        captions = [decode_text(self.tokenizer, row[: row.index(eos)] if eos in row else row)
-                    for row in ids.tolist()]
+        captions = decode_until_eos(self.tokenizer, ids, model.spec.eos_token_id)
         stats = caption_diversity(captions)
         message = collapse_warning(stats, len(captions), self.config.train.collapse_share)
         if message is not None:
