@@ -238,7 +238,8 @@ class Pipeline:
         ``options``: source ("decoder" or "fusion"), question, layer, head, rollout."""
         from tuwen.evaluation.attention import LoadedModel, attention_maps  # explain only
 
-        loaded = LoadedModel(self.model, self.tokenizer, self.vocab, self.transform)
+        loaded = LoadedModel(self.model, self.tokenizer, self.vocab, self.transform,
+                             self.text_tokenizer)
         if text is not None:
             text = self.normalize(text)
         with torch.inference_mode():
