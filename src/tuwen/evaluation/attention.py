@@ -26,7 +26,7 @@ from tuwen.data.images import ImageTransform, load_image, resize_and_crop, to_rg
 from tuwen.data.tokenizer import decode_text, load_text_tokenizer, load_tokenizer
 from tuwen.errors import TuwenError
 from tuwen.models.fusion import FusionOutput
-from tuwen.models.generation import greedy_generate
+from tuwen.models.generation import caption_prompt, greedy_generate
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import vqa
 from tuwen.training.assets import VOCAB_FILE
@@ -153,10 +153,13 @@ def _caption_ids(model: ImageTextModel, tokenizer, image_tokens: torch.Tensor,
 
 def _decoder_maps(model: ImageTextModel, image_tokens: torch.Tensor, ids: list[int],
                   layer: Pick, head: Pick) -> torch.Tensor:
-    """Position t-1 of [BOS, w1..wT] predicts wt: its cross-attention is wt's map."""
-    inputs = torch.tensor([[model.spec.bos_token_id, *ids]], device=image_tokens.device)
+    """Position t-1 of [BOS, w1..wT] (or of the chat prompt, then w1..wT) predicts wt: its
+    cross-attention is wt's map."""
+    prompt = caption_prompt(model.spec)
+    inputs = torch.tensor([[*prompt, *ids]], device=image_tokens.device)
     out = model.decode(inputs, image_tokens, output_attentions=True)
-    return select(out.cross_attentions, layer, head)[: len(ids)]  # (T, N)
+    start = len(prompt) - 1
+    return select(out.cross_attentions, layer, head)[start: start + len(ids)]  # (T, N)
 
 
 def _gates(gates, length: int) -> np.ndarray | None:
