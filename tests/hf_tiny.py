@@ -127,3 +127,32 @@ def save_lm(kind: str, directory: Path) -> Path:
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
+
+
+# ---------------------------------------------------------------- an instruct LM
+# A Llama-3-style chat template: BOS, then turns closed by an end-of-turn token that is not
+# the tokenizer's EOS, so tests see which one ends a reply.
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ '<|start|>' + m['role'] + '\n' + "
+                 "m['content'] + '<|eot|>' }}{% endfor %}{% if add_generation_prompt %}"
+                 "{{ '<|start|>assistant\n' }}{% endif %}")
+
+
+def chat_tokenizer() -> PreTrainedTokenizerFast:
+    tok = bpe_tokenizer(LMS["llama"][1])
+    tok.add_special_tokens({"additional_special_tokens": ["<|start|>", "<|eot|>"]})
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def save_chat_lm(directory: Path) -> Path:
+    """A random tiny Llama with a chat template (``CHAT_TEMPLATE``), saved like a hub
+    instruct model."""
+    raw, _ = LMS["llama"]
+    tok = chat_tokenizer()
+    raw = {**raw, "vocab_size": len(tok), "bos_token_id": tok.bos_token_id,
+           "eos_token_id": tok.eos_token_id, "max_position_embeddings": 128}
+    torch.manual_seed(5)
+    config = AutoConfig.for_model(raw.pop("model_type"), **raw)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory

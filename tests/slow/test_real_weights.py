@@ -35,17 +35,24 @@ def test_real_towers_with_two_tokenizers_train_and_round_trip(image, tmp_path):
                  "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]}})
     assert model.spec.image_size == 112 and model.text_tokenizer.cls_token == "[CLS]"
     assert model.tokenizer.eos_token == "<|im_end|>"
+    chat = model.spec.chat  # SmolLM2-Instruct's own template (model.decoder.chat_template)
+    assert chat.after == "<|im_end|>\n<|im_start|>assistant\n" and chat.before.startswith(
+        "<|im_start|>system\n")
+    assert model.spec.eos_token_id == chat.end_token_id == model.tokenizer.eos_token_id
     items = [{"pixel_values": torch.randn(3, 112, 112), "captions": [c],
               "questions": [VQAItem(i, i, Path(f"{i}.png"), "what colour is it?", (a,) * 10, a,
                                     "what", "other")]}
              for i, (c, a) in enumerate([("a red circle", "red"), ("a blue square", "blue")])]
     batch = Collator(model.tokenizer, None, 32, vqa_answers=True,
-                     text_tokenizer=model.text_tokenizer)(items)
+                     text_tokenizer=model.text_tokenizer, chat=chat)(items)
+    labels = batch["answer_labels"][0]
+    assert model.tokenizer.decode(labels[labels >= 0]) == "red<|im_end|>"
     total, losses = joint_step(model.train(), batch, {"caption": 1, "itc": 1, "itm": 1, "vqa": 1})
     assert torch.isfinite(total) and set(losses) == {"caption", "itc", "itm", "vqa"}
     total.backward()
     model.eval().save_pretrained(tmp_path)
     loaded = ImageTextModel.from_pretrained(tmp_path)
+    assert loaded.spec.chat == chat
     px = batch["pixel_values"]
     assert torch.equal(captioning.predict_step(model, px, decoding="greedy", max_new_tokens=4),
                        captioning.predict_step(loaded, px, decoding="greedy", max_new_tokens=4))

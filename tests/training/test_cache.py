@@ -1,5 +1,7 @@
 """Frozen-feature cache: hit when nothing changed, miss when weights or pixels change."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -98,7 +100,35 @@ def test_training_with_the_cache_matches_training_without(tiny_shapes, tmp_path)
           show_progress=False)
     index = (tmp_path / "cached" / "feature_cache").glob("*/index-0.txt")
     assert len(next(index).read_text().splitlines()) == 64  # each image computed once
+    # metrics.jsonl says so: the first epoch computes every image, the second reads them all
+    lines = [json.loads(line) for line in (tmp_path / "cached" / "metrics.jsonl").open()]
+    assert sum(r["cache_misses"] for r in lines) == 64 and lines[0]["cache_misses"] == 32
+    assert (lines[-1]["step"], lines[-1]["cache_misses"], lines[-1]["cache_hits"]) == (5, 0, 16)
+    assert "cache_hits" not in (tmp_path / "plain" / "metrics.jsonl").read_text()
     a = load_file(tmp_path / "plain" / "model" / "model.safetensors")
     b = load_file(tmp_path / "cached" / "model" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_frozen_dinov2_tower_is_served_by_the_cache(tmp_path):
+    """DINOv2 interpolates its position embeddings without being asked (no
+    interpolate_pos_encoding argument): its body's outputs are cached like any other."""
+    from hf_tiny import SMALL, hf_spec
+    from tuwen.models.image_text_model import build_model
+    from tuwen.training.cache import frozen_body
+
+    dino = {"model_type": "dinov2", "image_size": 518, "patch_size": 8, **SMALL}
+    torch.manual_seed(0)
+    model = build_model(hf_spec(image={"type": "hf", "hf_config": dino, "freeze": True})).eval()
+    px = pixels()
+    with torch.no_grad():
+        expected = model.encode_image(px)
+        cache = FeatureCache(frozen_body(model), tmp_path, "fp32")
+        first, second = model.encode_image(px), model.encode_image(px)
+    assert cache.take_counts() == {"cache_hits": 5, "cache_misses": 5}
+    assert cache.take_counts() == {"cache_hits": 0, "cache_misses": 0}
+    for out in (first, second):
+        assert out.grid == expected.grid == (4, 4) and out.has_cls
+        torch.testing.assert_close(out.tokens, expected.tokens, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.pooled, expected.pooled, rtol=1e-5, atol=1e-5)

@@ -174,7 +174,8 @@ class Pipeline:
         return self._batched(lambda im, qs: run(self.pixels(im), qs), list(images), texts)
 
     def _generated_answers(self, pixels: torch.Tensor, questions: list[str]) -> list[Answer]:
-        ids, mask = left_padded_prompts(self.tokenizer, questions, self.model.spec.max_text_length)
+        spec = self.model.spec
+        ids, mask = left_padded_prompts(self.tokenizer, questions, spec.max_text_length, spec.chat)
         out = vqa.generate_answers(self.model, pixels, ids.to(self.device), mask.to(self.device))
         return [Answer(text) for text in self._decode(out)]
 
@@ -238,7 +239,8 @@ class Pipeline:
         ``options``: source ("decoder" or "fusion"), question, layer, head, rollout."""
         from tuwen.evaluation.attention import LoadedModel, attention_maps  # explain only
 
-        loaded = LoadedModel(self.model, self.tokenizer, self.vocab, self.transform)
+        loaded = LoadedModel(self.model, self.tokenizer, self.vocab, self.transform,
+                             self.text_tokenizer)
         if text is not None:
             text = self.normalize(text)
         with torch.inference_mode():

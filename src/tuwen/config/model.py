@@ -244,6 +244,13 @@ class HFDecoderConfig(HFTowerConfig):
     reduce: TokenReductionConfig = Field(default_factory=NoReductionConfig, description=(
         "Fewer image tokens for the LM, before the projector: its cost grows with the "
         "prefix. `none`, `pixel_shuffle` (with `factor`) or `avg_pool` (with `tokens`)."))
+    chat_template: Literal["auto", "none"] = Field("auto", description=(
+        "`auto`: when the LM's tokenizer has a chat template (instruct models such as "
+        "SmolLM2-Instruct), a caption or a generated answer is the assistant's reply to a "
+        "user turn (a fixed caption request, or the question), in training and generation "
+        "alike: the loss covers the reply, generation stops at the template's end of turn, "
+        "and the resolved template is saved with the model. Tokenizers without one, and "
+        "`none`, use the plain prompts ([BOS]; `question: ... answer:`)."))
 
 
 DECODERS: dict[str, type[Section]] = {

@@ -18,12 +18,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tuwen.config.chat import ChatFormat
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.augment import image_rng
 from tuwen.data.images import load_image
 from tuwen.data.records import ImageCaptions, VQAItem
 from tuwen.data.text import TextNormalizer
-from tuwen.data.vqa_text import answer_sequences
+from tuwen.data.vqa_text import (
+    answer_sequences,
+    continuation_ids,
+    end_id,
+    right_padded,
+    teacher_forcing,
+)
 from tuwen.errors import DataError
 
 
@@ -219,8 +226,9 @@ class Collator:
                  spatial_negatives: bool = False, vqa_answers: bool = False,
                  normalizer: TextNormalizer | None = None,
                  caption_counts: Mapping[str, int] | None = None,
-                 text_tokenizer=None) -> None:
+                 text_tokenizer=None, chat: ChatFormat | None = None) -> None:
         self.tok, self.vocab, self.max_length = tokenizer, vocab, max_length
+        self.chat = chat  # the LM's chat template (ModelSpec.chat); None: plain prompts
         self.text_tok = text_tokenizer or tokenizer
         self.normalize = normalizer or TextNormalizer()
         self.spatial_negatives = spatial_negatives
@@ -283,17 +291,19 @@ class Collator:
                 "swap_input_ids": enc["input_ids"], "swap_attention_mask": enc["attention_mask"]}
 
     def decoder_inputs(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """[BOS] w1 .. wn  ->  w1 .. wn [EOS]; padding labelled -100."""
-        ids = self.tok(texts, add_special_tokens=False, truncation=True,
-                       max_length=self.max_length - 1)["input_ids"]
-        width = max(len(x) for x in ids) + 1
-        pad, bos, eos = self.tok.pad_token_id, self.tok.bos_token_id, self.tok.eos_token_id
-        inputs = torch.full((len(ids), width), pad, dtype=torch.long)
-        labels = torch.full((len(ids), width), -100, dtype=torch.long)
-        for i, seq in enumerate(ids):
-            inputs[i, : len(seq) + 1] = torch.tensor([bos, *seq])
-            labels[i, : len(seq) + 1] = torch.tensor([*seq, eos])
-        return inputs, labels
+        """[BOS] w1 .. wn  ->  w1 .. wn [EOS]; padding labelled -100. With a chat template
+        the prompt is its caption request and the caption the reply, closed by the end of
+        turn: <prompt> w1 .. wn -> w1 .. wn <end>, the prompt labelled -100."""
+        if self.chat is None:
+            prompt = [self.tok.bos_token_id]
+            ids = self.tok(texts, add_special_tokens=False)["input_ids"]
+        else:
+            prompt = list(self.chat.caption_prompt)
+            request = self.chat.prompt(self.chat.caption_request)
+            ids = continuation_ids(self.tok, [request] * len(texts), texts)
+        end = end_id(self.tok, self.chat)
+        rows = [teacher_forcing(prompt, seq[: self.max_length - 1], end) for seq in ids]
+        return right_padded(rows, self.tok.pad_token_id)
 
     def soft_scores(self, q: VQAItem) -> dict[int, float]:
         """Answer normalisation is slow Python; each question's targets are computed once."""
@@ -316,5 +326,5 @@ class Collator:
         if self.vqa_answers:
             out["answer_input_ids"], out["answer_labels"] = answer_sequences(
                 self.tok, questions,
-                [q.multiple_choice_answer for _, q in rows], self.max_length)
+                [q.multiple_choice_answer for _, q in rows], self.max_length, self.chat)
         return out

@@ -104,8 +104,9 @@ def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
     # Rust tokenizers library raises, depending on where it breaks.
     except Exception as err:
         raise DataError(folder, f"cannot load tokenizer: {_first_line(err)}") from err
-    if tok.pad_token_id is None or tok.unk_token_id is None:
-        raise DataError(folder, "tokenizer has no [PAD]/[UNK] token; is tokenizer_config.json "
+    # a byte-level BPE (GPT-2 style) needs no unknown token; every tokenizer tuwen saves pads
+    if tok.pad_token_id is None:
+        raise DataError(folder, "tokenizer has no padding token; is tokenizer_config.json "
                                 "missing or incomplete?")
     return tok
 

@@ -23,11 +23,12 @@ import torch
 
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform, load_image, resize_and_crop, to_rgb
-from tuwen.data.tokenizer import decode_text, load_tokenizer
+from tuwen.data.tokenizer import decode_text, load_text_tokenizer, load_tokenizer
 from tuwen.errors import TuwenError
 from tuwen.models.fusion import FusionOutput
-from tuwen.models.generation import greedy_generate
+from tuwen.models.generation import caption_prompt, greedy_generate
 from tuwen.models.image_text_model import ImageTextModel
+from tuwen.tasks import vqa
 from tuwen.training.assets import VOCAB_FILE
 
 Pick = int | Literal["mean"]
@@ -47,12 +48,19 @@ class AttentionMaps:
 
 @dataclass
 class LoadedModel:
-    """A saved model folder with what attention maps need beside the weights."""
+    """A saved model folder with what attention maps need beside the weights: the LM's
+    tokenizer (captions, generated answers) and the text encoder's own when it has one
+    (texts and questions read by the fusion; None: the LM's serves both)."""
 
     model: ImageTextModel
     tokenizer: object
     vocab: AnswerVocab | None
     transform: ImageTransform
+    text_tokenizer: object | None = None
+
+    @property
+    def fusion_tokenizer(self):
+        return self.text_tokenizer or self.tokenizer
 
     @classmethod
     def load(cls, directory: str | Path) -> LoadedModel:
@@ -61,8 +69,8 @@ class LoadedModel:
         vocab_path = directory / VOCAB_FILE
         vocab = AnswerVocab.load(vocab_path) if vocab_path.is_file() else None
         spec = model.spec
-        return cls(model, load_tokenizer(directory), vocab,
-                   ImageTransform.for_model(spec))
+        return cls(model, load_tokenizer(directory), vocab, ImageTransform.for_model(spec),
+                   load_text_tokenizer(directory))
 
 
 def parse_pick(text: str, what: str) -> Pick:
@@ -145,10 +153,13 @@ def _caption_ids(model: ImageTextModel, tokenizer, image_tokens: torch.Tensor,
 
 def _decoder_maps(model: ImageTextModel, image_tokens: torch.Tensor, ids: list[int],
                   layer: Pick, head: Pick) -> torch.Tensor:
-    """Position t-1 of [BOS, w1..wT] predicts wt: its cross-attention is wt's map."""
-    inputs = torch.tensor([[model.spec.bos_token_id, *ids]], device=image_tokens.device)
+    """Position t-1 of [BOS, w1..wT] (or of the chat prompt, then w1..wT) predicts wt: its
+    cross-attention is wt's map."""
+    prompt = caption_prompt(model.spec)
+    inputs = torch.tensor([[*prompt, *ids]], device=image_tokens.device)
     out = model.decode(inputs, image_tokens, output_attentions=True)
-    return select(out.cross_attentions, layer, head)[: len(ids)]  # (T, N)
+    start = len(prompt) - 1
+    return select(out.cross_attentions, layer, head)[start: start + len(ids)]  # (T, N)
 
 
 def _gates(gates, length: int) -> np.ndarray | None:
@@ -164,8 +175,9 @@ def _gates(gates, length: int) -> np.ndarray | None:
 def _fusion_maps(loaded: LoadedModel, image_tokens: torch.Tensor, text: str, layer: Pick,
                  head: Pick):
     """Maps of each text token ([CLS] first, [SEP] dropped) through the fusion, the fused
-    output (for the VQA head) and the gates of a gated fusion."""
-    model, tok = loaded.model, loaded.tokenizer
+    output (for the VQA head) and the gates of a gated fusion; the text is read in the text
+    encoder's tokenizer, as the fusion was trained on it."""
+    model, tok = loaded.model, loaded.fusion_tokenizer
     enc = tok([text], truncation=True, max_length=model.spec.max_text_length,
               return_tensors="pt").to(image_tokens.device)
     fused = model.fuse(model.encode_text(enc["input_ids"], enc["attention_mask"]), image_tokens,
@@ -199,7 +211,7 @@ def attention_maps(loaded: LoadedModel, pixel_values: torch.Tensor, *, text: str
     answer, gates = None, None
     if question is not None:
         tokens, maps, fused, gates = _fusion_maps(loaded, feats.tokens, question, layer, head)
-        text, answer = question, _answer(loaded, fused)
+        text, answer = question, _answer(loaded, fused, pixel_values, question)
     else:
         ids = _caption_ids(model, loaded.tokenizer, feats.tokens, text, max_new_tokens)
         text = decode_text(loaded.tokenizer, ids)
@@ -215,7 +227,14 @@ def attention_maps(loaded: LoadedModel, pixel_values: torch.Tensor, *, text: str
                          source, text, answer, gates)
 
 
-def _answer(loaded: LoadedModel, fused: FusionOutput) -> str:
+def _answer(loaded: LoadedModel, fused: FusionOutput, pixel_values: torch.Tensor,
+            question: str) -> str:
+    """The model's answer: classified from the fused question, or written by the LM after
+    the question prompt (``model.vqa.mode: generate``), as ``tuwen ask`` answers it."""
+    model = loaded.model
+    if vqa.generates_answers(model):
+        return vqa.answer_questions(model, loaded.tokenizer, None, pixel_values, [0], [question],
+                                    max_length=model.spec.max_text_length)[0]
     if loaded.vocab is None:
         raise TuwenError("this model was trained without VQA data; it has no answers")
     mask = torch.ones(fused.fused.shape[:2], device=fused.fused.device)  # one unpadded question

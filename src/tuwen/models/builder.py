@@ -136,8 +136,10 @@ def _hf_decoder(spec: ModelSpec, hf_configs: dict) -> nn.Module:
         raise ConfigError(f"{where}: {config.model_type!r} has {config.vocab_size} token "
                           f"embeddings, fewer than the tokenizer's {spec.vocab_size} tokens")
     hf_configs["decoder"] = config.to_dict()
+    # a chat template's turns come on top of the text: prompts, the reply and its end
+    length = spec.max_text_length + (0 if spec.chat is None else spec.chat.extra_length)
     decoder = HFCausalLMDecoder(lm, spec.model.hidden_size, cfg.conditioning, cfg.projector,
-                                spec.max_text_length, build_reduction(cfg.reduce))
+                                length, build_reduction(cfg.reduce))
     if cfg.freeze:
         decoder.freeze()
     return decoder

@@ -21,6 +21,7 @@ from transformers import PretrainedConfig
 from tuwen.config import ModelConfig, config_from_dict
 from tuwen.errors import ConfigError
 from tuwen.models.builder import IMAGE_ENCODERS, TEXT_ENCODERS
+from tuwen.models.chat import decoder_chat, special_ids
 from tuwen.models.hf_image import Preprocessing, resolve_preprocessing
 from tuwen.models.hf_text import hf_tokenizer
 from tuwen.models.spec import ModelSpec
@@ -64,10 +65,11 @@ def spec_from_encoders(image_encoder: Any, text_encoder: Any, *, hidden_size: in
     text_fields = ({} if text_tokenizer is None else
                    {"text_vocab_size": len(text_tokenizer),
                     "text_pad_token_id": text_tokenizer.pad_token_id})
+    chat = decoder_chat(model_cfg, tokenizer)
     spec = ModelSpec(model=model_cfg, vocab_size=_vocab_size(model_cfg, tokenizer, vocab_size),
                      num_answers=num_answers, image_size=pre.size,
                      max_text_length=max_text_length, image_mean=pre.mean, image_std=pre.std,
-                     **_special_ids(model_cfg, tokenizer), **text_fields)
+                     chat=chat, **_special_ids(model_cfg, tokenizer, chat), **text_fields)
     return spec, tokenizer, text_tokenizer
 
 
@@ -92,10 +94,9 @@ def _vocab_size(model_cfg: ModelConfig, tokenizer, vocab_size: int | None) -> in
     return vocab_size or DEFAULT_VOCAB_SIZE
 
 
-def _special_ids(model_cfg: ModelConfig, tokenizer) -> dict[str, int]:
+def _special_ids(model_cfg: ModelConfig, tokenizer, chat) -> dict[str, int]:
     if tokenizer is not None:
-        return {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-                "eos_token_id": tokenizer.eos_token_id}
+        return special_ids(tokenizer, chat)
     text = model_cfg.text_encoder
     if text.type == "hf" and isinstance(text.hf_config.get("pad_token_id"), int):
         return {"pad_token_id": text.hf_config["pad_token_id"]}

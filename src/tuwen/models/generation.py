@@ -5,9 +5,10 @@ default) each step feeds the decoder only the tokens it has not seen, and the de
 the keys/values of earlier positions (``decoder.new_cache()``); without it, the whole
 sequence is re-run every step (the reference the cache is tested against).
 
-Generation starts from a prompt: ``[BOS]`` for captions, or a batch of left-padded token
-rows (``prompt_ids`` + ``prompt_mask``), e.g. a question for generative VQA. Results are
-the generated ids only, (B, T), padded with ``pad_token_id`` after EOS.
+Generation starts from a prompt: ``[BOS]`` for captions (or an instruct LM's chat prompt
+asking for one, ``caption_prompt``), or a batch of left-padded token rows (``prompt_ids`` +
+``prompt_mask``), e.g. a question for generative VQA. Results are the generated ids only,
+(B, T), padded with ``pad_token_id`` after EOS.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from tuwen.models.image_text_model import ImageTextModel
+from tuwen.models.spec import ModelSpec
 
 DECODINGS = ("greedy", "beam", "top_p")
 
@@ -55,12 +57,17 @@ class Stepper:
             self.cache.reorder(rows)
 
 
+def caption_prompt(spec: ModelSpec) -> list[int]:
+    """Where a caption starts: [BOS], or the chat template's caption request (``spec.chat``),
+    as training's decoder inputs start (data.dataset.Collator)."""
+    return [spec.bos_token_id] if spec.chat is None else list(spec.chat.caption_prompt)
+
+
 def _prompt(model: ImageTextModel, image_tokens: torch.Tensor, prompt_ids: torch.Tensor | None,
             prompt_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     if prompt_ids is None:
-        bos = model.spec.bos_token_id
-        return torch.full((image_tokens.shape[0], 1), bos, dtype=torch.long,
-                          device=image_tokens.device), None
+        start = torch.tensor([caption_prompt(model.spec)], device=image_tokens.device)
+        return start.repeat(image_tokens.shape[0], 1), None
     return prompt_ids, prompt_mask
 
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 from tuwen import __version__
 from tuwen.config import ModelConfig, TextConfig
+from tuwen.config.chat import ChatFormat
 
 
 @dataclass
@@ -34,6 +35,9 @@ class ModelSpec:
     hf_configs: dict[str, dict] = field(default_factory=dict)
     # how texts were normalised in training (data.text); inference applies the same
     text: TextConfig = field(default_factory=TextConfig)
+    # the LM's chat template captions and answers are wrapped in (model.decoder.chat_template);
+    # None: plain prompts. eos_token_id is then its end-of-turn token.
+    chat: ChatFormat | None = None
 
     @property
     def text_vocab(self) -> tuple[int, int]:
@@ -46,6 +50,7 @@ class ModelSpec:
         out = asdict(self)
         out["model"] = self.model.model_dump(mode="json")
         out["text"] = self.text.model_dump(mode="json")
+        out["chat"] = None if self.chat is None else self.chat.to_dict()
         return {"tuwen_version": __version__, **out}
 
     @classmethod
@@ -53,6 +58,8 @@ class ModelSpec:
         raw = {k: v for k, v in raw.items() if k != "tuwen_version"}
         raw["model"] = ModelConfig.model_validate(raw["model"])
         raw["text"] = TextConfig.model_validate(raw.get("text", {}))  # absent before 0.1 models
+        chat = raw.get("chat")  # absent before chat templates
+        raw["chat"] = None if chat is None else ChatFormat.from_dict(chat)
         for key in ("image_mean", "image_std"):
             raw[key] = tuple(raw[key])
         return cls(**raw)

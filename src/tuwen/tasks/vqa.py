@@ -92,7 +92,7 @@ def answer_questions(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None
         texts = [normalize(q) for q in questions[start: start + batch_size]]
         px = pixel_values[list(image_rows[start: start + batch_size])].to(device)
         if generates_answers(model):
-            ids, mask = left_padded_prompts(tokenizer, texts, max_length)
+            ids, mask = left_padded_prompts(tokenizer, texts, max_length, model.spec.chat)
             out = generate_answers(model, px, ids.to(device), mask.to(device))
             answers.extend(decode_until_eos(tokenizer, out, model.spec.eos_token_id))
             continue

@@ -22,6 +22,7 @@ from tuwen.data.tokenizer import (
     save_tokenizer,
 )
 from tuwen.errors import ConfigError, TuwenError
+from tuwen.models.chat import decoder_chat, special_ids
 from tuwen.models.hf_image import Preprocessing, resolve_preprocessing
 from tuwen.models.hf_text import hf_tokenizer
 from tuwen.models.spec import ModelSpec
@@ -108,13 +109,13 @@ def prepare_assets(config: Config, model_dir: Path, reuse: bool = False) -> Asse
         save_text_tokenizer(text_tokenizer, model_dir)
         if vocab is not None:
             vocab.save(model_dir / VOCAB_FILE)
+    chat = decoder_chat(config.model, tokenizer)  # an instruct LM's template, or None
     spec = ModelSpec(model=config.model, vocab_size=len(tokenizer),
                      num_answers=len(vocab) if vocab is not None else 1,
                      image_size=config.data.image_size,
                      max_text_length=config.data.max_text_length,
-                     pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                     eos_token_id=tokenizer.eos_token_id, image_mean=config.data.image_mean,
-                     image_std=config.data.image_std, text=config.data.text,
+                     image_mean=config.data.image_mean, image_std=config.data.image_std,
+                     text=config.data.text, chat=chat, **special_ids(tokenizer, chat),
                      **text_vocab(text_tokenizer))
     return Assets(train, tokenizer, vocab, spec, text_tokenizer)
 

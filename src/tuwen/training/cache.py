@@ -186,6 +186,12 @@ class FeatureCache:
         self.module.train(was_training)
         return out
 
+    def take_counts(self) -> dict[str, int]:
+        """Images read from the cache and computed since the last call (for metrics.jsonl)."""
+        counts = {"cache_hits": self.hits, "cache_misses": self.misses}
+        self.hits = self.misses = 0
+        return counts
+
     def close(self) -> None:
         """Put the module's own forward back."""
         self.module.forward = self.forward

@@ -38,7 +38,7 @@ def train_collator(config: Config, assets: Assets) -> Collator:
                     vqa_answers=config.model.vqa.mode == "generate", normalizer=normalizer,
                     caption_counts=caption_image_counts(assets.train.captions, normalizer)
                     if tcfg.itc_specific_captions else None,
-                    text_tokenizer=assets.text_tokenizer)
+                    text_tokenizer=assets.text_tokenizer, chat=assets.spec.chat)
 
 
 def loader_options(data: DataConfig) -> dict:

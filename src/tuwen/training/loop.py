@@ -78,6 +78,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_pro
             finished = any_rank(budget_spent(state, tcfg))  # all ranks agree
             if state.step % tcfg.log_every == 0 or finished:
                 record = window.record(state, step.lr, accelerator.num_processes)
+                if parts.cache is not None:  # epochs after the first should only hit
+                    record.update(parts.cache.take_counts())
                 log.log(record)
                 progress.show(record)
             best = tcfg.eval_every is not None and state.step % tcfg.eval_every == 0 and \

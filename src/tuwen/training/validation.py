@@ -67,7 +67,7 @@ def validation_batches(config: Config, assets: Assets) -> list[dict]:
     collate = Collator(assets.tokenizer, assets.vocab, data.max_text_length,
                        vqa_answers=config.model.vqa.mode == "generate",
                        normalizer=TextNormalizer.from_config(data.text),
-                       text_tokenizer=assets.text_tokenizer)
+                       text_tokenizer=assets.text_tokenizer, chat=assets.spec.chat)
     size = tcfg.batch_size
     batches = [collate([dataset[i] for i in range(s, min(s + size, len(dataset)))])
                for s in range(0, len(dataset), size)]
