@@ -21,14 +21,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tuwen.data.answers import AnswerVocab
+from tuwen.data.answers import VOCAB_FILE, AnswerVocab
 from tuwen.data.images import ImageTransform, load_image, resize_and_crop, to_rgb
 from tuwen.data.tokenizer import decode_text, load_tokenizer
 from tuwen.errors import TuwenError
 from tuwen.models.fusion import FusionOutput
 from tuwen.models.generation import greedy_generate
 from tuwen.models.image_text_model import ImageTextModel
-from tuwen.training.assets import VOCAB_FILE
 
 Pick = int | Literal["mean"]
 SOURCES = ("decoder", "fusion")
