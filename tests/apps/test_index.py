@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tuwen
 from tuwen.apps.cli import main
 from tuwen.apps.index import (
     META_FILE,
@@ -21,7 +22,7 @@ from tuwen.apps.index import (
     build_index,
     read_entries,
 )
-from tuwen.apps.index_shards import merge_shards, write_shard
+from tuwen.apps.index_shards import SHARD_DIR, merge_shards, write_shard
 from tuwen.apps.search import ImageIndex, UnknownImage, search_index
 from tuwen.errors import TuwenError
 
@@ -167,16 +168,59 @@ def test_search_refuses_a_query_and_an_image_together(pipeline, trained_run, fol
         search_index(ImageIndex(tmp_path / "idx"), pipeline, query="x", image=b"y")
 
 
-@pytest.mark.slow
-def test_torchrun_embeds_on_two_processes(trained_run, folder, tmp_path):
-    out = tmp_path / "idx"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "-m", "tuwen", "index", str(trained_run / "model"), str(folder),
-                    "--out", str(out), "--device", "cpu"], check=True, env=env, timeout=600)
-    single = tmp_path / "single"
-    assert main(["index", str(trained_run / "model"), str(folder), "--out", str(single),
-                 "--device", "cpu"]) == 0
-    assert read_entries(out) == read_entries(single)
-    np.testing.assert_allclose(np.load(out / VECTORS_FILE), np.load(single / VECTORS_FILE),
-                               atol=1e-5)
+def index_files(directory: Path) -> tuple[list[Entry], np.ndarray, dict]:
+    return (read_entries(directory), np.load(directory / VECTORS_FILE),
+            json.loads((directory / META_FILE).read_text()))
+
+
+def torchrun_index(model: Path, folder: Path, out: Path) -> subprocess.CompletedProcess:
+    src = str(Path(tuwen.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone",
+                          "--nproc_per_node", "2", "-m", "tuwen", "index", str(model),
+                          str(folder), "--out", str(out), "--device", "cpu", "--batch-size", "4"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
+def assert_same_index(pipeline, parallel: Path, single: Path) -> None:
+    """Same rows and metadata, vectors equal within float tolerance, same search results."""
+    (p_entries, p_vectors, p_meta), (s_entries, s_vectors, s_meta) = \
+        index_files(parallel), index_files(single)
+    assert p_entries == s_entries and p_meta == s_meta
+    np.testing.assert_allclose(p_vectors, s_vectors, atol=1e-5)
+    p_index, s_index = ImageIndex(parallel), ImageIndex(single)
+    image = p_index.image_path(0)
+    for query in ({"query": "a red circle"}, {"query": "two blue squares"}, {"image": image}):
+        p_hits = search_index(p_index, pipeline, k=len(p_entries), **query)
+        s_hits = search_index(s_index, pipeline, k=len(s_entries), **query)
+        # equal scores may come back in either order: compare id -> score
+        assert {h.id: h.path for h in p_hits} == {h.id: h.path for h in s_hits}
+        s_scores = {h.id: h.score for h in s_hits}
+        assert all(h.score == pytest.approx(s_scores[h.id], abs=1e-5) for h in p_hits)
+        assert [h.score for h in p_hits] == pytest.approx([h.score for h in s_hits], abs=1e-5)
+
+
+@pytest.mark.slow  # two torchrun launches of 2 processes
+def test_torchrun_index_equals_the_single_process_index(pipeline, trained_run, folder,
+                                                        tmp_path, tiny_shapes):
+    """``torchrun --standalone --nproc_per_node 2 -m tuwen index``: each rank embeds half of
+    the new files, the first merges; then an update (one file added, one deleted) the same."""
+    model = trained_run / "model"
+    (folder / "a" / "broken.png").write_bytes(b"not a png")
+    parallel, single = tmp_path / "parallel", tmp_path / "single"
+    run = torchrun_index(model, folder, parallel)
+    assert run.stdout.count("images indexed") == 1  # one report, from the first process
+    assert "12 images indexed (exact): 12 embedded" in run.stdout
+    assert run.stderr.count("skipped: ") == 1 and "broken.png" in run.stderr
+    assert not (parallel / SHARD_DIR).exists()
+    assert main(["index", str(model), str(folder), "--out", str(single), "--device", "cpu"]) == 0
+    assert_same_index(pipeline, parallel, single)
+
+    shutil.copy(sorted((tiny_shapes / "images").glob("*.png"))[-1], folder / "b" / "new.png")
+    sorted(folder.glob("a/0*.png"))[0].unlink()
+    run = torchrun_index(model, folder, parallel)
+    assert "12 images indexed (exact): 1 embedded, 1 removed, 11 unchanged" in run.stdout
+    assert main(["index", str(model), str(folder), "--out", str(single), "--device", "cpu"]) == 0
+    assert_same_index(pipeline, parallel, single)

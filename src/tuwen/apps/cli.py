@@ -135,10 +135,15 @@ def _add_inference(sub: argparse._SubParsersAction) -> None:
 
 def cmd_index(args: argparse.Namespace) -> None:
     from tuwen.apps.index import IndexOptions, build_index
+    from tuwen.apps.index_shards import Ranks
+    from tuwen.apps.pipeline import Pipeline
 
     options = IndexOptions(exact_below=args.exact_below, approximate=args.approximate)
-    report = build_index(_pipeline(args), args.model, args.image_dir, args.out, options,
-                         batch_size=args.batch_size)
+    ranks = Ranks.from_environment()  # this process's rank and device under a launcher
+    pipe = Pipeline.from_pretrained(args.model, device=args.device or ranks.device,
+                                    dtype=args.dtype)
+    report = build_index(pipe, args.model, args.image_dir, args.out, options,
+                         batch_size=args.batch_size, ranks=ranks)
     if report is not None:  # the process that wrote the index
         for line in report.skipped:
             print(f"skipped: {line}", file=sys.stderr)
@@ -172,7 +177,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
                      help="exact inner-product search below this many images (default 100000)")
     idx.add_argument("--approximate", choices=["hnsw", "ivf"], default="hnsw",
                      help="the approximate index above that size (default hnsw)")
-    idx.add_argument("--device", help="cpu, cuda ... (default: a GPU if there is one)")
+    idx.add_argument("--device", help="cpu, cuda ... (default: a GPU if there is one; under "
+                                      "torchrun each process its own)")
     idx.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default fp32")
     idx.set_defaults(func=cmd_index)
     se = sub.add_parser("search", help="images of an index that best match a text or an image")

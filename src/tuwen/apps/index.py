@@ -232,18 +232,20 @@ def _old_index(out: Path, root: Path, model_id: str) -> tuple[list[Entry], np.nd
 
 def build_index(pipe, model_dir: str | Path, image_dir: str | Path, out: str | Path,
                 options: IndexOptions | None = None, batch_size: int = 64,
-                show_progress: bool = True) -> IndexReport | None:
+                show_progress: bool = True, ranks=None) -> IndexReport | None:
     """Create or update the index of ``image_dir`` in ``out`` with ``pipe``'s model.
 
-    Returns the report on the process that writes the index, None on the others."""
+    ``ranks``: the processes of a launcher (``index_shards.Ranks``; default: read from the
+    environment). Returns the report on the process that writes the index, None on the
+    others."""
     from tuwen.apps.index_shards import Ranks
 
+    ranks = ranks or Ranks.from_environment()
     start = time.perf_counter()
     options = options or IndexOptions()
     root, out = Path(image_dir).resolve(), Path(out)
     old, old_vectors = _old_index(out, root, pipe.model_id)
     plan = plan_update(scan(root), old)
-    ranks = Ranks.from_environment()
     kept, vectors, skipped = ranks.embed(
         lambda share: embed_files(pipe, root, share, batch_size, show_progress and ranks.main),
         plan.todo, out)

@@ -40,6 +40,12 @@ class Ranks:
     def main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def device(self) -> str | None:
+        """This process's device under a launcher (``cuda:LOCAL_RANK`` on GPUs, so each rank
+        embeds on its own); None for one process (the Pipeline's own default)."""
+        return None if self.state is None else str(self.state.device)
+
     def embed(self, fn: Callable[[list], Embedded], todo: list, out: Path) -> Embedded:
         """``fn`` over this process's share of ``todo``; on the first process, every
         process's results merged in rank order."""

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from tuwen.apps.images import ImageLimits, decode_image
-from tuwen.data.answers import AnswerVocab
+from tuwen.data.answers import VOCAB_FILE, AnswerVocab
 from tuwen.data.images import ImageTransform, load_image
 from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import load_text_tokenizer, load_tokenizer
@@ -30,7 +30,6 @@ from tuwen.errors import TuwenError
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import captioning, retrieval, vqa
 from tuwen.tasks.batching import decode_until_eos
-from tuwen.training.assets import VOCAB_FILE
 
 if TYPE_CHECKING:
     from tuwen.evaluation.attention import AttentionMaps

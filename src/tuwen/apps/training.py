@@ -11,12 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuwen.config import Config
-from tuwen.data.answers import AnswerVocab
+from tuwen.data.answers import VOCAB_FILE, AnswerVocab
 from tuwen.data.prepare import read_split
 from tuwen.data.tokenizer import load_text_tokenizer, load_tokenizer
 from tuwen.evaluation.evaluate import evaluate_split
 from tuwen.models.image_text_model import ImageTextModel
-from tuwen.training.assets import VOCAB_FILE
 from tuwen.training.loop import TrainResult, train
 
 METRIC_SECTIONS = ("caption", "retrieval", "vqa")

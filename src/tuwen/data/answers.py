@@ -30,6 +30,8 @@ from pathlib import Path
 from tuwen import fsio
 from tuwen.errors import DataError, TuwenError
 
+VOCAB_FILE = "answer_vocab.json"  # the answer vocabulary's name in a model folder
+
 # Copied verbatim from vqaEval.py (including its odd entries): the table is part of the metric.
 CONTRACTIONS: dict[str, str] = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tuwen.data.answers import AnswerVocab
+from tuwen.data.answers import VOCAB_FILE, AnswerVocab
 from tuwen.data.images import ImageTransform, load_image, resize_and_crop, to_rgb
 from tuwen.data.tokenizer import decode_text, load_text_tokenizer, load_tokenizer
 from tuwen.errors import TuwenError
@@ -29,7 +29,6 @@ from tuwen.models.fusion import FusionOutput
 from tuwen.models.generation import caption_prompt, greedy_generate
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import vqa
-from tuwen.training.assets import VOCAB_FILE
 
 Pick = int | Literal["mean"]
 SOURCES = ("decoder", "fusion")

@@ -3,15 +3,19 @@
 ``build_components(spec)`` returns the built, initialised modules of one model;
 ``ImageTextModel.from_spec`` assembles them. Name lookups are the plain dicts below
 (``IMAGE_ENCODERS``, ``TEXT_ENCODERS``, ``FUSIONS``, ``DECODERS``).
+
+The Hugging Face towers (``hf_backbone``, ``hf_decoder``, ``hf_text``) are imported inside
+the builders that use them: a model made only of tuwen's own parts never loads
+``transformers``' modelling code, which takes seconds to import.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 
 from tuwen.errors import ConfigError
 from tuwen.models.decoder import CaptionDecoder
@@ -19,10 +23,6 @@ from tuwen.models.fusion_concat import ConcatFusion
 from tuwen.models.fusion_cross_attention import CrossAttentionFusion
 from tuwen.models.fusion_weighted_sum import WeightedSumFusion
 from tuwen.models.heads import AnswerHead, ContrastiveHead, MatchingHead
-from tuwen.models.hf_backbone import hf_tower, hidden_size_of
-from tuwen.models.hf_decoder import HFCausalLMDecoder, causal_lm
-from tuwen.models.hf_image import HFImageEncoder, probe_backbone
-from tuwen.models.hf_text import HFTextEncoder
 from tuwen.models.image_encoders import SmallCNN, SmallViT
 from tuwen.models.rnn_text import RNNTextEncoder
 from tuwen.models.spec import ModelSpec
@@ -53,6 +53,9 @@ def _check_patches(spec: ModelSpec) -> None:
 
 
 def _hf_image(spec: ModelSpec, hf_configs: dict) -> Tower:
+    from tuwen.models.hf_backbone import hf_tower
+    from tuwen.models.hf_image import HFImageEncoder, probe_backbone
+
     where = "model.image_encoder"
     backbone, config = hf_tower(spec.model.image_encoder, "image", where,
                                 hf_configs.get("image_encoder"), {"image_size": spec.image_size})
@@ -83,6 +86,9 @@ def _rnn_text(spec: ModelSpec, hf_configs: dict) -> Tower:
 
 
 def _hf_text(spec: ModelSpec, hf_configs: dict) -> Tower:
+    from tuwen.models.hf_backbone import hf_tower, hidden_size_of
+    from tuwen.models.hf_text import HFTextEncoder
+
     where = "model.text_encoder"
     vocab_size, pad = spec.text_vocab
     backbone, config = hf_tower(spec.model.text_encoder, "text", where,
@@ -128,6 +134,8 @@ def _transformer_decoder(spec: ModelSpec, hf_configs: dict) -> nn.Module:
 
 
 def _hf_decoder(spec: ModelSpec, hf_configs: dict) -> nn.Module:
+    from tuwen.models.hf_decoder import HFCausalLMDecoder, causal_lm
+
     cfg, where = spec.model.decoder, "model.decoder"
     special = {"vocab_size": spec.vocab_size, "pad_token_id": spec.pad_token_id,
                "bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id}
@@ -185,7 +193,10 @@ def build_components(spec: ModelSpec) -> Components:
 def init_new_weights(model: nn.Module) -> None:
     """``init_weights`` on every module outside Hugging Face models (pretrained weights, or
     the HF init of a random one; LoRA's B = 0 start too)."""
-    keep = {id(sub) for module in model.modules() if isinstance(module, PreTrainedModel)
+    # Only an hf tower loads transformers' modelling code; without it no module is an HF model.
+    hf = sys.modules.get("transformers.modeling_utils")
+    keep = {id(sub) for module in model.modules()
+            if hf is not None and isinstance(module, hf.PreTrainedModel)
             for sub in module.modules()}
     with torch.no_grad():
         for module in model.modules():

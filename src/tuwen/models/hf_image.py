@@ -16,11 +16,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers.image_processing_utils import ImageProcessingMixin
 
 from tuwen.config import HFImageEncoderConfig, ModelConfig
 from tuwen.errors import ConfigError
-from tuwen.models.hf_backbone import hf_config_for
 from tuwen.models.image_encoders import ImageFeatures
 from tuwen.models.towers import Tower
 
@@ -165,6 +163,8 @@ def hf_preprocessing(cfg: HFImageEncoderConfig, default: Preprocessing) -> Prepr
 
 
 def _tower_preprocessing(cfg: HFImageEncoderConfig, default: Preprocessing) -> Preprocessing:
+    from tuwen.models.hf_backbone import hf_config_for
+
     if cfg.name_or_path is not None:
         processor = processor_dict(cfg.name_or_path)
         if processor is not None:
@@ -178,6 +178,8 @@ def _tower_preprocessing(cfg: HFImageEncoderConfig, default: Preprocessing) -> P
 def processor_dict(name_or_path: str) -> dict | None:
     """The model's preprocessor_config.json; None when it has none (then its config is all
     there is). A folder's broken file is an error, never silently replaced by defaults."""
+    from transformers.image_processing_utils import ImageProcessingMixin
+
     folder = Path(name_or_path)
     if folder.is_dir() and not (folder / PROCESSOR_FILE).is_file():
         return None

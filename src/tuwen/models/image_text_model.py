@@ -20,13 +20,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
-from transformers import AutoTokenizer
 
 from tuwen import fsio
 from tuwen.errors import TuwenError
 from tuwen.models.builder import Components, build_components
 from tuwen.models.decoder import DecoderOutput
-from tuwen.models.from_encoders import spec_from_encoders
 from tuwen.models.fusion import FusionOutput
 from tuwen.models.heads import AnswerHead, ContrastiveHead, MatchingHead
 from tuwen.models.hf_image import PROCESSOR_FILE, Preprocessing, preprocessor_config
@@ -78,6 +76,8 @@ class ImageTextModel(nn.Module):
         """A model from two towers: hub names, folders, HF configs (objects or dicts with
         ``model_type``) or tuwen tower types/sections; see ``from_encoders.spec_from_encoders``
         for the options. A named HF text tower brings its tokenizer (``model.tokenizer``)."""
+        from tuwen.models.from_encoders import spec_from_encoders
+
         spec, tokenizer, text_tokenizer = spec_from_encoders(
             image_encoder, text_encoder, hidden_size=hidden_size, fusion=fusion, **options)
         model = cls.from_spec(spec)
@@ -185,12 +185,30 @@ def build_model(spec: ModelSpec) -> ImageTextModel:
     return ImageTextModel.from_spec(spec)
 
 
+# The class names a plain fast tokenizer (tuwen's own WordPiece) is saved under, by
+# transformers 5 and 4; it loads without AutoTokenizer, whose import indexes every model
+# that transformers knows and costs seconds.
+PLAIN_FAST_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def saved_tokenizer(directory: Path):
     """The tokenizer saved beside a model, or None when there is none."""
-    if not (directory / "tokenizer_config.json").is_file():
+    config_file = directory / "tokenizer_config.json"
+    if not config_file.is_file():
         return None
     try:
-        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        return _tokenizer_class(config_file).from_pretrained(str(directory),
+                                                             local_files_only=True)
     except Exception as err:  # tokenizers' Rust errors are bare Exceptions
         first = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise TuwenError(f"{directory}: cannot load the saved tokenizer ({first})") from None
+
+
+def _tokenizer_class(config_file: Path):
+    if json.loads(config_file.read_text()).get("tokenizer_class") in PLAIN_FAST_TOKENIZERS:
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from tuwen.config import Config, HFTowerConfig, ModelConfig
-from tuwen.data.answers import AnswerVocab
+from tuwen.data.answers import VOCAB_FILE, AnswerVocab
 from tuwen.data.prepare import SplitData, build_answer_vocab, build_tokenizer, read_split
 from tuwen.data.tokenizer import (
     load_text_tokenizer,
@@ -26,8 +26,6 @@ from tuwen.models.chat import decoder_chat, special_ids
 from tuwen.models.hf_image import Preprocessing, resolve_preprocessing
 from tuwen.models.hf_text import hf_tokenizer
 from tuwen.models.spec import ModelSpec
-
-VOCAB_FILE = "answer_vocab.json"
 
 
 @dataclass
