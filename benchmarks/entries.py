@@ -91,7 +91,7 @@ def _loader(o: Options) -> dict:
 
 
 def _search(o: Options) -> dict:
-    """FAISS text-query latency and recall@10: exact against approximate (HNSW)."""
+    """FAISS text-query latency and recall@10: exact against approximate (PQ re-ranked)."""
     size = ["--sizes", "20000", "--queries", "50"] if o.quick else []
     result = search.main([*size, "--threads", str(o.threads)])
     exact = {r["vectors"]: r for r in result["rows"] if r["index"].startswith("exact")}

@@ -1,9 +1,9 @@
-"""Search latency of tuwen's FAISS indexes: exact inner product against HNSW (and IVF).
+"""Search latency of tuwen's FAISS indexes: exact inner product against the approximate ones.
 
 Stores N random unit vectors of the model's embedding size, builds the indexes exactly as
 ``tuwen index`` does (``apps.index.build_faiss``), then times one query at a time (a text
 query's embedding is one vector) and measures the approximate index's recall@k against the
-exact one, for each ``--ef-search`` (HNSW) or ``--probe`` (IVF) setting:
+exact one, for each ``--rerank`` (PQ), ``--ef-search`` (HNSW) or ``--probe`` (IVF) setting:
 
   python -m benchmarks.search --sizes 100000,1000000 --dim 128
 
@@ -64,8 +64,10 @@ def bench_size(size: int, args) -> list[dict]:
         start = time.perf_counter()
         index = build_faiss(vectors, options)
         build_s = time.perf_counter() - start
-        for value in (args.ef_search if kind == "hnsw" else args.probe):
-            if kind == "hnsw":
+        for value in {"pq": args.rerank, "hnsw": args.ef_search, "ivf": args.probe}[kind]:
+            if kind == "pq":
+                index.k_factor, setting = value, f"4-bit codes, re-rank {value} x k"
+            elif kind == "hnsw":
                 index.hnsw.efSearch, setting = value, f"M={args.hnsw_m}, efSearch={value}"
             else:
                 index.nprobe, setting = value, f"nlist={index.nlist}, nprobe={value}"
@@ -89,8 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dim", type=int, default=128, help="the demo model's embed_dim")
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("-k", type=int, default=10)
-    parser.add_argument("--approximate", default="hnsw",
-                        help="hnsw and/or ivf, comma-separated ('' for exact alone)")
+    parser.add_argument("--approximate", default="pq",
+                        help="pq, hnsw and/or ivf, comma-separated ('' for exact alone)")
+    parser.add_argument("--rerank", default="20,50,100", help="pq: candidates per result")
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-search", default="64,128,256")
     parser.add_argument("--probe", default="16,64")
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     args.ef_search = [int(v) for v in args.ef_search.split(",")]
     args.probe = [int(v) for v in args.probe.split(",")]
+    args.rerank = [int(v) for v in args.rerank.split(",")]
     import faiss
 
     faiss.omp_set_num_threads(args.threads)

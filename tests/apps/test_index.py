@@ -19,8 +19,10 @@ from tuwen.apps.index import (
     Entry,
     IndexMismatch,
     IndexOptions,
+    build_faiss,
     build_index,
     read_entries,
+    set_search_options,
 )
 from tuwen.apps.index_shards import SHARD_DIR, merge_shards, write_shard
 from tuwen.apps.search import ImageIndex, UnknownImage, search_index
@@ -224,3 +226,25 @@ def test_torchrun_index_equals_the_single_process_index(pipeline, trained_run, f
     assert "12 images indexed (exact): 1 embedded, 1 removed, 11 unchanged" in run.stdout
     assert main(["index", str(model), str(folder), "--out", str(single), "--device", "cpu"]) == 0
     assert_same_index(pipeline, parallel, single)
+
+
+def test_the_pq_index_re_ranks_to_the_exact_neighbours():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3000, 32), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[:20] + 0.3 * rng.standard_normal((20, 32), dtype=np.float32)
+    exact = build_faiss(vectors, IndexOptions(exact_below=10**6))
+    options = IndexOptions(exact_below=0, approximate="pq", pq_rerank=50)
+    approx = build_faiss(vectors, options)
+    set_search_options(approx, options)
+    assert type(approx).__name__ == "IndexRefineFlat" and approx.k_factor == 50
+    (want_d, want), (got_d, got) = exact.search(queries, 10), approx.search(queries, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, want)]) >= 0.95
+    hit = got == want  # where the same vector is found, its score is the exact one
+    np.testing.assert_allclose(got_d[hit], want_d[hit], atol=1e-5)
+
+
+def test_too_few_vectors_for_product_codes_are_searched_exactly():
+    assert IndexOptions(exact_below=0, approximate="pq").kind(999) == "exact"
+    assert IndexOptions(exact_below=0, approximate="pq").kind(1000) == "pq"
+    assert IndexOptions(exact_below=0, approximate="hnsw").kind(10) == "hnsw"

@@ -175,8 +175,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     idx.add_argument("--batch-size", type=int, default=64)
     idx.add_argument("--exact-below", type=int, default=100_000,
                      help="exact inner-product search below this many images (default 100000)")
-    idx.add_argument("--approximate", choices=["hnsw", "ivf"], default="hnsw",
-                     help="the approximate index above that size (default hnsw)")
+    idx.add_argument("--approximate", choices=["pq", "hnsw", "ivf"], default="pq",
+                     help="the approximate index above that size (default pq)")
     idx.add_argument("--device", help="cpu, cuda ... (default: a GPU if there is one; under "
                                       "torchrun each process its own)")
     idx.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default fp32")

@@ -9,7 +9,8 @@ An index folder holds::
 
 A re-run embeds only the files that are new or whose size or modification time changed,
 and drops the files that are gone; the FAISS index is rebuilt from ``vectors.npy`` (exact
-inner product below ``exact_below`` images, HNSW or IVF above). Under ``torchrun`` /
+inner product below ``exact_below`` images, an approximate index above: a product-quantised
+scan with exact re-ranking, HNSW or IVF). Under ``torchrun`` /
 ``accelerate launch`` each process embeds its share of the new files and the first merges
 the shards, through the same Accelerate state training uses.
 """
@@ -34,6 +35,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"})
 META_FILE, ENTRIES_FILE = "index.json", "entries.jsonl"
 VECTORS_FILE, FAISS_FILE = "vectors.npy", "index.faiss"
 FORMAT_VERSION = 1
+PQ_MIN_VECTORS = 1000
 
 
 class IndexOptions(BaseModel):
@@ -41,7 +43,8 @@ class IndexOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     exact_below: int = Field(100_000, ge=0)  # exact inner product below this many images
-    approximate: Literal["hnsw", "ivf"] = "hnsw"
+    approximate: Literal["pq", "hnsw", "ivf"] = "pq"
+    pq_rerank: int = Field(100, ge=1)         # pq: candidates re-ranked exactly, per result
     hnsw_m: int = Field(32, ge=4)             # graph links per vector
     hnsw_ef_construction: int = Field(80, ge=8)
     hnsw_ef_search: int = Field(128, ge=1)    # candidates kept while searching
@@ -49,7 +52,9 @@ class IndexOptions(BaseModel):
     ivf_probe: int = Field(32, ge=1)          # lists visited per query
 
     def kind(self, n: int) -> str:
-        return "exact" if n < self.exact_below else self.approximate
+        # product codes need a few hundred vectors to train; so few are searched exactly anyway
+        small = n < max(self.exact_below, PQ_MIN_VECTORS if self.approximate == "pq" else 0)
+        return "exact" if small else self.approximate
 
 
 class IndexMismatch(TuwenError):
@@ -127,6 +132,8 @@ def build_faiss(vectors: np.ndarray, options: IndexOptions):
     kind = options.kind(n)
     if kind == "exact":
         index = faiss.IndexFlatIP(dim)
+    elif kind == "pq":
+        index = _pq_rerank_index(vectors, dim)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = options.hnsw_ef_construction
@@ -139,10 +146,23 @@ def build_faiss(vectors: np.ndarray, options: IndexOptions):
     return index
 
 
+def _pq_rerank_index(vectors: np.ndarray, dim: int):
+    """4-bit product codes of two dimensions each, scanned with SIMD lookup tables (FAISS
+    "fast scan"), the best ``pq_rerank * k`` candidates re-scored exactly on the stored vectors."""
+    import faiss
+
+    codes = dim // 2 if dim % 2 == 0 else dim
+    index = faiss.IndexRefineFlat(faiss.IndexPQFastScan(dim, codes, 4, faiss.METRIC_INNER_PRODUCT))
+    index.train(vectors[np.random.default_rng(0).permutation(len(vectors))[:100_000]])
+    return index
+
+
 def set_search_options(index, options: IndexOptions) -> None:
     import faiss
 
-    if isinstance(index, faiss.IndexHNSW):
+    if isinstance(index, faiss.IndexRefine):
+        index.k_factor = float(options.pq_rerank)
+    elif isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = options.hnsw_ef_search
     elif isinstance(index, faiss.IndexIVF):
         index.nprobe = options.ivf_probe
