@@ -13,6 +13,11 @@ class TuwenError(Exception):
     """Base class for errors caused by the user's input, config or environment."""
 
 
+class TuwenWarning(UserWarning):
+    """Something the user should know that does not stop the run; the CLI prints it as one
+    line (``tuwen: note: ...``)."""
+
+
 class ConfigError(TuwenError):
     """A config key is unknown, mistyped or inconsistent with another key."""
 

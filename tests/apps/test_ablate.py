@@ -56,3 +56,15 @@ def test_bad_axis_is_one_error_before_any_run(tiny_shapes, tmp_path, axis, messa
     with pytest.raises(ConfigError, match=message):
         plan(base, [axis], 2)
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_axis_can_switch_a_typed_section_inside_another():
+    base = BaseConfig("configs/shapes_llm.yaml", [])
+    config, dropped = base.with_values({"model.decoder.reduce.type": "avg_pool"}, "--axis")
+    assert config.model.decoder.reduce.type == "avg_pool"
+    assert dropped == ["model.decoder.reduce.factor"]
+    pooled = BaseConfig("configs/shapes_llm.yaml", ["model.decoder.reduce={type: avg_pool}"])
+    pooled.check("model.decoder.reduce.tokens", [16, 36], "--axis")
+    with pytest.raises(ConfigError, match=r"--axis model\.decoder\.reduce\.tokens=15: .*not a "
+                                          r"square number"):
+        pooled.check("model.decoder.reduce.tokens", [15], "--axis")

@@ -123,7 +123,7 @@ def test_fusion_config_keys_are_checked_per_type():
         load_config(None, ["model.fusion.type=concat", "model.fusion.gate=scalar"])
     with pytest.raises(ConfigError, match=r"model\.fusion\.layers: unknown key for type "
                                           r"'weighted_sum'"):
-        load_config("configs/shapes.yaml", ["model.fusion.type=weighted_sum"])
+        load_config(None, ["model.fusion={type: weighted_sum, layers: 2}"])
     with pytest.raises(ConfigError, match=r"model\.fusion\.gate: expected 'scalar' or 'vector'"):
         load_config(None, ["model.fusion={type: weighted_sum, gate: matrix}"])
     with pytest.raises(ConfigError, match=r"model\.fusion\.type: expected 'concat' or "

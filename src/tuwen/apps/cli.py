@@ -10,9 +10,10 @@ import json
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
-from tuwen.errors import TuwenError
+from tuwen.errors import TuwenError, TuwenWarning
 
 # leaves time for data generation and evaluation within about ten minutes on two CPU cores
 # (docs/experiments/2026-11-29-demo-config-history.md)
@@ -460,11 +461,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_notes(show):
+    """``warnings.showwarning`` that prints tuwen's own warnings as ``tuwen: note: ...``."""
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, TuwenWarning):
+            print(f"tuwen: note: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return show_warning
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
-        code = args.func(args)
+        with warnings.catch_warnings():  # restores showwarning when main returns
+            warnings.showwarning = _one_line_notes(warnings.showwarning)
+            code = args.func(args)
     except TuwenError as err:
         print(f"tuwen: error: {err}", file=sys.stderr)
         return 2

@@ -5,23 +5,23 @@ the config by its dotted path. Every value (and both ends of a range) is applied
 base config and validated before any trial starts, so a typo or a wrong type is one error
 naming the option, not a failed trial an hour later.
 
-Switching a typed section (``model.fusion.type=concat``) keeps the keys of the base section
-that the new type also has (``layers``, ``heads``) and drops the others (``window`` belongs
-to cross-attention only): "everything else identical" as far as the new type allows.
+Switching a typed section (``model.fusion.type=concat``) works as with ``--set``
+(:mod:`tuwen.config.paths`): the keys the new type also has stay (``layers``, ``heads``), the
+old type's others are dropped (``window`` belongs to cross-attention only): "everything else
+identical" as far as the new type allows.
 """
 
 from __future__ import annotations
 
 import math
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
 
 from tuwen.config import Config, apply_overrides, config_from_dict
+from tuwen.config.paths import known_path, set_key
 from tuwen.errors import ConfigError, TuwenError
 
 KINDS = ("log", "float", "int", "choice")
@@ -103,60 +103,9 @@ def parse_param(text: str) -> Param:
 
 # ------------------------------------------------------------------ applying to a config
 
-def _union_members(annotation: Any) -> list[type[BaseModel]]:
-    """The classes of a typed_union annotation (``Annotated[Union[Annotated[cls, Tag]]]``)."""
-    inner = typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated \
-        else annotation
-    members = []
-    for arg in typing.get_args(inner):
-        cls = typing.get_args(arg)[0] if typing.get_origin(arg) is typing.Annotated else arg
-        if isinstance(cls, type) and issubclass(cls, BaseModel):
-            members.append(cls)
-    return members
-
-
-def typed_section(path: list[str]) -> list[type[BaseModel]]:
-    """The member classes when ``path`` names a typed section of Config, else []."""
-    cls: type[BaseModel] = Config
-    for i, part in enumerate(path):
-        field = cls.model_fields.get(part)
-        if field is None:
-            return []
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            cls = annotation
-            continue
-        return _union_members(annotation) if i == len(path) - 1 else []
-    return []
-
-
-def _member_for(members: list[type[BaseModel]], key: str, value: Any):
-    for cls in members:
-        tag = typing.get_args(cls.model_fields[key].annotation) if key in cls.model_fields \
-            else ()
-        if value in tag:
-            return cls
-    return None
-
-
-def assign(raw: dict, path: str, value: Any) -> list[str]:
+def assign(raw: dict, path: str, value: Any, option: str = "--param") -> list[str]:
     """Set ``path`` to ``value`` in the raw config; returns the keys a type switch dropped."""
-    parts = path.split(".")
-    members = typed_section(parts[:-1])
-    cls = _member_for(members, parts[-1], value) if members else None
-    dropped: list[str] = []
-    if cls is not None:
-        section: Any = raw
-        for part in parts[:-1]:
-            section = section.get(part) if isinstance(section, dict) else None
-        if isinstance(section, dict):
-            dropped = [f"{'.'.join(parts[:-1])}.{k}" for k in section
-                       if k not in cls.model_fields]
-            for key in dropped:
-                section.pop(key.rsplit(".", 1)[1])
-    apply_overrides(raw, [f"{path}={yaml.safe_dump(value, default_flow_style=True).strip()}"
-                          .removesuffix("\n...")])
-    return dropped
+    return set_key(raw, path.split("."), value, f"{option} {path}={value}")
 
 
 @dataclass
@@ -182,7 +131,7 @@ class BaseConfig:
         """The validated config with ``values`` assigned, and the keys type switches dropped."""
         raw, dropped = self.raw(), []
         for path, value in values.items():
-            dropped += assign(raw, path, value)
+            dropped += assign(raw, path, value, option)
         try:
             return config_from_dict(raw, self.path or "defaults"), dropped
         except TuwenError as err:
@@ -191,24 +140,8 @@ class BaseConfig:
 
     def check(self, path: str, values: list[Any], option: str) -> None:
         """Every value of ``path`` gives a valid config, and ``path`` is a real key."""
-        if not _known_path(path.split(".")):
+        if not known_path(path.split(".")):
             raise ConfigError(f"{option} {path}: no such config key")
         for value in values:
             self.with_values({path: value}, option)
 
-
-def _known_path(parts: list[str]) -> bool:
-    cls: type[BaseModel] = Config
-    for i, part in enumerate(parts):
-        members = typed_section(parts[:i])
-        classes = members or [cls]
-        fields = [c.model_fields[part] for c in classes if part in c.model_fields]
-        if not fields:
-            return False
-        annotation = fields[0].annotation
-        if i < len(parts) - 1:
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                cls = annotation
-            elif not typed_section(parts[:i + 1]):
-                return False
-    return True

@@ -3,8 +3,10 @@
 One module per section: :mod:`~tuwen.config.sources` (``data.sources``),
 :mod:`~tuwen.config.data`, :mod:`~tuwen.config.model`, :mod:`~tuwen.config.train`,
 :mod:`~tuwen.config.eval`; :mod:`~tuwen.config.root` joins them into ``Config`` and
-:mod:`~tuwen.config.load` reads YAML and ``--set`` overrides. Every section forbids unknown
-keys, so a typo is an error that names the key path instead of a silently ignored setting.
+:mod:`~tuwen.config.load` reads YAML and ``--set`` overrides, which
+:mod:`~tuwen.config.paths` applies (switching a typed section's type). Every section
+forbids unknown keys, so a typo is an error that names the key path instead of a silently
+ignored setting.
 ``python -m tuwen.config.reference`` writes docs/config-reference.md from the models.
 """
 

@@ -7,6 +7,7 @@ ConcatFusionConfig, ...}``); nothing is registered at import time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag
@@ -18,6 +19,27 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+@dataclass(frozen=True)
+class TypedUnion:
+    """What a typed union is made of, kept in its annotation so that code reading raw config
+    trees or error paths (:mod:`tuwen.config.paths`) can tell the section's type."""
+
+    key: str
+    members: dict[str, type[Section]]
+    default: str | None
+
+    def tag_of(self, value: Any) -> str | None:
+        """The type of a section, raw (a mapping, where a missing key means the default) or
+        validated."""
+        if isinstance(value, dict):
+            return value.get(self.key, self.default)
+        return getattr(value, self.key, None)
+
+    def member(self, value: Any) -> type[Section] | None:
+        tag = self.tag_of(value)
+        return self.members.get(tag) if isinstance(tag, str) else None
+
+
 def typed_union(members: dict[str, type[Section]], *, default: str | None,
                 key: str = "type") -> Any:
     """A section whose keys depend on its ``key`` (each class has ``key: Literal[tag]``).
@@ -26,11 +48,10 @@ def typed_union(members: dict[str, type[Section]], *, default: str | None,
     ``key`` means ``default``; an unknown tag, or a key of another member, is an error that
     names ``<section>.<key>`` or that key.
     """
-
-    def tag_of(value: Any) -> str | None:
-        return value.get(key, default) if isinstance(value, dict) else getattr(value, key, None)
-
+    union = TypedUnion(key, dict(members), default)
     tagged = tuple(Annotated[cls, Tag(tag)] for tag, cls in members.items())
     return Annotated[Union[tagged], Discriminator(  # noqa: UP007 (a runtime tuple of members)
-        tag_of, custom_error_type="type_choice", custom_error_message="unknown type",
-        custom_error_context={"expected": " or ".join(repr(t) for t in members), "key": key})]
+        union.tag_of, custom_error_type="type_choice", custom_error_message="unknown type",
+        custom_error_context={"expected": " or ".join(repr(t) for t in members), "key": key}),
+        union]
+

@@ -1,11 +1,14 @@
 """YAML in, a validated ``Config`` out: ``--set`` overrides, one-line errors, saving.
 
 ``--set a.b.c=value`` overrides are applied to the raw YAML tree before validation, so they
-go through exactly the same checks as the file.
+go through exactly the same checks as the file. ``--set model.fusion.type=concat`` switches
+the section's type (:mod:`tuwen.config.paths`); the keys it drops are reported as a
+``TuwenWarning``, one line per ``--set``.
 """
 
 from __future__ import annotations
 
+import warnings
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -14,14 +17,9 @@ import yaml
 from pydantic import ValidationError
 
 from tuwen import fsio
-from tuwen.config.model import DECODERS, FUSIONS, IMAGE_ENCODERS, TEXT_ENCODERS
+from tuwen.config.paths import dropped_note, set_key, split_loc
 from tuwen.config.root import Config
-from tuwen.config.sources import SOURCES
-from tuwen.errors import ConfigError
-
-# the tags of the typed unions -> their key: pydantic puts the tag into an error's key path
-_TYPE_TAGS = {**{tag: "type" for members in (IMAGE_ENCODERS, TEXT_ENCODERS, FUSIONS, DECODERS)
-                 for tag in members}, **dict.fromkeys(SOURCES, "format")}
+from tuwen.errors import ConfigError, TuwenWarning
 
 
 def packaged_config(name: str) -> Path:
@@ -39,27 +37,26 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``--set``s to the raw tree in order; a type switch's dropped keys are warned."""
     for text in overrides:
         path, value = parse_override(text)
-        node = raw
-        for i, part in enumerate(path[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {'.'.join(path[:i + 1])} is not a section")
-            node = child
-        node[path[-1]] = value
+        dropped = set_key(raw, path, value, f"--set {text!r}")
+        if dropped:
+            warnings.warn(dropped_note(f"--set {text.strip()}", dropped, value), TuwenWarning,
+                          stacklevel=2)
     return raw
 
 
 def _error_line(e: dict) -> str:
-    loc, got = [str(p) for p in e["loc"] if p not in _TYPE_TAGS], e.get("input")
-    tag = next((p for p in e["loc"] if p in _TYPE_TAGS), None)
+    loc, tags = split_loc(e["loc"])
+    got = e.get("input")
     if e["type"] == "type_choice":  # a typed union's `type` names no member
         key = e["ctx"]["key"]
         loc, got = [*loc, key], got.get(key) if isinstance(got, dict) else got
     path = ".".join(loc) or "(top level)"
     if e["type"] == "extra_forbidden":
-        return f"{path}: unknown key" + (f" for {_TYPE_TAGS[tag]} {tag!r}" if tag else "")
+        key, tag = tags.get(len(loc) - 2, (None, None))  # the type of the key's own section
+        return f"{path}: unknown key" + (f" for {key} {tag!r}" if tag else "")
     expected = e["msg"]
     if "expected" in e.get("ctx", {}):
         expected = f"expected {e['ctx']['expected']}"
