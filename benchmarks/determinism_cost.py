@@ -18,7 +18,11 @@ import torch
 
 from tuwen.config import load_config
 from tuwen.data.shapes import generate_shapes
-from tuwen.training import loop
+from tuwen.training.assets import with_tower_preprocessing
+from tuwen.training.distributed import make_accelerator
+from tuwen.training.loaders import build_loader
+from tuwen.training.optim import task_weights
+from tuwen.training.parts import prepare, setup_run, train_mode
 from tuwen.training.determinism import configure_determinism
 
 
@@ -27,13 +31,13 @@ def setup(config_path: str, batch_size: int, work: Path):
     generate_shapes(root, seed=0, image_size=48, n_train=4 * batch_size, n_val=8, n_test=8,
                     n_test_novel=8, progress=False)
     config = load_config(config_path, [f"data.root={root}", f"train.batch_size={batch_size}"])
-    config = loop.with_tower_preprocessing(config)
-    accelerator = loop.make_accelerator(config.train)
-    assets = loop.setup_run(config, work / "run", accelerator, False)
-    parts = loop.prepare(config, assets, accelerator, work / "run")
-    batch = next(iter(loop.build_loader(config, assets)))
-    loop.train_mode(parts)
-    return parts, batch, loop.task_weights(0, config.train)
+    config = with_tower_preprocessing(config)
+    accelerator = make_accelerator(config.train)
+    assets = setup_run(config, work / "run", accelerator, False)
+    parts = prepare(config, assets, accelerator, work / "run")
+    batch = next(iter(build_loader(config, assets)))
+    train_mode(parts)
+    return parts, batch, task_weights(0, config.train)
 
 
 def gradients(parts, batch, weights) -> dict[str, torch.Tensor]:
@@ -53,14 +57,14 @@ def step_time(parts, batch, weights, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="configs/shapes.yaml")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=4)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         parts, batch, weights = setup(args.config, args.batch_size, Path(tmp))

@@ -86,3 +86,12 @@ def test_entry_point_lists_entries(capsys):
     for name in ("training", "generation", "precision", "feature_cache", "loader_throughput"):
         assert f"{name}:" in listed
     json.dumps(entry.parse(["--quick", "--only", "training"]).__dict__)
+
+
+def test_determinism_cost_compares_both_modes(capsys):
+    from benchmarks import determinism_cost
+
+    determinism_cost.main(["--batch-size", "4", "--rounds", "1", "--steps", "1", "--threads", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["deterministic=True", "deterministic=False"]
+    assert "repeated steps: 0 of" in lines[0]  # the deterministic mode repeats bit for bit
