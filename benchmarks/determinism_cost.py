@@ -19,11 +19,11 @@ import torch
 from tuwen.config import load_config
 from tuwen.data.shapes import generate_shapes
 from tuwen.training.assets import with_tower_preprocessing
+from tuwen.training.determinism import configure_determinism
 from tuwen.training.distributed import make_accelerator
 from tuwen.training.loaders import build_loader
 from tuwen.training.optim import task_weights
 from tuwen.training.parts import prepare, setup_run, train_mode
-from tuwen.training.determinism import configure_determinism
 
 
 def setup(config_path: str, batch_size: int, work: Path):
