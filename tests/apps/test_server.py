@@ -258,13 +258,13 @@ def slow(seconds):
 
 
 def test_full_queue_answers_503_with_retry_after(pipeline, index, images):
-    settings = ServeSettings(max_queue=1, max_batch=1)
+    settings = ServeSettings(max_queue=1, max_batch=1, retry_after_s=7)
     with TestClient(create_app(pipeline, index, settings)) as c:
         c.app.state.service.batchers["caption"].fn = slow(1.0)
         got = concurrently(3, lambda i: c.post("/v1/caption", **upload(first_image(images))))
         busy = [r for r in got if r.status_code == 503]
-        assert busy and all(r.headers["retry-after"] == "1" for r in busy)
-        assert "busy" in busy[0].json()["error"]
+        assert busy and all(r.headers["retry-after"] == "7" for r in busy)
+        assert "busy" in busy[0].json()["error"] and "try again in 7 s" in busy[0].json()["error"]
         assert any(r.status_code == 200 for r in got)
 
 

@@ -32,10 +32,10 @@ class Busy(Exception):
 class MicroBatcher:
     def __init__(self, fn: Callable[[list], Sequence], *, name: str = "model",
                  max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 64,
-                 executor: Executor | None = None) -> None:
+                 retry_after_s: int = 1, executor: Executor | None = None) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and max_queue must be at least 1, max_wait_ms >= 0")
-        self.fn, self.name = fn, name
+        self.fn, self.name, self.retry_after_s = fn, name, retry_after_s
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
         self.executor = executor or ThreadPoolExecutor(1, thread_name_prefix=name)
         self.pending = 0                       # submitted and not yet answered
@@ -46,7 +46,7 @@ class MicroBatcher:
     async def submit(self, item: Any) -> Any:
         """``fn([..., item, ...])``'s entry for ``item``; raises what ``fn`` raised."""
         if self.pending >= self.max_queue:
-            raise Busy(self.name, self.max_queue)
+            raise Busy(self.name, self.max_queue, self.retry_after_s)
         self._start()
         future = asyncio.get_running_loop().create_future()
         self.pending += 1

@@ -49,7 +49,8 @@ class Service:
         self.pipe, self.index, self.settings = pipe, index, settings
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
         options = {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
-                   "max_queue": settings.max_queue, "executor": self.model_thread}
+                   "max_queue": settings.max_queue, "retry_after_s": settings.retry_after_s,
+                   "executor": self.model_thread}
         self.batchers = {
             "caption": MicroBatcher(self._captions, name="caption", **options),
             "answer": MicroBatcher(self._answers, name="answer", **options),
@@ -125,14 +126,14 @@ def _validation_message(err: RequestValidationError) -> str:
     return f"{where}: {first.get('msg', 'invalid request')}"
 
 
-def _handlers(app: FastAPI, settings: ServeSettings) -> None:
+def _handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def request_error(_, err: RequestError):
         return _error(err.status, err.message)
 
     @app.exception_handler(Busy)
     async def busy(_, err: Busy):
-        return _error(503, str(err), {"Retry-After": str(settings.retry_after_s)})
+        return _error(503, str(err), {"Retry-After": str(err.retry_after)})
 
     @app.exception_handler(TuwenError)
     async def tuwen_error(_, err: TuwenError):
@@ -162,7 +163,7 @@ def create_app(pipe: Pipeline, index: ImageIndex | None = None,
                               "from a trained tuwen model.")
     app.state.service = service
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    _handlers(app, settings)
+    _handlers(app)
     _routes(app, service)
     return app
 
