@@ -4,40 +4,15 @@ question, search the index and caption a result."""
 
 import contextlib
 import io
-import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from serve_helpers import image_folder, index_of, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run"]
-
-
-@contextlib.contextmanager
-def serving(app):
-    """The app under uvicorn on a free loopback port, in a thread; yields its base URL."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @contextlib.contextmanager
@@ -60,16 +35,10 @@ def browser_page(tmp_path):
 
 @pytest.fixture(scope="module")
 def served(pipeline, trained_run, tiny_shapes, tmp_path_factory):
-    from tuwen.apps.index import IndexOptions, build_index
-    from tuwen.apps.search import ImageIndex
     from tuwen.apps.server import create_app
 
-    root = tmp_path_factory.mktemp("page-images")
-    for path in sorted((tiny_shapes / "images").glob("*.png"))[:12]:
-        shutil.copy(path, root / path.name)
-    out = tmp_path_factory.mktemp("page-index") / "idx"
-    build_index(pipeline, trained_run / "model", root, out, IndexOptions(), show_progress=False)
-    return create_app(pipeline, ImageIndex(out)), root
+    root = image_folder(tiny_shapes, tmp_path_factory, 12, "page-images")
+    return create_app(pipeline, index_of(pipeline, trained_run, root, tmp_path_factory)), root
 
 
 def loaded(page, selector):

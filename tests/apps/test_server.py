@@ -6,7 +6,6 @@ import io
 import json
 import random
 import resource
-import shutil
 import struct
 import threading
 import time
@@ -17,11 +16,11 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
+from serve_helpers import image_folder, index_of  # noqa: E402
 
 from tuwen.apps.batcher import Busy, MicroBatcher  # noqa: E402
-from tuwen.apps.index import IndexOptions, build_index  # noqa: E402
 from tuwen.apps.limits import ServeSettings  # noqa: E402
-from tuwen.apps.search import ImageIndex, search_index  # noqa: E402
+from tuwen.apps.search import search_index  # noqa: E402
 from tuwen.apps.server import create_app  # noqa: E402
 
 
@@ -39,17 +38,12 @@ def huge_png(side: int = 20_000) -> bytes:
 
 @pytest.fixture(scope="module")
 def images(tiny_shapes, tmp_path_factory):
-    root = tmp_path_factory.mktemp("served")
-    for path in sorted((tiny_shapes / "images").glob("*.png"))[:10]:
-        shutil.copy(path, root / path.name)
-    return root
+    return image_folder(tiny_shapes, tmp_path_factory, 10, "served")
 
 
 @pytest.fixture(scope="module")
 def index(pipeline, trained_run, images, tmp_path_factory):
-    out = tmp_path_factory.mktemp("index") / "idx"
-    build_index(pipeline, trained_run / "model", images, out, IndexOptions(), show_progress=False)
-    return ImageIndex(out)
+    return index_of(pipeline, trained_run, images, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

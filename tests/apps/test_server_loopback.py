@@ -5,7 +5,6 @@ builds), each answered 4xx with a one-line JSON reason, and the server still up 
 import http.client
 import json
 import resource
-import shutil
 import time
 import uuid
 
@@ -13,25 +12,19 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
-from test_page import serving  # noqa: E402
+from serve_helpers import image_folder, index_of, serving  # noqa: E402
 from test_server import huge_png, png_bytes  # noqa: E402
 
-from tuwen.apps.index import IndexOptions, build_index  # noqa: E402
 from tuwen.apps.limits import ServeSettings  # noqa: E402
-from tuwen.apps.search import ImageIndex  # noqa: E402
 from tuwen.apps.server import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server(pipeline, trained_run, tiny_shapes, tmp_path_factory):
     """(host, port) of the app with an index of 6 images, served on 127.0.0.1."""
-    images = tmp_path_factory.mktemp("loopback_images")
-    for path in sorted((tiny_shapes / "images").glob("*.png"))[:6]:
-        shutil.copy(path, images / path.name)
-    out = tmp_path_factory.mktemp("loopback_index") / "idx"
-    build_index(pipeline, trained_run / "model", images, out, IndexOptions(),
-                show_progress=False)
-    app = create_app(pipeline, ImageIndex(out), ServeSettings(timeout_s=300))
+    images = image_folder(tiny_shapes, tmp_path_factory, 6, "loopback_images")
+    index = index_of(pipeline, trained_run, images, tmp_path_factory)
+    app = create_app(pipeline, index, ServeSettings(timeout_s=300))
     with serving(app) as url:
         host, port = url.removeprefix("http://").split(":")
         yield host, int(port)
