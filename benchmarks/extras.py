@@ -1,5 +1,5 @@
 """The cost of the joint-training extras on the demo config (configs/shapes.yaml): length
-buckets (``model.length_buckets``), ITC target weighting (``train.itc_specific_captions``) and
+buckets (``model.length_buckets``), ITC target weighting (``train.task_options.itc.specific_captions``) and
 the per-task gradient-norm probes (``train.task_grad_norm_every``), each switched off alone;
 and the demo step with AdamW's per-parameter loop, as before the fused update.
 
@@ -26,7 +26,7 @@ from tuwen.training.objective import JointObjective
 from tuwen.training.optim import build_optimizer, task_weights
 
 VARIANTS = {"as shipped": [], "length_buckets: 1": ["model.length_buckets=1"],
-            "itc_specific_captions: false": ["train.itc_specific_captions=false"],
+            "itc specific_captions: false": ["train.task_options.itc.specific_captions=false"],
             "AdamW per-parameter loop (before fused)": []}
 
 

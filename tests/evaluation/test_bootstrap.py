@@ -80,7 +80,7 @@ def test_item_scores_of_each_task(tmp_path):
 
 def test_per_image_cider_is_computed_when_the_file_lacks_it(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "")  # python PTB tokenisation
-    from tuwen.evaluation.caption_metrics import caption_scores
+    from tuwen.tasks.metrics.caption_metrics import caption_scores
 
     refs = {"1": ["a red circle", "a red circle left of a square"],
             "2": ["a blue square", "a small blue square"],

@@ -8,7 +8,7 @@ from collections.abc import Hashable
 import pytest
 
 from tuwen.errors import TuwenError
-from tuwen.evaluation.caption_metrics import caption_scores
+from tuwen.tasks.metrics.caption_metrics import caption_scores
 
 HAS_JAVA = shutil.which("java") is not None
 needs_java = pytest.mark.skipif(not HAS_JAVA, reason="java not on PATH")

@@ -11,7 +11,7 @@ from tuwen.data.shapes import read_scenes
 from tuwen.data.shapes_scene import ShapeObject
 from tuwen.data.tokenizer import train_tokenizer
 from tuwen.errors import DataError
-from tuwen.evaluation.grounding import (
+from tuwen.tasks.metrics.grounding import (
     load_scenes,
     named_objects,
     object_patches,

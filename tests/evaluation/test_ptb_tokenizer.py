@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tuwen.evaluation.ptb_tokenizer import ptb_tokenize, ptb_tokenize_lines
+from tuwen.tasks.metrics.ptb_tokenizer import ptb_tokenize, ptb_tokenize_lines
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="java not on PATH")
 

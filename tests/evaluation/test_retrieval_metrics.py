@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tuwen.errors import TuwenError
-from tuwen.evaluation.retrieval_metrics import retrieval_recall
+from tuwen.tasks.metrics.retrieval_metrics import retrieval_recall
 
 
 def test_small_matrix_with_ties_both_directions() -> None:

@@ -14,7 +14,7 @@ import pytest
 from tuwen import __version__
 from tuwen.apps.cli import main
 from tuwen.errors import DataError
-from tuwen.evaluation.protocol import ids_sha256
+from tuwen.tasks.metrics.protocol import ids_sha256
 from tuwen.evaluation.score import score_captions, score_retrieval, score_vqa
 
 HAS_JAVA = shutil.which("java") is not None
@@ -510,7 +510,7 @@ def test_library_errors_are_data_errors(retrieval_files):
 
 def test_decoding_settings_record_what_shapes_each_decoding():
     from tuwen.config import EvalConfig
-    from tuwen.evaluation.protocol import decoding_settings
+    from tuwen.tasks.metrics.protocol import decoding_settings
 
     cfg = EvalConfig(beam_size=4, length_penalty=0.6, max_new_tokens=20)
     assert decoding_settings(cfg, "beam") == {"decoding": "beam", "beam_size": 4,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tuwen.errors import TuwenError
-from tuwen.evaluation.vqa_accuracy import question_accuracy, vqa_accuracy
+from tuwen.tasks.metrics.vqa_accuracy import question_accuracy, vqa_accuracy
 
 
 def _annotation(qid: int, answers: list[str], *, qtype: str = "what color",

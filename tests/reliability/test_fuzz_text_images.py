@@ -18,9 +18,9 @@ from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import decode_text, train_tokenizer
 from tuwen.errors import TuwenError
 from tuwen.evaluation import caption_metrics
-from tuwen.evaluation.caption_metrics import caption_scores
-from tuwen.evaluation.ptb_tokenizer import ptb_tokenize
-from tuwen.evaluation.vqa_accuracy import question_accuracy
+from tuwen.tasks.metrics.caption_metrics import caption_scores
+from tuwen.tasks.metrics.ptb_tokenizer import ptb_tokenize
+from tuwen.tasks.metrics.vqa_accuracy import question_accuracy
 
 TOKENIZER = train_tokenizer(["a red circle left of a blue square", "what colour is it?"] * 4,
                             vocab_size=100)

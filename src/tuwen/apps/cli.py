@@ -240,8 +240,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def cmd_attention(args: argparse.Namespace) -> None:
     from tuwen.evaluation import attention
     from tuwen.evaluation.plots import attention_grid
+    from tuwen.tasks import saved_model
 
-    loaded = attention.LoadedModel.load(args.model)
+    loaded = saved_model.load(args.model)
     result = attention.attention_maps(
         loaded, attention.image_pixels(loaded, args.image), text=args.text,
         question=args.question, source=args.source or ("fusion" if args.question else "decoder"),

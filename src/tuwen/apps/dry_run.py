@@ -10,7 +10,7 @@ files are not needed; whether they exist is reported.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,16 @@ from transformers import CONFIG_MAPPING, AutoConfig
 
 from tuwen.config import Config, HFTowerConfig, ModelConfig
 from tuwen.data.answers import AnswerVocab
-from tuwen.data.dataset import Collator
+from tuwen.data.batch import Batch
+from tuwen.data.dataset import Collator, TextTools
 from tuwen.data.records import VQAItem
+from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import train_tokenizer
 from tuwen.errors import ConfigError
 from tuwen.models.hf_backbone import SUB_CONFIG
 from tuwen.models.image_text_model import ImageTextModel, build_model
 from tuwen.models.spec import ModelSpec
-from tuwen.tasks.joint import joint_step
+from tuwen.tasks.table import joint_step, model_heads, part_collates, task_options, trained
 
 # The hub models the shipped configs name, so that no lookup is needed to know their type.
 HUB_MODEL_TYPES = {"google/vit-base-patch16-224": "vit", "gpt2": "gpt2",
@@ -127,8 +129,9 @@ def tiny_model_config(model: ModelConfig) -> tuple[ModelConfig, dict[str, dict]]
     return ModelConfig.model_validate(raw), tiny_towers
 
 
-def synthetic_batch(tok, spec: ModelSpec, vqa_answers: bool, seed: int = 0) -> dict:
+def synthetic_batch(tok, spec: ModelSpec, config: Config, seed: int = 0) -> Batch:
     """Four random images with two captions and one question each, collated like training."""
+    vqa_answers = spec.model.vqa.mode == "generate"
     g = torch.Generator().manual_seed(seed)
     vocab = AnswerVocab(ANSWERS[:spec.num_answers])
     items = [{"pixel_values": torch.randn(3, spec.image_size, spec.image_size, generator=g),
@@ -136,9 +139,9 @@ def synthetic_batch(tok, spec: ModelSpec, vqa_answers: bool, seed: int = 0) -> d
               "questions": [VQAItem(i, i, Path(f"{i}.png"), SENTENCES[4 + i % 3],
                                     (ANSWERS[i],) * 10, ANSWERS[i], "what", "other")]}
              for i in range(4)]
-    collate = Collator(tok, None if vqa_answers else vocab, spec.max_text_length,
-                       vqa_answers=vqa_answers)
-    return collate(items)
+    tools = TextTools(tok, tok, TextNormalizer(), spec.max_text_length,
+                      vocab=None if vqa_answers else vocab)
+    return Collator(tools, part_collates(tools, config, spec, None))(items)
 
 
 def data_files(config: Config) -> dict[str, bool]:
@@ -163,6 +166,7 @@ def tiny_model(config: Config, seed: int = 0) -> tuple[ImageTextModel, object, D
                      image_size=TINY_IMAGE, max_text_length=min(config.data.max_text_length, 32),
                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                      eos_token_id=tok.eos_token_id)
+    spec = replace(spec, heads=model_heads(spec))
     torch.manual_seed(seed)
     model = build_model(spec)
     model.tokenizer = tok
@@ -174,14 +178,14 @@ def tiny_model(config: Config, seed: int = 0) -> tuple[ImageTextModel, object, D
 def dry_run(config: Config, seed: int = 0) -> DryRunReport:
     """Build the tiny stand-in, run one joint forward + backward, and report."""
     model, tok, report = tiny_model(config, seed)
-    weights = config.train.tasks.active(config.data.provides())
-    batch = synthetic_batch(tok, model.spec, config.model.vqa.mode == "generate", seed)
-    total, losses = joint_step(model.train(), batch, weights)
+    weights = {n: w for n, w in trained(config.data.provides(), config).items() if w > 0}
+    batch = synthetic_batch(tok, model.spec, config, seed)
+    total, losses = joint_step(model.train(), batch, weights, task_options(config))
     total.backward()
     for part in ("image_encoder", "text_encoder", "fusion", "decoder"):
         report.parameters[part] = sum(p.numel() for p in getattr(model, part).parameters())
-    report.parameters["heads"] = sum(p.numel() for h in (model.itc_head, model.itm_head,
-                                                         model.vqa_head) for p in h.parameters())
+    report.parameters["heads"] = sum(p.numel() for name in model.head_names
+                                     for p in getattr(model, name).parameters())
     report.losses = {k: v.item() for k, v in losses.items()}
     report.data_files = data_files(config)
     return report

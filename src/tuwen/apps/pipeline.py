@@ -21,15 +21,16 @@ import torch
 from PIL import Image
 
 from tuwen.apps.images import ImageLimits, decode_image
-from tuwen.data.answers import VOCAB_FILE, AnswerVocab
+from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform, load_image
 from tuwen.data.text import TextNormalizer
-from tuwen.data.tokenizer import load_text_tokenizer, load_tokenizer
 from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.errors import TuwenError
+from tuwen.model_files import CONFIG_FILE, WEIGHTS_FILE
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import captioning, retrieval, vqa
 from tuwen.tasks.batching import decode_until_eos
+from tuwen.tasks.saved_model import SavedModel, load
 
 if TYPE_CHECKING:
     from tuwen.evaluation.attention import AttentionMaps
@@ -66,8 +67,8 @@ def model_fingerprint(directory: str | Path) -> str:
     and last MiB (two trainings of one config differ there; reading all of a large model's
     weights would cost seconds)."""
     directory = Path(directory)
-    digest = hashlib.sha256((directory / "config.json").read_bytes())
-    weights = directory / "model.safetensors"
+    digest = hashlib.sha256((directory / CONFIG_FILE).read_bytes())
+    weights = directory / WEIGHTS_FILE
     size = weights.stat().st_size
     digest.update(str(size).encode())
     with weights.open("rb") as f:
@@ -93,15 +94,10 @@ class Pipeline:
                         dtype: str | torch.dtype | None = None) -> Pipeline:
         """``device``: "cpu", "cuda", "cuda:1" ... (default: a GPU when there is one);
         ``dtype``: fp32 (default), bf16 or fp16 weights and activations."""
-        directory = Path(directory)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = ImageTextModel.from_pretrained(directory)
-        model = model.to(device=device, dtype=resolve_dtype(dtype)).eval()
-        vocab_path = directory / VOCAB_FILE
-        vocab = AnswerVocab.load(vocab_path) if vocab_path.is_file() else None
-        return cls(model, load_tokenizer(directory), vocab, ImageTransform.for_model(model.spec),
-                   model_id=model_fingerprint(directory),
-                   text_tokenizer=load_text_tokenizer(directory))
+        saved = load(directory, device=device, dtype=resolve_dtype(dtype))
+        return cls(saved.model, saved.tokenizer, saved.vocab, saved.transform,
+                   model_id=model_fingerprint(directory), text_tokenizer=saved.text_tokenizer)
 
     # ------------------------------------------------------------ inputs
 
@@ -236,10 +232,10 @@ class Pipeline:
         """Per-token attention maps of one image over its patch grid, as ``tuwen attention``
         draws them: of ``text``, or of the caption the model writes (greedy) when it is None.
         ``options``: source ("decoder" or "fusion"), question, layer, head, rollout."""
-        from tuwen.evaluation.attention import LoadedModel, attention_maps  # explain only
+        from tuwen.evaluation.attention import attention_maps  # explain only
 
-        loaded = LoadedModel(self.model, self.tokenizer, self.vocab, self.transform,
-                             self.text_tokenizer)
+        loaded = SavedModel(self.model, self.tokenizer, self.text_tokenizer, self.vocab,
+                            self.transform, self.normalize)
         if text is not None:
             text = self.normalize(text)
         with torch.inference_mode():

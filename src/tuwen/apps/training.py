@@ -11,14 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuwen.config import Config
-from tuwen.data.answers import VOCAB_FILE, AnswerVocab
 from tuwen.data.prepare import read_split
-from tuwen.data.tokenizer import load_text_tokenizer, load_tokenizer
 from tuwen.evaluation.evaluate import evaluate_split
 from tuwen.models.image_text_model import ImageTextModel
+from tuwen.tasks.saved_model import load_text_assets
+from tuwen.tasks.table import TASKS
 from tuwen.training.loop import TrainResult, train
 
-METRIC_SECTIONS = ("caption", "retrieval", "vqa")
+METRIC_SECTIONS = tuple(t.metric for t in TASKS.values() if t.metric)
 
 
 def validation_metrics(config: Config, run_dir: Path):
@@ -29,12 +29,9 @@ def validation_metrics(config: Config, run_dir: Path):
 
     def evaluate(model: ImageTextModel, step: int) -> dict:
         if not loaded:  # the run writes its tokenizer and vocabulary before the first step
-            model_dir = run_dir / "model"
-            loaded["tokenizer"] = load_tokenizer(model_dir)
-            loaded["text_tokenizer"] = load_text_tokenizer(model_dir)
-            vocab = model_dir / VOCAB_FILE
-            loaded["vocab"] = AnswerVocab.load(vocab) if vocab.is_file() else None
-            loaded["data"] = read_split(config.data, config.data.val_split)
+            tokenizer, text_tokenizer, vocab = load_text_assets(run_dir / "model")
+            loaded.update(tokenizer=tokenizer, text_tokenizer=text_tokenizer, vocab=vocab,
+                          data=read_split(config.data, config.data.val_split))
         metrics = evaluate_split(model, loaded["tokenizer"], loaded["vocab"], loaded["data"], cfg,
                                  run_dir / "eval" / "val-during-training",
                                  config.data.max_text_length, show_progress=False,

@@ -77,18 +77,20 @@ from tuwen.config.sources import (
     WebDatasetSource,
     shapes_sources,
 )
-from tuwen.config.train import TASK_LABELS, TASKS, TaskWeightPoint, TaskWeights, TrainConfig
+from tuwen.config.tasks import NoOptions, TaskDeclaration
+from tuwen.config.train import TaskWeightPoint, TrainConfig
 
 __all__ = [
     "COCO_IMAGE_PATTERN", "DECODERS", "FUSIONS", "IMAGE_ENCODERS", "REDUCTIONS", "SOURCES",
-    "SOURCE_LABELS", "TASKS", "TASK_LABELS", "TEXT_ENCODERS", "AugmentConfig", "AvgPoolConfig",
+    "SOURCE_LABELS", "TEXT_ENCODERS", "AugmentConfig", "AvgPoolConfig",
     "CocoSource", "ColorJitterConfig", "ConcatFusionConfig", "Config",
     "CrossAttentionFusionConfig", "CsvSource", "DataConfig", "DataSource", "DecoderConfig",
     "EvalConfig", "FusionConfig", "GRUTextEncoderConfig", "HFDecoderConfig",
     "HFImageEncoderConfig", "HFSource", "HFTextEncoderConfig", "HFTowerConfig",
     "ImageEncoderConfig", "JsonlSource", "KarpathySource", "LSTMTextEncoderConfig", "LoraConfig",
     "ModelConfig", "NoReductionConfig", "PixelShuffleConfig", "RandomResizedCropConfig", "Section",
-    "SmallCNNConfig", "SmallViTConfig", "SourceConfig", "TaskWeightPoint", "TaskWeights",
+    "NoOptions", "SmallCNNConfig", "SmallViTConfig", "SourceConfig", "TaskDeclaration",
+    "TaskWeightPoint",
     "TextConfig", "TextEncoderConfig", "TokenReductionConfig", "TokenizerConfig", "TowerConfig",
     "TowerTrainingConfig", "TrainConfig", "TransformerDecoderConfig",
     "TransformerTextEncoderConfig", "VQAModeConfig", "VQAv2Source", "WebDatasetSource",

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from tuwen.config.base import Section
 from tuwen.config.sources import DataSource, shapes_sources
+from tuwen.config.train import refuse_moved
 
 
 class TokenizerConfig(Section):
@@ -108,10 +109,6 @@ class DataConfig(Section):
         "first."))
     questions_per_image: int = Field(3, ge=1, description=(
         "Questions drawn per image per step."))
-    spatial_negatives: bool = Field(False, description=(
-        "ITM also rejects each image's first caption with English position words swapped "
-        "(left/right, above/below). Tuned on the shapes data; `configs/shapes.yaml` turns "
-        "it on."))
     answer_vocab_size: int = Field(100, ge=2, description=(
         "VQA classification: the most frequent training answers kept as classes (VQAv2 "
         "uses 3129)."))
@@ -128,6 +125,12 @@ class DataConfig(Section):
     augment: AugmentConfig | None = Field(AugmentConfig(), description=(
         "Training-only image augmentation; null: none."))
     text: TextConfig = Field(TextConfig(), description="Text normalisation.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, raw: object) -> object:
+        refuse_moved("data", raw)
+        return raw
 
     @model_validator(mode="after")
     def _name_sources(self) -> DataConfig:

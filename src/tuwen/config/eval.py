@@ -15,10 +15,11 @@ class EvalConfig(Section):
     splits: list[str] = Field(["test"], description=(
         "The evaluation splits; `tuwen data check` checks them beside the training and "
         "validation splits (`tuwen eval RUN --split` picks the one to score)."))
-    tasks: list[Literal["caption", "retrieval", "vqa"]] = Field(
-        ["caption", "retrieval", "vqa"], description=(
-            "The tasks scored: `caption` (BLEU, METEOR, ROUGE-L, CIDEr), `retrieval` "
-            "(R@1/5/10 both ways), `vqa` (VQAv2 accuracy)."))
+    tasks: list[str] | None = Field(None, description=(
+        "The evaluators run, by their metrics.json section: `caption` (BLEU, METEOR, "
+        "ROUGE-L, CIDEr), `retrieval` (R@1/5/10 both ways), `vqa` (VQAv2 accuracy), "
+        "`classify` (zero-shot top-1/top-5), and any added task's; null: every one the "
+        "split has labels for."))
     batch_size: int = Field(128, ge=1, description="Images per inference batch.")
     decoding: Literal["greedy", "beam", "top_p"] = Field("beam", description=(
         "Caption decoding: `greedy`, `beam` search or `top_p` (nucleus) sampling; greedy "

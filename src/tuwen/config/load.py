@@ -9,6 +9,7 @@ the section's type (:mod:`tuwen.config.paths`); the keys it drops are reported a
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -57,22 +58,29 @@ def _error_line(e: dict) -> str:
     if e["type"] == "extra_forbidden":
         key, tag = tags.get(len(loc) - 2, (None, None))  # the type of the key's own section
         return f"{path}: unknown key" + (f" for {key} {tag!r}" if tag else "")
+    if e["type"] == "value_error":  # a validator's own message names its keys
+        return str(e["ctx"]["error"])
     expected = e["msg"]
     if "expected" in e.get("ctx", {}):
         expected = f"expected {e['ctx']['expected']}"
     return f"{path}: {expected} (got {got!r})"
 
 
-def config_from_dict(raw: dict, source: str = "config") -> Config:
+def config_from_dict(raw: dict, source: str = "config", *,
+                     tasks: Mapping[str, Any] | None = None) -> Config:
+    """``raw`` validated; with ``tasks`` (the table of tasks, see config.tasks) task names
+    and options are checked too."""
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context=None if tasks is None else {"tasks": tasks})
     except ValidationError as err:
         lines = [_error_line(e) for e in err.errors()]
         raise ConfigError(f"{source}: invalid config: " + "; ".join(lines)) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults when ``path`` is None) and apply ``--set``s."""
+def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
+                tasks: Mapping[str, Any] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``--set``s;
+    ``tasks`` as ``config_from_dict`` takes it."""
     raw: Any = {}
     source = "defaults"
     if path is not None:
@@ -86,7 +94,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-    return config_from_dict(apply_overrides(raw, overrides or []), source)
+    return config_from_dict(apply_overrides(raw, overrides or []), source, tasks=tasks)
 
 
 def save_config(config: Config, path: str | Path) -> None:

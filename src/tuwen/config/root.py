@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from tuwen.config.base import Section
 from tuwen.config.data import DataConfig
 from tuwen.config.eval import EvalConfig
 from tuwen.config.model import ModelConfig, SmallViTConfig
 from tuwen.config.sources import WebDatasetSource
-from tuwen.config.train import TASK_LABELS, TrainConfig
-
-_NEEDS = {"caption": "a data source with captions", "vqa": "a data source with questions"}
+from tuwen.config.tasks import check_task_names, task_catalog
+from tuwen.config.train import TrainConfig
 
 
 class Config(Section):
@@ -36,23 +35,37 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
-    def _tasks_have_data(self) -> Config:
+    def _tasks_have_data(self, info: ValidationInfo) -> Config:
+        """With the table of tasks (see config.tasks): a weight > 0 needs a source with the
+        task's labels, and some task must train."""
+        catalog = task_catalog(info)
+        if catalog is None:
+            return self
         has = self.data.provides()
-        for task, weight in self.train.tasks.given().items():
-            label = TASK_LABELS[task]
-            if weight and label not in has:
-                raise ValueError(f"train.tasks.{task}={weight} needs {_NEEDS[label]} "
-                                 "(set its weight to 0, leave it unset, or add one to "
-                                 "data.sources)")
-        if not self.train.task_schedule and not self.train.tasks.active(has):
+        for name, weight in self.train.tasks.items():
+            task = catalog[name]
+            if weight and not task.trains:
+                raise ValueError(f"train.tasks.{name}={weight}: {name} is evaluated, not "
+                                 "trained (leave it out or set 0)")
+            if weight and task.labels not in has:
+                raise ValueError(f"train.tasks.{name}={weight} needs a data source with "
+                                 f"{task.labels} labels (set its weight to 0, leave it out, "
+                                 "or add one to data.sources)")
+        active = [n for n, t in catalog.items() if t.trains and
+                  self.train.tasks.get(n, float(t.labels in has)) > 0]
+        if not self.train.task_schedule and not active:
             raise ValueError("train.tasks: no task to train: the data sources have no labels "
                              "for the tasks left with a weight > 0")
+        if self.eval.tasks is not None:
+            check_task_names({t.metric: t for t in catalog.values() if t.metric}, "eval.tasks",
+                             self.eval.tasks)
         return self
 
     @model_validator(mode="after")
     def _specific_captions_are_counted(self) -> Config:
-        if self.train.itc_specific_captions and any(
-                isinstance(s, WebDatasetSource) for s in self.data.sources):
-            raise ValueError("train.itc_specific_captions counts every training caption up "
-                             "front, which a streamed webdataset source does not allow")
+        specific = self.train.task_options.get("itc", {}).get("specific_captions", False)
+        if specific and any(isinstance(s, WebDatasetSource) for s in self.data.sources):
+            raise ValueError("train.task_options.itc.specific_captions counts every training "
+                             "caption up front, which a streamed webdataset source does not "
+                             "allow")
         return self

@@ -3,64 +3,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from tuwen.config.base import Section
-from tuwen.config.sources import SOURCE_LABELS
+from tuwen.config.tasks import check_task_names, task_catalog
 
-TASKS = ("caption", "itc", "itm", "vqa")
-# the label each task trains on: captions feed captioning, ITC and ITM; questions feed VQA
-TASK_LABELS = {"caption": "caption", "itc": "caption", "itm": "caption", "vqa": "vqa"}
-
-_UNSET = " Unset: 1 when the training data has {labels}, else 0 (the task does not run)."
-
-
-def _weight(task: str, labels: str) -> float | None:
-    return Field(None, ge=0, description=f"Loss weight of {task} (>= 0; 0: off)."
-                 + _UNSET.format(labels=labels))
+# Moved keys: each task declares its own options (tuwen.tasks), set under train.task_options
+MOVED = {("train", "label_smoothing"): "train.task_options.caption.label_smoothing",
+         ("train", "itc_specific_captions"): "train.task_options.itc.specific_captions",
+         ("data", "spatial_negatives"): "train.task_options.itm.spatial_negatives"}
 
 
-class TaskWeights(Section):
-    """Per-task loss weights. A weight left unset follows the training data: 1 when the data
-    has the task's labels, else 0; a weight set > 0 for a task without labels is an error."""
+def refuse_moved(section: str, raw: Any) -> None:
+    """A key that moved to a task's options is an error that says where it went."""
+    if not isinstance(raw, dict):
+        return
+    for (where, key), to in MOVED.items():
+        if where == section and key in raw:
+            raise ValueError(f"{section}.{key} moved to {to}")
 
-    caption: float | None = _weight("captioning, the language-model cross-entropy", "captions")
-    itc: float | None = _weight("image-text contrastive learning, InfoNCE", "captions")
-    itm: float | None = _weight("image-text matching with hard negatives", "captions")
-    vqa: float | None = _weight("visual question answering", "questions")
 
-    def given(self) -> dict[str, float]:
-        """The weights the config sets."""
-        return {name: w for name in TASKS if (w := getattr(self, name)) is not None}
-
-    def weights(self, labels: Collection[str] = SOURCE_LABELS) -> dict[str, float]:
-        """Every task's weight on data with ``labels`` (``caption``, ``vqa``)."""
-        return {name: w if (w := getattr(self, name)) is not None
-                else float(TASK_LABELS[name] in labels) for name in TASKS}
-
-    def active(self, labels: Collection[str] = SOURCE_LABELS) -> dict[str, float]:
-        """The tasks that train on data with ``labels``, with their weights (> 0)."""
-        return {name: w for name, w in self.weights(labels).items() if w > 0}
-
-    def resolved(self, labels: Collection[str]) -> TaskWeights:
-        """These weights with every unset one decided by ``labels``."""
-        return TaskWeights(**self.weights(labels))
+Weight = Annotated[float, Field(ge=0)]
 
 
 class TaskWeightPoint(Section):
-    """One point of ``train.task_schedule``: the weights of the tasks it names at ``step``."""
+    """One point of ``train.task_schedule``: the weights of the tasks it names at ``step``,
+    written ``{step: 100, caption: 0.5}``."""
 
     step: int = Field(ge=0, description="The optimiser step of this point.")
-    caption: float | None = Field(None, ge=0, description="Caption weight here; unset: no point.")
-    itc: float | None = Field(None, ge=0, description="ITC weight here; unset: no point.")
-    itm: float | None = Field(None, ge=0, description="ITM weight here; unset: no point.")
-    vqa: float | None = Field(None, ge=0, description="VQA weight here; unset: no point.")
+    weights: dict[str, Weight] = Field({}, description=(
+        "Task name -> weight here (written beside `step`); a task it does not name has no "
+        "point here."))
 
-    def weights(self) -> dict[str, float]:
-        return {name: w for name in TASKS if (w := getattr(self, name)) is not None}
+    @model_validator(mode="before")
+    @classmethod
+    def _weights_beside_step(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "weights" not in raw:
+            return {"step": raw.get("step"),
+                    "weights": {k: v for k, v in raw.items() if k != "step"}}
+        return raw
 
 
 class TrainConfig(Section):
@@ -94,14 +77,13 @@ class TrainConfig(Section):
         "Steps between checkpoints in `RUN/checkpoints/step-N/`."))
     keep_last: int = Field(2, ge=1, description=(
         "Checkpoints kept (the newest ones, besides the best one)."))
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description=(
-        "Label smoothing of the captioning cross-entropy (0..1)."))
-    tasks: TaskWeights = Field(TaskWeights(), description=(
-        "Per-task loss weights; the total loss is their weighted sum. Unset weights follow "
-        "the training data's labels, and the run logs which tasks it trains."))
-    itc_specific_captions: bool = Field(False, description=(
-        "Image-to-text ITC targets weigh each caption by 1 / (training images with that "
-        "caption): an image's rarer, more specific captions count more."))
+    tasks: dict[str, Weight] = Field({}, description=(
+        "Task name -> loss weight (>= 0; 0: off); the total loss is their weighted sum. A "
+        "task left out follows the training data: weight 1 when the data has its labels, "
+        "else 0; the run logs which tasks it trains. The tasks: docs/design.md."))
+    task_options: dict[str, dict[str, Any]] = Field({}, description=(
+        "Task name -> that task's options (checked against the task's own options; "
+        "docs/config-reference.md lists them under 'Task options')."))
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description=(
         "Learning-rate decay after the warmup, down to `lr * min_lr_ratio`."))
     task_schedule: list[TaskWeightPoint] = Field([], description=(
@@ -140,12 +122,34 @@ class TrainConfig(Section):
     feature_cache_dir: str | None = Field(None, description=(
         "Where the feature cache lives. Default: `RUN/feature_cache`."))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, raw: Any) -> Any:
+        refuse_moved("train", raw)
+        return raw
+
     @model_validator(mode="after")
-    def _some_task(self) -> TrainConfig:
-        if not self.tasks.active() and not any(
-                w > 0 for p in self.task_schedule for w in p.weights().values()):
-            raise ValueError("train.tasks: at least one task weight must be > 0")
+    def _schedule_steps_increase(self) -> TrainConfig:
         steps = [p.step for p in self.task_schedule]
         if steps != sorted(set(steps)):
             raise ValueError(f"train.task_schedule: steps must increase, got {steps}")
         return self
+
+    @model_validator(mode="after")
+    def _known_tasks(self, info: ValidationInfo) -> TrainConfig:
+        """Task names and options against the table of tasks, when validation is given one
+        (``tuwen.tasks.table`` loads every run config so)."""
+        catalog = task_catalog(info)
+        if catalog is None:
+            return self
+        check_task_names(catalog, "train.tasks", self.tasks)
+        for i, point in enumerate(self.task_schedule):
+            check_task_names(catalog, f"train.task_schedule[{i}]", point.weights)
+        check_task_names(catalog, "train.task_options", self.task_options)
+        for name, raw in self.task_options.items():
+            catalog[name].options_from(raw, f"train.task_options.{name}")
+        return self
+
+    def weight_given(self, task: str) -> float | None:
+        """The weight the config sets for ``task``; None: follow the data."""
+        return self.tasks.get(task)

@@ -3,7 +3,7 @@
 ``normalize_answer`` reproduces ``processPunctuation`` followed by ``processDigitArticle``
 from the official evaluation script (``vqaEval.py``, Agrawal et al., GT-Vision-Lab/VQA,
 master), quirks included, so that a classifier's answer classes, its training targets and
-the accuracy reported by :mod:`tuwen.evaluation.vqa_accuracy` all agree with the number a
+the accuracy reported by :mod:`tuwen.tasks.metrics.vqa_accuracy` all agree with the number a
 paper would report. The quirks kept on purpose:
 
 * each punctuation mark is *deleted* everywhere if one of its occurrences touches a space
@@ -29,8 +29,6 @@ from pathlib import Path
 
 from tuwen import fsio
 from tuwen.errors import DataError, TuwenError
-
-VOCAB_FILE = "answer_vocab.json"  # the answer vocabulary's name in a model folder
 
 # Copied verbatim from vqaEval.py (including its odd entries): the table is part of the metric.
 CONTRACTIONS: dict[str, str] = {

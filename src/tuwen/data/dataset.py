@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,16 +22,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tuwen.config.chat import ChatFormat
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.augment import image_rng
+from tuwen.data.batch import Batch, CaptionRows, QuestionRows
 from tuwen.data.images import load_image
 from tuwen.data.records import ImageCaptions, VQAItem
 from tuwen.data.text import TextNormalizer
-from tuwen.data.vqa_text import (
-    answer_sequences,
-    continuation_ids,
-    end_id,
-    right_padded,
-    teacher_forcing,
-)
 from tuwen.errors import DataError
 
 
@@ -210,121 +205,67 @@ def caption_image_counts(records: Sequence, normalize: TextNormalizer) -> Counte
                    for text in {normalize.retrieval(c) for c in r.captions})
 
 
+@dataclass
+class TextTools:
+    """What a task's collate function reads texts with."""
+
+    tokenizer: Any                 # the decoder's: decoder inputs, VQA prompts and answers
+    text_tokenizer: Any            # the text encoder's (the decoder's when it has none)
+    normalize: TextNormalizer
+    max_length: int
+    chat: ChatFormat | None = None  # the LM's chat template (ModelSpec.chat); None: plain
+    vocab: AnswerVocab | None = None
+
+    def encode(self, texts: list[str], **options) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) of ``texts`` in the text encoder's tokens."""
+        enc = self.text_tokenizer(texts, **{"padding": "longest", "truncation": True,
+                                            "max_length": self.max_length,
+                                            "return_tensors": "pt", **options})
+        return enc["input_ids"], enc["attention_mask"]
+
+
+# A task's collate: the batch (images and label rows filled) -> its part, or None
+PartCollate = Callable[[Batch], object]
+
+
 class Collator:
-    """Drops failed images, tokenises captions and questions, builds VQA soft targets.
+    """Drops failed images, tokenises captions and questions for the text encoder, then lets
+    each task's collate function fill its part of the ``Batch``.
 
-    Texts are flattened into rows; ``caption_image`` / ``question_image`` give each row's
-    image (an index into ``pixel_values``) and ``caption_first`` marks the first caption
-    drawn for each image, which the decoder and ITM use.
-
-    ``tokenizer`` is the decoder's (decoder inputs, VQA prompts and answers);
-    ``text_tokenizer`` the text encoder's (``caption_input_ids``, ``question_input_ids``,
-    swapped captions) when it brings its own, else the decoder's serves both.
+    Texts are flattened into rows (``CaptionRows``, ``QuestionRows``): each row knows its
+    image, and ``CaptionRows.first`` marks the first caption drawn for each image.
     """
 
-    def __init__(self, tokenizer, vocab: AnswerVocab | None, max_length: int,
-                 spatial_negatives: bool = False, vqa_answers: bool = False,
-                 normalizer: TextNormalizer | None = None,
-                 caption_counts: Mapping[str, int] | None = None,
-                 text_tokenizer=None, chat: ChatFormat | None = None) -> None:
-        self.tok, self.vocab, self.max_length = tokenizer, vocab, max_length
-        self.chat = chat  # the LM's chat template (ModelSpec.chat); None: plain prompts
-        self.text_tok = text_tokenizer or tokenizer
-        self.normalize = normalizer or TextNormalizer()
-        self.spatial_negatives = spatial_negatives
-        self.vqa_answers = vqa_answers  # generative VQA: prompt + answer rows (data.vqa_text)
-        # train.itc_specific_captions: retrieval text -> training images that have it
-        self.caption_counts = caption_counts
-        # question -> targets; keyed by the whole item since sources may share question ids
-        self._soft_scores: dict[VQAItem, dict[int, float]] = {}
+    def __init__(self, tools: TextTools, parts: Mapping[str, PartCollate]) -> None:
+        self.tools, self.parts = tools, dict(parts)
 
-    def __call__(self, items: list[dict]) -> dict:
+    def __call__(self, items: list[dict]) -> Batch:
         good = [it for it in items if "bad" not in it]
-        bad = [it["bad"] for it in items if "bad" in it]
-        batch: dict = {"n_skipped": len(bad), "skipped": bad, "size": len(good)}
+        batch = Batch(None, len(good), [it["bad"] for it in items if "bad" in it])
         if "position" in items[0]:  # streamed: where each item came from (StreamBatches)
-            batch["positions"] = [it["position"] for it in items]
+            batch.positions = [it["position"] for it in items]
         if not good:
             return batch
-        batch["pixel_values"] = torch.stack([it["pixel_values"] for it in good])
+        batch.pixel_values = torch.stack([it["pixel_values"] for it in good])
         caption_rows = [(i, j, c) for i, it in enumerate(good)
                         for j, c in enumerate(it["captions"])]
         question_rows = [(i, q) for i, it in enumerate(good) for q in it["questions"]]
         if caption_rows:
-            batch.update(self.captions(caption_rows))
+            batch.captions = self.captions(caption_rows)
         if question_rows:
-            batch.update(self.questions(question_rows))
+            batch.questions = self.questions(question_rows)
+        for name, collate in self.parts.items():
+            if (part := collate(batch)) is not None:
+                batch.parts[name] = part
         return batch
 
-    def encode(self, texts: list[str]) -> dict:
-        enc = self.text_tok(texts, padding="longest", truncation=True,
-                            max_length=self.max_length, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-
-    def captions(self, rows: list[tuple[int, int, str]]) -> dict:
+    def captions(self, rows: list[tuple[int, int, str]]) -> CaptionRows:
         # the ITC/ITM text may also drop stop words; the decoder learns the whole caption
-        texts = [self.normalize.retrieval(c) for _, _, c in rows]
-        enc = self.encode(texts)
-        dec_in, labels = self.decoder_inputs([self.normalize(c) for _, _, c in rows])
-        out = {"caption_image": torch.tensor([i for i, _, _ in rows]),
-               "caption_first": torch.tensor([j == 0 for _, j, _ in rows]),
-               "caption_input_ids": enc["input_ids"],
-               "caption_attention_mask": enc["attention_mask"],
-               "decoder_input_ids": dec_in, "labels": labels}
-        if self.caption_counts is not None:
-            out["caption_weight"] = torch.tensor(
-                [1.0 / self.caption_counts.get(t, 1) for t in texts])
-        if self.spatial_negatives:
-            out.update(self.swapped(rows, enc["input_ids"].shape[1]))
-        return out
+        ids, mask = self.tools.encode([self.tools.normalize.retrieval(c) for _, _, c in rows])
+        return CaptionRows(torch.tensor([i for i, _, _ in rows]),
+                           torch.tensor([j == 0 for _, j, _ in rows]), ids, mask,
+                           [c for _, _, c in rows])
 
-    def swapped(self, rows: list[tuple[int, int, str]], width: int) -> dict:
-        """Spatially mirrored first captions (``spatial_negatives``), padded like the
-        captions, with their image."""
-        pairs = [(i, self.normalize.retrieval(s)) for i, j, c in rows if j == 0
-                 if (s := swap_spatial(c)) is not None]
-        if not pairs:
-            return {}
-        enc = self.text_tok([s for _, s in pairs], padding="max_length", truncation=True,
-                            max_length=width, return_tensors="pt")
-        return {"swap_image": torch.tensor([i for i, _ in pairs]),
-                "swap_input_ids": enc["input_ids"], "swap_attention_mask": enc["attention_mask"]}
-
-    def decoder_inputs(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """[BOS] w1 .. wn  ->  w1 .. wn [EOS]; padding labelled -100. With a chat template
-        the prompt is its caption request and the caption the reply, closed by the end of
-        turn: <prompt> w1 .. wn -> w1 .. wn <end>, the prompt labelled -100."""
-        if self.chat is None:
-            prompt = [self.tok.bos_token_id]
-            ids = self.tok(texts, add_special_tokens=False)["input_ids"]
-        else:
-            prompt = list(self.chat.caption_prompt)
-            request = self.chat.prompt(self.chat.caption_request)
-            ids = continuation_ids(self.tok, [request] * len(texts), texts)
-        end = end_id(self.tok, self.chat)
-        rows = [teacher_forcing(prompt, seq[: self.max_length - 1], end) for seq in ids]
-        return right_padded(rows, self.tok.pad_token_id)
-
-    def soft_scores(self, q: VQAItem) -> dict[int, float]:
-        """Answer normalisation is slow Python; each question's targets are computed once."""
-        if q not in self._soft_scores:
-            self._soft_scores[q] = self.vocab.soft_scores(q.answers)
-        return self._soft_scores[q]
-
-    def questions(self, rows: list[tuple[int, VQAItem]]) -> dict:
-        questions = [self.normalize(q.question) for _, q in rows]
-        enc = self.encode(questions)
-        out = {"question_image": torch.tensor([i for i, _ in rows]),
-               "question_input_ids": enc["input_ids"],
-               "question_attention_mask": enc["attention_mask"]}
-        if self.vocab is not None:
-            targets = torch.zeros(len(rows), len(self.vocab))
-            for r, (_, q) in enumerate(rows):
-                for idx, score in self.soft_scores(q).items():
-                    targets[r, idx] = score
-            out["vqa_targets"] = targets
-        if self.vqa_answers:
-            out["answer_input_ids"], out["answer_labels"] = answer_sequences(
-                self.tok, questions,
-                [q.multiple_choice_answer for _, q in rows], self.max_length, self.chat)
-        return out
+    def questions(self, rows: list[tuple[int, VQAItem]]) -> QuestionRows:
+        ids, mask = self.tools.encode([self.tools.normalize(q.question) for _, q in rows])
+        return QuestionRows(torch.tensor([i for i, _ in rows]), ids, mask, [q for _, q in rows])

@@ -6,11 +6,10 @@ results are pooled; paths are relative to ``data.root``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuwen.config import TASKS, Config, DataConfig, TaskWeights
+from tuwen.config import DataConfig
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.readers_wds import shard_texts
 from tuwen.data.records import ImageCaptions, VQAItem
@@ -94,39 +93,3 @@ def split_labels(data: SplitData) -> frozenset[str]:
     """The labels ``data`` has: ``caption`` (captions or caption shards), ``vqa`` (questions)."""
     return frozenset({"caption"} if data.captions or data.streams else set()) | frozenset(
         {"vqa"} if data.questions else set())
-
-
-def check_train_labels(train: SplitData, tasks: dict[str, float]) -> None:
-    """Every task with a weight needs its labels in the training split."""
-    has = split_labels(train)
-    if "caption" not in has and any(t in tasks for t in ("caption", "itc", "itm")):
-        raise DataError(train.split, "no captions in this split, but train.tasks weighs "
-                                     "caption/itc/itm (set their weights to 0)")
-    if "vqa" not in has and "vqa" in tasks:
-        raise DataError(train.split, "no questions in this split, but train.tasks weighs vqa "
-                                     "(set its weight to 0)")
-
-
-def train_tasks(tasks: TaskWeights, train: SplitData) -> TaskWeights:
-    """``train.tasks`` for this training split: a weight the config sets > 0 needs its labels
-    (an error otherwise); an unset weight is 1 when the split has the labels, else 0."""
-    check_train_labels(train, {name: w for name, w in tasks.given().items() if w > 0})
-    return tasks.resolved(split_labels(train))
-
-
-def with_train_tasks(config: Config, train: SplitData,
-                     log: Callable[[str], object] = print) -> Config:
-    """``config`` with ``train.tasks`` decided by the training split's labels; ``log`` says
-    which tasks run and why a task left unset does not."""
-    tasks = train_tasks(config.train.tasks, train)
-    running = tasks.active()
-    if not running and not config.train.task_schedule:
-        raise DataError(train.split, "no task to train: the tasks with a weight > 0 have no "
-                                     "labels in this split")
-    line = "training tasks: " + ", ".join(f"{name} (weight {w:g})" for name, w in running.items())
-    unset = [name for name in TASKS if getattr(config.train.tasks, name) is None]
-    if off := [name for name in unset if name not in running]:
-        line += f"; not {', '.join(off)}: split {train.split!r} has no " + (
-            "questions" if off == ["vqa"] else "captions")
-    log(line)
-    return config.model_copy(update={"train": config.train.model_copy(update={"tasks": tasks})})

@@ -251,7 +251,7 @@ class StreamBatches:
             delivered = False
             for batch in self.loader:
                 delivered = True
-                for worker, epoch in batch["positions"]:
+                for worker, epoch in batch.positions:
                     self.consumed[worker] += 1
                     self.epoch = max(self.epoch, epoch)
                 self.batches += 1

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from tokenizers.trainers import WordPieceTrainer
 from transformers import PreTrainedTokenizerFast
 
-from tuwen.errors import DataError
+from tuwen.model_files import TEXT_TOKENIZER_DIR
 
 # Order fixes the ids: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [BOS]=4, [EOS]=5, [MASK]=6
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[BOS]", "[EOS]", "[MASK]")
@@ -24,7 +24,6 @@ DEFAULT_MAX_LENGTH = 128  # captions and questions are short; COCO's longest is 
 # A model whose text encoder and language model bring different tokenizers keeps the LM's
 # (captions, prompts, generated answers) in the model folder and the text encoder's (ITC/ITM,
 # classified questions) in this subfolder; models.image_text_model writes the same name.
-TEXT_TOKENIZER_DIR = "text_tokenizer"
 _MAX_CHARS_PER_WORD = 100  # longer "words" (URLs, garbage) become a single [UNK]
 
 
@@ -90,39 +89,11 @@ def save_tokenizer(tok: PreTrainedTokenizerFast, directory: str | Path) -> None:
     tok.save_pretrained(str(directory))
 
 
-def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
-    """Load a tokenizer saved by ``save_tokenizer`` (or any fast tokenizer folder), offline."""
-    folder = Path(directory)
-    if not folder.is_dir():
-        raise DataError(folder, "tokenizer folder not found")
-    if not (folder / "tokenizer.json").is_file():
-        raise DataError(folder, "no tokenizer.json in the tokenizer folder "
-                                "(expected the files save_tokenizer writes)")
-    try:
-        tok = PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
-    # A broken file surfaces as JSONDecodeError, KeyError or the bare Exception that the
-    # Rust tokenizers library raises, depending on where it breaks.
-    except Exception as err:
-        raise DataError(folder, f"cannot load tokenizer: {_first_line(err)}") from err
-    # a byte-level BPE (GPT-2 style) needs no unknown token; every tokenizer tuwen saves pads
-    if tok.pad_token_id is None:
-        raise DataError(folder, "tokenizer has no padding token; is tokenizer_config.json "
-                                "missing or incomplete?")
-    return tok
-
-
 def save_text_tokenizer(tok: PreTrainedTokenizerFast | None, directory: str | Path) -> None:
     """The text encoder's own tokenizer, when it has one, into ``directory/text_tokenizer``
     (the decoder's stays in ``directory`` itself, where every tool looks for it)."""
     if tok is not None:
         save_tokenizer(tok, Path(directory) / TEXT_TOKENIZER_DIR)
-
-
-def load_text_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast | None:
-    """The text encoder's tokenizer saved beside a model; None when the text encoder shares
-    the decoder's (``directory``'s own)."""
-    folder = Path(directory) / TEXT_TOKENIZER_DIR
-    return load_tokenizer(folder) if folder.is_dir() else None
 
 
 def _first_line(err: Exception) -> str:

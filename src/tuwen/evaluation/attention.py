@@ -21,14 +21,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tuwen.data.answers import VOCAB_FILE, AnswerVocab
-from tuwen.data.images import ImageTransform, load_image, resize_and_crop, to_rgb
-from tuwen.data.tokenizer import decode_text, load_text_tokenizer, load_tokenizer
+from tuwen.data.images import load_image, resize_and_crop, to_rgb
+from tuwen.data.tokenizer import decode_text
 from tuwen.errors import TuwenError
 from tuwen.models.fusion import FusionOutput
 from tuwen.models.generation import caption_prompt, greedy_generate
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import vqa
+from tuwen.tasks.saved_model import SavedModel
 
 Pick = int | Literal["mean"]
 SOURCES = ("decoder", "fusion")
@@ -43,33 +43,6 @@ class AttentionMaps:
     text: str                      # the caption or question the maps belong to
     answer: str | None = None      # the VQA answer, for a question
     gates: np.ndarray | None = None  # weighted_sum fusion: gate per token (T,) or overall (1,)
-
-
-@dataclass
-class LoadedModel:
-    """A saved model folder with what attention maps need beside the weights: the LM's
-    tokenizer (captions, generated answers) and the text encoder's own when it has one
-    (texts and questions read by the fusion; None: the LM's serves both)."""
-
-    model: ImageTextModel
-    tokenizer: object
-    vocab: AnswerVocab | None
-    transform: ImageTransform
-    text_tokenizer: object | None = None
-
-    @property
-    def fusion_tokenizer(self):
-        return self.text_tokenizer or self.tokenizer
-
-    @classmethod
-    def load(cls, directory: str | Path) -> LoadedModel:
-        directory = Path(directory)
-        model = ImageTextModel.from_pretrained(directory)
-        vocab_path = directory / VOCAB_FILE
-        vocab = AnswerVocab.load(vocab_path) if vocab_path.is_file() else None
-        spec = model.spec
-        return cls(model, load_tokenizer(directory), vocab, ImageTransform.for_model(spec),
-                   load_text_tokenizer(directory))
 
 
 def parse_pick(text: str, what: str) -> Pick:
@@ -171,12 +144,12 @@ def _gates(gates, length: int) -> np.ndarray | None:
     return g.mean().reshape(1).cpu().numpy()
 
 
-def _fusion_maps(loaded: LoadedModel, image_tokens: torch.Tensor, text: str, layer: Pick,
+def _fusion_maps(loaded: SavedModel, image_tokens: torch.Tensor, text: str, layer: Pick,
                  head: Pick):
     """Maps of each text token ([CLS] first, [SEP] dropped) through the fusion, the fused
     output (for the VQA head) and the gates of a gated fusion; the text is read in the text
     encoder's tokenizer, as the fusion was trained on it."""
-    model, tok = loaded.model, loaded.fusion_tokenizer
+    model, tok = loaded.model, loaded.text_tok
     enc = tok([text], truncation=True, max_length=model.spec.max_text_length,
               return_tensors="pt").to(image_tokens.device)
     fused = model.fuse(model.encode_text(enc["input_ids"], enc["attention_mask"]), image_tokens,
@@ -191,7 +164,7 @@ def _fusion_maps(loaded: LoadedModel, image_tokens: torch.Tensor, text: str, lay
 
 
 @torch.no_grad()
-def attention_maps(loaded: LoadedModel, pixel_values: torch.Tensor, *, text: str | None = None,
+def attention_maps(loaded: SavedModel, pixel_values: torch.Tensor, *, text: str | None = None,
                    question: str | None = None, source: str = "decoder", layer: Pick = "mean",
                    head: Pick = "mean", rollout: bool = False,
                    max_new_tokens: int = 30) -> AttentionMaps:
@@ -226,7 +199,7 @@ def attention_maps(loaded: LoadedModel, pixel_values: torch.Tensor, *, text: str
                          source, text, answer, gates)
 
 
-def _answer(loaded: LoadedModel, fused: FusionOutput, pixel_values: torch.Tensor,
+def _answer(loaded: SavedModel, fused: FusionOutput, pixel_values: torch.Tensor,
             question: str) -> str:
     """The model's answer: classified from the fused question, or written by the LM after
     the question prompt (``model.vqa.mode: generate``), as ``tuwen ask`` answers it."""
@@ -241,7 +214,7 @@ def _answer(loaded: LoadedModel, fused: FusionOutput, pixel_values: torch.Tensor
     return loaded.vocab.answer(int(logits.argmax(dim=-1)[0]))
 
 
-def image_pixels(loaded: LoadedModel, image_path: str | Path) -> torch.Tensor:
+def image_pixels(loaded: SavedModel, image_path: str | Path) -> torch.Tensor:
     """The model's input for one image file, (1, 3, H, W) on the model's device."""
     device = next(loaded.model.parameters()).device
     return loaded.transform(load_image(image_path, loaded.transform.min_side))[None].to(device)

@@ -47,7 +47,7 @@ def _caption_scores(lines: list[dict]) -> dict[str, float]:
         return {}
     if all("cider" in ln for ln in caps):
         return {str(ln["image_id"]): float(ln["cider"]) for ln in caps}
-    from tuwen.evaluation.caption_metrics import caption_scores
+    from tuwen.tasks.metrics.caption_metrics import caption_scores
 
     preds = {str(ln["image_id"]): ln["caption"] for ln in caps}
     refs = {str(ln["image_id"]): list(ln["references"]) for ln in caps}

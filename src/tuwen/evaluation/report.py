@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 from tuwen.errors import DataError, TuwenError
 from tuwen.evaluation import analysis, plots
 from tuwen.evaluation.attention import (
-    LoadedModel,
     attention_maps,
     display_image,
     image_pixels,
 )
+from tuwen.tasks.saved_model import SavedModel, load
 
 SECTIONS = {"metrics": "Metrics and protocol", "curves": "Training curves",
             "samples": "Samples", "worst-captions": "20 worst captions by CIDEr",
@@ -210,7 +210,7 @@ def _safe_name(value) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", str(value))
 
 
-def attention_figures(loaded: LoadedModel, records: Sequence[dict], out_dir: Path, n: int,
+def attention_figures(loaded: SavedModel, records: Sequence[dict], out_dir: Path, n: int,
                       show: bool = False) -> list[tuple[Path, str]]:
     """Decoder maps of the first ``n`` generated captions, fusion maps of the first ``n``
     questions, written to ``out_dir/*.png``; returns (file, description) pairs."""
@@ -242,7 +242,7 @@ def attention_section(eval_dir: Path, run_dir: Path | None, records: Sequence[di
     model_dir = run_dir / "model" if run_dir is not None else None
     if model_dir is None or not (model_dir / "config.json").is_file():
         return _note(f"no saved model ({model_dir or 'RUN/model'}) to draw attention maps from")
-    loaded = LoadedModel.load(model_dir)
+    loaded = load(model_dir)
     figures = attention_figures(loaded, records, eval_dir / "attention", n, show)
     if not figures:
         return _note("no captions or questions with an image path to draw attention maps for")

@@ -20,17 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from tuwen.errors import DataError
-from tuwen.evaluation.caption_metrics import caption_scores
-from tuwen.evaluation.protocol import (
-    FROM_RESULTS_FILE,
-    RETRIEVAL_PROTOCOL,
-    VQA_PROTOCOL,
-    base_protocol,
-    count_histogram,
-    file_record,
-    ids_sha256,
-    references_per_image,
-)
 from tuwen.evaluation.result_files import (
     CaptionReferences,
     ResultFile,
@@ -41,8 +30,19 @@ from tuwen.evaluation.result_files import (
     read_vqa_ground_truth,
     read_vqa_results,
 )
-from tuwen.evaluation.retrieval_metrics import retrieval_recall
-from tuwen.evaluation.vqa_accuracy import vqa_accuracy
+from tuwen.tasks.metrics.caption_metrics import caption_scores
+from tuwen.tasks.metrics.protocol import (
+    FROM_RESULTS_FILE,
+    RETRIEVAL_PROTOCOL,
+    VQA_PROTOCOL,
+    base_protocol,
+    count_histogram,
+    file_record,
+    ids_sha256,
+    references_per_image,
+)
+from tuwen.tasks.metrics.retrieval_metrics import retrieval_recall
+from tuwen.tasks.metrics.vqa_accuracy import vqa_accuracy
 
 CAPTION_KEYS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
 

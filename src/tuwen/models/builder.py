@@ -22,7 +22,7 @@ from tuwen.models.decoder import CaptionDecoder
 from tuwen.models.fusion_concat import ConcatFusion
 from tuwen.models.fusion_cross_attention import CrossAttentionFusion
 from tuwen.models.fusion_weighted_sum import WeightedSumFusion
-from tuwen.models.heads import AnswerHead, ContrastiveHead, MatchingHead
+from tuwen.models.heads import build_head
 from tuwen.models.image_encoders import SmallCNN, SmallViT
 from tuwen.models.rnn_text import RNNTextEncoder
 from tuwen.models.spec import ModelSpec
@@ -166,14 +166,12 @@ class Components:
     text_encoder: Tower
     fusion: nn.Module
     decoder: nn.Module
-    itc_head: ContrastiveHead
-    itm_head: MatchingHead
-    vqa_head: AnswerHead
+    heads: dict[str, nn.Module]   # attribute -> head, as ModelSpec.heads names them
 
     def modules(self) -> nn.ModuleList:
         """All of them, in the order ImageTextModel registers them."""
         return nn.ModuleList([self.image_encoder, self.text_encoder, self.fusion, self.decoder,
-                              self.itc_head, self.itm_head, self.vqa_head])
+                              *self.heads.values()])
 
 
 def build_components(spec: ModelSpec) -> Components:
@@ -181,11 +179,10 @@ def build_components(spec: ModelSpec) -> Components:
     image_encoder = build_tower(IMAGE_ENCODERS, "image_encoder", spec, hf_configs)
     text_encoder = build_tower(TEXT_ENCODERS, "text_encoder", spec, hf_configs)
     decoder = DECODERS[m.decoder.type](spec, hf_configs)
-    parts = Components(
-        replace(spec, hf_configs=hf_configs), image_encoder, text_encoder, build_fusion(spec),
-        decoder, ContrastiveHead(m.hidden_size, m.embed_dim), MatchingHead(m.hidden_size),
-        AnswerHead(m.hidden_size, spec.num_answers, m.dropout, m.vqa.readout_queries,
-                   m.vqa.read_positions))
+    fusion = build_fusion(spec)
+    heads = {name: build_head(h) for name, h in spec.head_specs().items()}
+    parts = Components(replace(spec, hf_configs=hf_configs), image_encoder, text_encoder,
+                       fusion, decoder, heads)
     init_new_weights(parts.modules())
     return parts
 

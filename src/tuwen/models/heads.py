@@ -1,4 +1,9 @@
-"""Task heads on top of the towers."""
+"""Task heads on top of the towers, and the table of head types.
+
+A task declares the heads it adds as ``{attribute: {"type": <a HEADS key>, **arguments}}``
+(``ModelSpec.heads``); the builder makes them from ``HEADS`` and the model registers each
+under its attribute (``model.itc_head``), so saved weights keep their names.
+"""
 
 from __future__ import annotations
 
@@ -92,3 +97,30 @@ class AnswerHead(nn.Module):
             placed = F.pad(placed, (0, 0, 0, self.positions - placed.shape[1]))
             parts.append(placed.flatten(1))
         return self.net(torch.cat(parts, dim=1))
+
+
+class LinearHead(nn.Module):
+    """A linear read of a pooled vector: the head a simple added task needs."""
+
+    def __init__(self, dim: int, out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, out)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.proj(pooled)
+
+
+HEADS = {"contrastive": ContrastiveHead, "matching": MatchingHead, "answer": AnswerHead,
+         "linear": LinearHead}
+
+
+def head_spec(kind: str, **arguments) -> dict:
+    """One entry of ``ModelSpec.heads``."""
+    if kind not in HEADS:
+        raise ValueError(f"head type {kind!r}: expected one of {', '.join(HEADS)}")
+    return {"type": kind, **arguments}
+
+
+def build_head(spec: dict) -> nn.Module:
+    arguments = {k: v for k, v in spec.items() if k != "type"}
+    return HEADS[spec["type"]](**arguments)

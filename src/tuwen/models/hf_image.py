@@ -19,11 +19,11 @@ from torch import nn
 
 from tuwen.config import HFImageEncoderConfig, ModelConfig
 from tuwen.errors import ConfigError
+from tuwen.model_files import PROCESSOR_FILE
 from tuwen.models.image_encoders import ImageFeatures
 from tuwen.models.towers import Tower
 
 logger = logging.getLogger(__name__)
-PROCESSOR_FILE = "preprocessor_config.json"
 
 
 def grid_tokens(hidden: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], int]:

@@ -23,19 +23,21 @@ from torch import nn
 
 from tuwen import fsio
 from tuwen.errors import TuwenError
+from tuwen.model_files import (
+    CONFIG_FILE,
+    PROCESSOR_FILE,
+    TEXT_TOKENIZER_DIR,
+    TOKENIZER_CONFIG_FILE,
+    WEIGHTS_FILE,
+)
 from tuwen.models.builder import Components, build_components
 from tuwen.models.decoder import DecoderOutput
 from tuwen.models.fusion import FusionOutput
-from tuwen.models.heads import AnswerHead, ContrastiveHead, MatchingHead
-from tuwen.models.hf_image import PROCESSOR_FILE, Preprocessing, preprocessor_config
+from tuwen.models.hf_image import Preprocessing, preprocessor_config
 from tuwen.models.image_encoders import ImageFeatures
 from tuwen.models.length_buckets import length_groups, run_grouped
 from tuwen.models.spec import ModelSpec
 from tuwen.models.text_encoders import TextFeatures
-
-# where the text encoder's own tokenizer is saved (data.tokenizer.TEXT_TOKENIZER_DIR: the
-# same name; models do not import data)
-TEXT_TOKENIZER_DIR = "text_tokenizer"
 
 
 @dataclass
@@ -49,21 +51,21 @@ class ImageTextOutput:
 
 class ImageTextModel(nn.Module):
     def __init__(self, spec: ModelSpec, image_encoder: nn.Module, text_encoder: nn.Module,
-                 fusion: nn.Module, decoder: nn.Module,
-                 itc_head: ContrastiveHead, itm_head: MatchingHead,
-                 vqa_head: AnswerHead) -> None:
+                 fusion: nn.Module, decoder: nn.Module, heads: dict[str, nn.Module]) -> None:
         super().__init__()
         self.spec = spec
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
         self.fusion, self.decoder = fusion, decoder
-        self.itc_head, self.itm_head, self.vqa_head = itc_head, itm_head, vqa_head
+        for name, head in heads.items():  # the tasks' heads: model.itc_head, model.vqa_head, ...
+            self.add_module(name, head)
+        self.head_names = tuple(heads)
         self.tokenizer = None  # the decoder's; saved with the model when set (not used by forward)
         self.text_tokenizer = None  # the text encoder's own, when it is not the decoder's
 
     @classmethod
     def from_components(cls, parts: Components) -> ImageTextModel:
         return cls(parts.spec, parts.image_encoder, parts.text_encoder, parts.fusion,
-                   parts.decoder, parts.itc_head, parts.itm_head, parts.vqa_head)
+                   parts.decoder, parts.heads)
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ImageTextModel:
@@ -141,8 +143,8 @@ class ImageTextModel(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        fsio.write_json(directory / "config.json", self.spec.to_dict(), indent=2)
-        with fsio.atomic_path(directory / "model.safetensors", (SafetensorError,)) as tmp:
+        fsio.write_json(directory / CONFIG_FILE, self.spec.to_dict(), indent=2)
+        with fsio.atomic_path(directory / WEIGHTS_FILE, (SafetensorError,)) as tmp:
             save_model(self, str(tmp))  # handles the tied LM head
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(directory))
@@ -157,7 +159,7 @@ class ImageTextModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> ImageTextModel:
         directory = Path(directory)
-        config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise TuwenError(f"{path}: missing; {directory} is not a saved tuwen model")
@@ -193,15 +195,19 @@ PLAIN_FAST_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 def saved_tokenizer(directory: Path):
     """The tokenizer saved beside a model, or None when there is none."""
-    config_file = directory / "tokenizer_config.json"
+    config_file = directory / TOKENIZER_CONFIG_FILE
     if not config_file.is_file():
         return None
     try:
-        return _tokenizer_class(config_file).from_pretrained(str(directory),
-                                                             local_files_only=True)
+        tok = _tokenizer_class(config_file).from_pretrained(str(directory),
+                                                            local_files_only=True)
     except Exception as err:  # tokenizers' Rust errors are bare Exceptions
         first = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise TuwenError(f"{directory}: cannot load the saved tokenizer ({first})") from None
+    if tok.pad_token_id is None:  # every tokenizer tuwen saves pads
+        raise TuwenError(f"{directory}: the saved tokenizer has no padding token; is "
+                         f"{TOKENIZER_CONFIG_FILE} incomplete?")
+    return tok
 
 
 def _tokenizer_class(config_file: Path):

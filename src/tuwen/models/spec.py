@@ -38,6 +38,13 @@ class ModelSpec:
     # the LM's chat template captions and answers are wrapped in (model.decoder.chat_template);
     # None: plain prompts. eos_token_id is then its end-of-turn token.
     chat: ChatFormat | None = None
+    # the task heads: attribute -> {"type": a models.heads.HEADS key, **arguments}, in the
+    # order they are built; empty: the built-in tasks' heads (``default_heads``), as every
+    # model saved before tasks declared their heads has them
+    heads: dict[str, dict] = field(default_factory=dict)
+
+    def head_specs(self) -> dict[str, dict]:
+        return self.heads or default_heads(self)
 
     @property
     def text_vocab(self) -> tuple[int, int]:
@@ -63,3 +70,14 @@ class ModelSpec:
         for key in ("image_mean", "image_std"):
             raw[key] = tuple(raw[key])
         return cls(**raw)
+
+
+def default_heads(spec: ModelSpec) -> dict[str, dict]:
+    """The heads of the built-in tasks (ITC, ITM, VQA), for a spec that names none; the same
+    as their tasks declare (a test holds the two equal)."""
+    m = spec.model
+    return {"itc_head": {"type": "contrastive", "dim": m.hidden_size, "embed_dim": m.embed_dim},
+            "itm_head": {"type": "matching", "dim": m.hidden_size},
+            "vqa_head": {"type": "answer", "dim": m.hidden_size,
+                         "num_answers": spec.num_answers, "dropout": m.dropout,
+                         "queries": m.vqa.readout_queries, "positions": m.vqa.read_positions}}

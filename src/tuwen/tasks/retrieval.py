@@ -1,7 +1,9 @@
-"""Retrieval: image-text contrastive (ITC) and image-text matching (ITM) objectives.
+"""What the retrieval tasks share: image-text contrastive (ITC, ``tasks.itc``) and
+image-text matching (ITM, ``tasks.itm``).
 
-ITM negatives are mined from the in-batch ITC similarities (ALBEF/BLIP): for each image a
-caption the model finds confusingly similar, and for each caption such an image.
+Within a step both read ``caption_embeddings`` (computed once); ITM's negatives are mined from
+the in-batch ITC similarities (ALBEF/BLIP): for each image a caption the model finds
+confusingly similar, and for each caption such an image.
 
 For prediction, ``retrieval_features`` embeds many images and texts in batches, and
 ``itm_rerank`` re-scores each query's ITC top-k with ITM (BLIP's protocol).
@@ -19,8 +21,9 @@ from tuwen.data.text import TextNormalizer
 from tuwen.models.image_encoders import ImageFeatures
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.models.layers import pad_to
-from tuwen.models.losses import contrastive_loss, matching_loss, sample_hard_negatives
+from tuwen.models.losses import matching_loss, sample_hard_negatives
 from tuwen.models.text_encoders import TextFeatures
+from tuwen.tasks.base import StepInputs
 from tuwen.tasks.batching import chunk_starts, model_device
 from tuwen.tasks.gather import gather_cat, gather_sizes, rank, world_size
 
@@ -42,39 +45,36 @@ def caption_positives(images: torch.Tensor, owner: torch.Tensor, input_ids: torc
     return (own @ duplicate_text_mask(input_ids, others).float()) > 0
 
 
-def training_step(model: ImageTextModel, batch: dict, image: ImageFeatures, *,
-                  itc: bool = True, itm: bool = True,
-                  gather: bool = False) -> dict[str, torch.Tensor]:
-    """ITC and ITM losses. With ``gather`` (a multi-process run) the ITC negatives are the
-    global batch and ITM's hard negatives are mined from the global similarity matrix.
-    Spatially swapped captions in the batch (``data.spatial_negatives``) are extra ITM
-    negatives."""
-    if "caption_image" not in batch:
-        return {}
-    owner, first = batch["caption_image"], batch["caption_first"]
-    images = owner.unique()  # sorted, as the rows are; first[r] rows align with it
-    if len(images) < 2 and not gather:  # a contrastive batch of one image has no negatives
-        return {}
-    ids, mask = batch["caption_input_ids"], batch["caption_attention_mask"]
-    text = model.encode_text(ids, mask)
-    image_embeds = model.itc_head.embed_image(image.pooled[images])  # (B_img, E)
-    text_embeds = model.itc_head.embed_text(text.pooled)              # (R, E)
-    world = _World(model, images, owner, ids, image_embeds, text_embeds, gather)
-    losses = {}
-    if itc:
-        weights = batch.get("caption_weight")  # train.itc_specific_captions
-        if weights is not None:
-            weights = world.cat(weights, world.text_sizes)
-        losses["itc"] = contrastive_loss(world.image_embeds, world.text_embeds,
-                                         model.itc_head.scale(), world.positives,
-                                         text_weights=weights)
-    if itm:  # on each image's first caption only: three fusion passes per pair are costly
-        swaps = _swap_negatives(model, batch, images)
-        losses["itm"] = _matching(model, world, image.tokens[images], text, first, swaps)
-    return losses
+@dataclass
+class CaptionEmbeddings:
+    """What ITC and ITM share within a step: the captions through the text encoder and
+    every process's ITC embeddings (``World``)."""
+
+    images: torch.Tensor   # (B_img,) the batch images that have captions, sorted
+    text: TextFeatures     # (R, L, D) the caption rows
+    world: World
 
 
-class _World:
+def caption_embeddings(step: StepInputs) -> CaptionEmbeddings | None:
+    """The step's caption embeddings; None when the batch has no captions, or (one process)
+    a single captioned image, which leaves a contrastive batch without negatives. With
+    ``step.gather`` (a multi-process run) ITC's negatives are the global batch and ITM's hard
+    negatives are mined from the global similarity matrix."""
+    rows, model = step.batch.captions, step.model
+    if rows is None:
+        return None
+    images = rows.image.unique()  # sorted, as the rows are; first[r] rows align with it
+    if len(images) < 2 and not step.gather:
+        return None
+    text = model.encode_text(rows.input_ids, rows.attention_mask)
+    image_embeds = model.itc_head.embed_image(step.image.pooled[images])  # (B_img, E)
+    text_embeds = model.itc_head.embed_text(text.pooled)                  # (R, E)
+    world = World(model, images, rows.image, rows.input_ids, image_embeds, text_embeds,
+                  step.gather)
+    return CaptionEmbeddings(images, text, world)
+
+
+class World:
     """The ITC inputs of every process, concatenated in rank order (one process: its own).
 
     ``offset`` is where this process's images start among all images; its caption rows are
@@ -103,16 +103,6 @@ class _World:
         return gather_cat(x, sizes, **kwargs) if self.gather else x
 
 
-def _swap_negatives(model: ImageTextModel, batch: dict,
-                    images: torch.Tensor) -> tuple[TextFeatures, torch.Tensor] | None:
-    """Spatially mirrored captions (see data.dataset.swap_spatial), encoded, with the row of
-    their image in ``images``."""
-    if "swap_input_ids" not in batch:
-        return None
-    text = model.encode_text(batch["swap_input_ids"], batch["swap_attention_mask"])
-    return text, torch.searchsorted(images, batch["swap_image"])
-
-
 def _concat_text(parts: list[TextFeatures]) -> TextFeatures:
     """Text features of several batches in one, padded to the longest."""
     width = max(p.tokens.shape[1] for p in parts)
@@ -122,7 +112,7 @@ def _concat_text(parts: list[TextFeatures]) -> TextFeatures:
                                                   for p in parts]))
 
 
-def _gather_text(world: _World, text: TextFeatures) -> TextFeatures:
+def _gather_text(world: World, text: TextFeatures) -> TextFeatures:
     if not world.gather:
         return text
     sizes = world.image_sizes  # one first caption per image
@@ -132,7 +122,7 @@ def _gather_text(world: _World, text: TextFeatures) -> TextFeatures:
                         attention_mask=gather_cat(pad_to(text.attention_mask, width, 1), sizes))
 
 
-def _matching(model: ImageTextModel, world: _World, image_tokens: torch.Tensor,
+def matching(model: ImageTextModel, world: World, image_tokens: torch.Tensor,
               text: TextFeatures, first: torch.Tensor,
               extra: tuple[TextFeatures, torch.Tensor] | None = None) -> torch.Tensor:
     """ITM over this process's positive pairs, one mined negative caption per image and one

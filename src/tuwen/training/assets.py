@@ -7,25 +7,23 @@ The tokenizer and vocabulary are written into ``RUN/model/`` at once, so a resum
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
 from tuwen.config import Config, HFTowerConfig, ModelConfig
-from tuwen.data.answers import VOCAB_FILE, AnswerVocab
+from tuwen.data.answers import AnswerVocab
 from tuwen.data.prepare import SplitData, build_answer_vocab, build_tokenizer, read_split
-from tuwen.data.tokenizer import (
-    load_text_tokenizer,
-    load_tokenizer,
-    save_text_tokenizer,
-    save_tokenizer,
-)
+from tuwen.data.tokenizer import save_text_tokenizer, save_tokenizer
 from tuwen.errors import ConfigError, TuwenError
+from tuwen.model_files import VOCAB_FILE
 from tuwen.models.chat import decoder_chat, special_ids
 from tuwen.models.hf_image import Preprocessing, resolve_preprocessing
 from tuwen.models.hf_text import hf_tokenizer
 from tuwen.models.spec import ModelSpec
+from tuwen.tasks.saved_model import load_text_assets
+from tuwen.tasks.table import model_heads
 
 
 @dataclass
@@ -95,10 +93,9 @@ def prepare_assets(config: Config, model_dir: Path, reuse: bool = False) -> Asse
     config = with_tower_preprocessing(config)  # train() has done it; direct callers too
     train = read_split(config.data, config.data.train_split, stream=True)  # shards: streamed
     check_bad_fraction(train, config.data.max_bad_fraction)
-    if reuse and (model_dir / "tokenizer.json").is_file():
-        tokenizer, text_tokenizer = load_tokenizer(model_dir), load_text_tokenizer(model_dir)
-        vocab = AnswerVocab.load(model_dir / VOCAB_FILE) if (model_dir / VOCAB_FILE).is_file() \
-            else None
+    saved = load_text_assets(model_dir) if reuse else None
+    if saved is not None:  # a resumed run (or another process) reads what the run wrote
+        tokenizer, text_tokenizer, vocab = saved
     else:
         tokenizer, text_tokenizer = choose_tokenizers(config, train)
         vocab = build_answer_vocab(train, config.data.answer_vocab_size)
@@ -115,6 +112,7 @@ def prepare_assets(config: Config, model_dir: Path, reuse: bool = False) -> Asse
                      image_mean=config.data.image_mean, image_std=config.data.image_std,
                      text=config.data.text, chat=chat, **special_ids(tokenizer, chat),
                      **text_vocab(text_tokenizer))
+    spec = replace(spec, heads=model_heads(spec))  # every task's heads (tasks.table)
     return Assets(train, tokenizer, vocab, spec, text_tokenizer)
 
 

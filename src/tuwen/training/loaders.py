@@ -11,34 +11,36 @@ from tqdm.auto import tqdm
 
 from tuwen.config import Config, DataConfig
 from tuwen.data.augment import build_train_transform
+from tuwen.data.batch import Batch
 from tuwen.data.dataset import (
     Collator,
     EpochBatchSampler,
     JointDataset,
     MapBatches,
-    caption_image_counts,
+    TextTools,
     example_repeats,
     join_by_image,
 )
 from tuwen.data.images import ImageTransform
-from tuwen.data.prepare import check_train_labels
 from tuwen.data.streaming import StreamBatches, streaming_batches
 from tuwen.data.text import TextNormalizer
 from tuwen.errors import TuwenError
+from tuwen.tasks.table import part_collates
 from tuwen.training.assets import Assets
 from tuwen.training.distributed import ShardedBatchSampler
 from tuwen.training.state import TrainState
 
 
+def text_tools(config: Config, assets: Assets) -> TextTools:
+    return TextTools(assets.tokenizer, assets.text_tokenizer or assets.tokenizer,
+                     TextNormalizer.from_config(config.data.text), config.data.max_text_length,
+                     assets.spec.chat, assets.vocab)
+
+
 def train_collator(config: Config, assets: Assets) -> Collator:
-    data, tcfg = config.data, config.train
-    normalizer = TextNormalizer.from_config(data.text)
-    return Collator(assets.tokenizer, assets.vocab, data.max_text_length,
-                    data.spatial_negatives,
-                    vqa_answers=config.model.vqa.mode == "generate", normalizer=normalizer,
-                    caption_counts=caption_image_counts(assets.train.captions, normalizer)
-                    if tcfg.itc_specific_captions else None,
-                    text_tokenizer=assets.text_tokenizer, chat=assets.spec.chat)
+    """Label rows for the text encoder, then each task's part (tasks.table)."""
+    tools = text_tools(config, assets)
+    return Collator(tools, part_collates(tools, config, assets.spec, assets.train))
 
 
 def loader_options(data: DataConfig) -> dict:
@@ -52,7 +54,6 @@ def build_loader(config: Config, assets: Assets, rank: int = 0,
                  world_size: int = 1) -> MapBatches | StreamBatches:
     """The endless training batches, with the data position as state_dict()."""
     data, tcfg = config.data, config.train
-    check_train_labels(assets.train, tcfg.tasks.active())
     transform = build_train_transform(data.augment, ImageTransform.for_model(assets.spec))
     examples = join_by_image(assets.train.captions, assets.train.questions)
     repeats = example_repeats(examples, assets.train.weights)
@@ -90,30 +91,30 @@ def map_batches(dataset: JointDataset, collate: Collator, config: Config,
 
 
 def batches(source: MapBatches | StreamBatches, state: TrainState,
-            max_bad_fraction: float) -> Iterator[dict]:
+            max_bad_fraction: float) -> Iterator[Batch]:
     """Endless batches from the saved data position on; keeps ``state`` current."""
     if state.data:
         source.load_state_dict(state.data)
     for batch in source:
         state.data, state.epoch = source.state_dict(), source.epoch
         count_bad(state, batch, max_bad_fraction)
-        if batch["size"]:
+        if batch.size:
             yield batch
 
 
-def count_bad(state: TrainState, batch: dict, max_fraction: float) -> None:
-    state.skipped += batch["n_skipped"]
-    state.seen += batch["n_skipped"] + batch["size"]
-    for reason in batch["skipped"]:
+def count_bad(state: TrainState, batch: Batch, max_fraction: float) -> None:
+    state.skipped += batch.n_skipped
+    state.seen += batch.n_skipped + batch.size
+    for reason in batch.skipped:
         tqdm.write(f"skipped sample: {reason}")
     # A few bad files early on should not kill a run; judge the fraction on a fair sample.
     if state.seen >= 100 and state.skipped > max_fraction * state.seen:
         raise TuwenError(f"{state.skipped} of {state.seen} samples could not be loaded, more "
                          f"than data.max_bad_fraction={max_fraction}; last: "
-                         f"{batch['skipped'][-1] if batch['skipped'] else 'see log above'}")
+                         f"{batch.skipped[-1] if batch.skipped else 'see log above'}")
 
 
-def micro_batch_groups(stream: Iterator[dict], size: int) -> Iterator[list[dict]]:
+def micro_batch_groups(stream: Iterator[Batch], size: int) -> Iterator[list[Batch]]:
     """The micro-batches of each optimiser step (``train.grad_accumulation`` of them)."""
     while True:
         yield [next(stream) for _ in range(size)]

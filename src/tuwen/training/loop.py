@@ -16,8 +16,8 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from tuwen.config import Config, TrainConfig
-from tuwen.data.prepare import with_train_tasks
 from tuwen.models.image_text_model import ImageTextModel
+from tuwen.tasks.table import checked, with_train_tasks
 from tuwen.training.assets import with_tower_preprocessing
 from tuwen.training.distributed import any_rank, make_accelerator, whole_model
 from tuwen.training.loaders import batches, build_loader, micro_batch_groups
@@ -45,7 +45,7 @@ class TrainResult:
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_progress: bool = True,
           on_checkpoint: Callable[[int, ImageTextModel], None] | None = None,
           evaluate: Evaluate | None = None) -> TrainResult:
-    config = with_tower_preprocessing(config)  # an hf image tower's size and normalisation
+    config = with_tower_preprocessing(checked(config))  # an hf tower's size, normalisation
     run_dir, tcfg = Path(run_dir), config.train
     accelerator = make_accelerator(tcfg)
     main = accelerator.is_main_process

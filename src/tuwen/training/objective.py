@@ -7,18 +7,22 @@ model + joint loss in this module and hands it to Accelerate.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
+from tuwen.data.batch import Batch
 from tuwen.models.image_text_model import ImageTextModel
-from tuwen.tasks.joint import joint_step
+from tuwen.tasks.table import joint_step
 
 
 class JointObjective(nn.Module):
-    def __init__(self, model: ImageTextModel, label_smoothing: float = 0.0,
+    def __init__(self, model: ImageTextModel, options: Mapping[str, Any],
                  gather: bool = False) -> None:
         super().__init__()
-        self.model, self.label_smoothing, self.gather = model, label_smoothing, gather
+        self.model, self.options, self.gather = model, dict(options), gather
 
-    def forward(self, batch: dict, weights: dict[str, float]) -> tuple[torch.Tensor, dict]:
-        return joint_step(self.model, batch, weights, self.label_smoothing, gather=self.gather)
+    def forward(self, batch: Batch, weights: dict[str, float]) -> tuple[torch.Tensor, dict]:
+        return joint_step(self.model, batch, weights, self.options, gather=self.gather)

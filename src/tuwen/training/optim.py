@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from tuwen.config import TASKS, TrainConfig
+from tuwen.config import TrainConfig
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig,
@@ -95,11 +95,10 @@ def task_weights(step: int, cfg: TrainConfig) -> dict[str, float]:
     """The task loss weights at ``step``: ``train.tasks``, except where ``train.task_schedule``
     names a task; it is interpolated linearly between its points and held after the last.
     Tasks with weight 0 at this step are left out (not computed)."""
-    weights = cfg.tasks.weights()
-    for name in TASKS:
-        points = [(p.step, w[name]) for p in cfg.task_schedule if name in (w := p.weights())]
-        if points:
-            weights[name] = _interpolate(step, points)
+    weights = dict(cfg.tasks)  # the run has resolved every task's weight from its data
+    for name in {n for p in cfg.task_schedule for n in p.weights}:
+        points = [(p.step, p.weights[name]) for p in cfg.task_schedule if name in p.weights]
+        weights[name] = _interpolate(step, points)
     return {name: w for name, w in weights.items() if w > 0}
 
 

@@ -13,6 +13,7 @@ from accelerate.utils import set_seed
 from tuwen.config import Config, save_config
 from tuwen.models.image_text_model import ImageTextModel, build_model
 from tuwen.models.towers import lr_multipliers
+from tuwen.tasks.table import task_options
 from tuwen.training.assets import Assets, check_resume_config, prepare_assets
 from tuwen.training.cache import FeatureCache, make_feature_cache
 from tuwen.training.determinism import configure_determinism
@@ -65,7 +66,7 @@ def prepare(config: Config, assets: Assets, accelerator: Accelerator, run_dir: P
     cache = make_feature_cache(config, model, run_dir, str(accelerator.process_index))
     if tcfg.compile:
         compile_towers(model)
-    objective = JointObjective(model, tcfg.label_smoothing,
+    objective = JointObjective(model, task_options(config),
                                gather=accelerator.num_processes > 1)
     optimizer = build_optimizer(model, tcfg, lr_multipliers(model, config.model))
     objective, optimizer = accelerator.prepare(objective, optimizer)

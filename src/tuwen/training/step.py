@@ -7,9 +7,9 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import torch
-
-from tuwen.config import TASKS, TrainConfig
+from tuwen.config import TrainConfig
+from tuwen.data.batch import Batch
+from tuwen.tasks.table import TASKS
 from tuwen.training.distributed import mean_over_ranks
 from tuwen.training.grad_norms import task_gradient_norms
 from tuwen.training.optim import task_weights
@@ -29,7 +29,7 @@ class StepResult:
     task_grad_norms: dict[str, float] = field(default_factory=dict)
 
 
-def accumulate_gradients(parts: Parts, micro_batches: list[dict], weights: dict[str, float],
+def accumulate_gradients(parts: Parts, micro_batches: list[Batch], weights: dict[str, float],
                          precision: str, measure_tasks: bool = False,
                          ) -> tuple[dict[str, float], int, dict[str, float]]:
     """Forward and backward over the micro-batches of one step; the gradient is that of the
@@ -41,8 +41,7 @@ def accumulate_gradients(parts: Parts, micro_batches: list[dict], weights: dict[
     norms: dict[str, float] = {}
     samples = 0
     for i, batch in enumerate(micro_batches):
-        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v
-                 for k, v in batch.items()}
+        batch = batch.to(accelerator.device)
         sync = accelerator.no_sync(parts.objective) if i < n - 1 else contextlib.nullcontext()
         with sync:
             with autocast(precision, accelerator.device):
@@ -54,13 +53,13 @@ def accumulate_gradients(parts: Parts, micro_batches: list[dict], weights: dict[
         sums["loss"] += total.item() / n
         for name, value in losses.items():
             sums[name] += value.item() / n
-        samples += batch["size"]
+        samples += batch.size
     if measure_tasks:  # a collective: every rank measures on the same steps
         norms = mean_over_ranks(norms, tuple(f"grad_norm_{t}" for t in TASKS))
     return mean_over_ranks(dict(sums), ("loss", *TASKS)), samples, norms
 
 
-def optimisation_step(parts: Parts, micro_batches: list[dict], tcfg: TrainConfig,
+def optimisation_step(parts: Parts, micro_batches: list[Batch], tcfg: TrainConfig,
                       state: TrainState, started: float) -> StepResult:
     """One optimiser step over ``grad_accumulation`` micro-batches; advances ``state``."""
     weights = task_weights(state.step, tcfg)

@@ -12,24 +12,25 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from tuwen.config import Config, TrainConfig
+from tuwen.data.batch import Batch
 from tuwen.data.dataset import Collator, JointDataset, join_by_image
 from tuwen.data.images import ImageTransform
 from tuwen.data.prepare import read_split
-from tuwen.data.text import TextNormalizer
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import captioning
 from tuwen.tasks.batching import decode_until_eos
-from tuwen.tasks.joint import joint_step
+from tuwen.tasks.table import joint_step, part_collates, task_options
 from tuwen.training.assets import Assets
 from tuwen.training.checkpoint import read_best
 from tuwen.training.distributed import any_rank
+from tuwen.training.loaders import text_tools
 from tuwen.training.metrics_log import MetricsLog
 from tuwen.training.monitor import caption_diversity, collapse_warning
 from tuwen.training.optim import task_weights
@@ -55,7 +56,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def validation_batches(config: Config, assets: Assets) -> list[dict]:
+def validation_batches(config: Config, assets: Assets) -> list[Batch]:
     """The validation subset, collated once (it is small and fixed)."""
     data, tcfg = config.data, config.train
     split = read_split(data, data.val_split)
@@ -64,22 +65,21 @@ def validation_batches(config: Config, assets: Assets) -> list[dict]:
                                                     data.image_std),
                            seed=tcfg.seed, captions_per_image=data.captions_per_image,
                            questions_per_image=data.questions_per_image)
-    collate = Collator(assets.tokenizer, assets.vocab, data.max_text_length,
-                       vqa_answers=config.model.vqa.mode == "generate",
-                       normalizer=TextNormalizer.from_config(data.text),
-                       text_tokenizer=assets.text_tokenizer, chat=assets.spec.chat)
+    tools = text_tools(config, assets)
+    collate = Collator(tools, part_collates(tools, config, assets.spec, None))
     size = tcfg.batch_size
     batches = [collate([dataset[i] for i in range(s, min(s + size, len(dataset)))])
                for s in range(0, len(dataset), size)]
-    return [b for b in batches if b["size"]]
+    return [b for b in batches if b.size]
 
 
 @dataclass
 class Validation:
-    batches: list[dict]
+    batches: list[Batch]
     tokenizer: object
     config: Config
     evaluate: Evaluate | None = None
+    options: dict = field(default_factory=dict)  # every task's options (tasks.table)
 
     def run(self, model: ImageTextModel, step: int, weights: dict[str, float],
             device: torch.device) -> dict:
@@ -97,16 +97,15 @@ class Validation:
                device: torch.device) -> dict[str, float]:
         sums: dict[str, float] = {}
         for batch in self.batches:
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with autocast(self.config.train.precision, device):
-                total, losses = joint_step(model, batch, weights)
+                total, losses = joint_step(model, batch.to(device), weights, self.options)
             for name, value in {"loss": total, **{f"loss_{k}": v for k, v in losses.items()}
                                 }.items():
                 sums[f"val_{name}"] = sums.get(f"val_{name}", 0.0) + value.item()
         return {k: v / len(self.batches) for k, v in sums.items()}
 
     def collapse(self, model: ImageTextModel, device: torch.device) -> dict[str, float]:
-        if "caption_image" not in self.batches[0]:
+        if self.batches[0].captions is None:
             return {}
         pixels = torch.cat([b["pixel_values"] for b in self.batches])[:CAPTION_IMAGES]
         ids = captioning.predict_step(model, pixels.to(device), decoding="greedy",
@@ -128,7 +127,7 @@ def make_validation(config: Config, assets: Assets, evaluate: Evaluate | None) -
         warnings.warn(f"validation split {config.data.val_split!r} has no usable images; "
                       "periodic validation is off", stacklevel=2)
         return None
-    return Validation(batches, assets.tokenizer, config, evaluate)
+    return Validation(batches, assets.tokenizer, config, evaluate, task_options(config))
 
 
 def is_better(value: float, best: dict | None, mode: str) -> bool:

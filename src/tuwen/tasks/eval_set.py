@@ -17,6 +17,11 @@ from tuwen.data.records import ImageCaptions, VQAItem
 from tuwen.errors import DataError
 
 
+def absolute(path: str | Path) -> str:
+    """Image paths in predictions.jsonl are absolute: the report may be drawn elsewhere."""
+    return str(Path(path).absolute())
+
+
 @dataclass
 class LoadedImages:
     paths: list[Path]

@@ -16,7 +16,7 @@ from typing import Any
 
 from tuwen import __version__
 
-# The official VQAv2 evaluation, as tuwen.evaluation.vqa_accuracy reproduces it.
+# The official VQAv2 evaluation, as tuwen.tasks.metrics.vqa_accuracy reproduces it.
 VQA_PROTOCOL: dict[str, str] = {
     "formula": "official VQAv2 vqaEval.py: mean over the 10 leave-one-out annotator subsets "
                "of min(1, matches/3); percent, rounded to 2 decimals",

@@ -9,7 +9,7 @@ look past the line end (``No.`` before a line starting with a digit stays whole)
 last reference of the last image could tokenise differently, and only in that case.
 
 Without Java, captions are tokenised by the pure-Python port in
-:mod:`tuwen.evaluation.ptb_tokenizer`, and METEOR -- which only exists as a Java jar -- is
+:mod:`tuwen.tasks.metrics.ptb_tokenizer`, and METEOR -- which only exists as a Java jar -- is
 reported as ``None`` with the reason in ``protocol``; it is never silently 0.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from tuwen.errors import TuwenError
-from tuwen.evaluation.ptb_tokenizer import caption_line, ptb_tokenize_lines
+from tuwen.tasks.metrics.ptb_tokenizer import caption_line, ptb_tokenize_lines
 
 
 def _check_inputs(predictions: Mapping[Hashable, str],
