@@ -12,7 +12,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from tiny import tiny_spec
+from tiny import as_batch, tiny_spec
 from tuwen.models.image_text_model import build_model
 
 
@@ -27,7 +27,7 @@ def tiny_batch():
     g = torch.Generator().manual_seed(1)
     b, lc, lq = 4, 9, 6
     rc, rq = 4, 4  # caption rows (image 0 has two captions, image 3 none), question rows
-    return {
+    return as_batch({
         "pixel_values": torch.randn(b, 3, 32, 32, generator=g),
         "caption_image": torch.tensor([0, 0, 1, 2]),
         "caption_first": torch.tensor([True, False, True, True]),
@@ -39,7 +39,7 @@ def tiny_batch():
         "question_input_ids": torch.randint(7, 50, (rq, lq), generator=g),
         "question_attention_mask": torch.ones(rq, lq, dtype=torch.long),
         "vqa_targets": torch.rand(rq, 7, generator=g),
-    }
+    })
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ import yaml
 
 from tuwen.config import load_config, save_config
 from tuwen.errors import ConfigError
+from tuwen.tasks.table import load_run_config, trained
 
 
 def write(tmp_path, text):
@@ -50,18 +51,35 @@ def test_set_overrides_are_typed_and_validated():
 def test_impossible_combinations(tmp_path):
     with pytest.raises(ConfigError, match=r"heads=3 must divide model\.hidden_size=128"):
         load_config(None, ["model.fusion.heads=3"])
-    with pytest.raises(ConfigError, match="at least one task"):
-        load_config(None, ["train.tasks.caption=0", "train.tasks.itc=0", "train.tasks.itm=0",
-                           "train.tasks.vqa=0"])
-    with pytest.raises(ConfigError, match=r"train\.tasks\.vqa=1\.0 needs a data source with "
-                                          "questions"):
-        load_config(None, ["data.sources=[{format: karpathy}]", "train.tasks.vqa=1"])
     with pytest.raises(ConfigError, match="no task to train"):
-        load_config(None, ["data.sources=[{format: karpathy}]", "train.tasks.caption=0",
-                           "train.tasks.itc=0", "train.tasks.itm=0"])
-    with pytest.raises(ConfigError, match="itc_specific_captions counts every training caption"):
+        load_run_config(None, ["train.tasks.caption=0", "train.tasks.itc=0",
+                               "train.tasks.itm=0", "train.tasks.vqa=0"])
+    with pytest.raises(ConfigError, match=r"train\.tasks\.vqa=1\.0 needs a data source with "
+                                          "vqa labels"):
+        load_run_config(None, ["data.sources=[{format: karpathy}]", "train.tasks.vqa=1"])
+    with pytest.raises(ConfigError, match="no task to train"):
+        load_run_config(None, ["data.sources=[{format: karpathy}]", "train.tasks.caption=0",
+                               "train.tasks.itc=0", "train.tasks.itm=0"])
+    with pytest.raises(ConfigError, match="specific_captions counts every training caption"):
         load_config(None, ["data.sources=[{format: webdataset, shards: 'a/{0..3}.tar'}]",
-                           "train.tasks.vqa=0", "train.itc_specific_captions=true"])
+                           "train.tasks.vqa=0", "train.task_options.itc.specific_captions=true"])
+
+
+def test_task_names_and_options_are_checked_against_the_table():
+    with pytest.raises(ConfigError, match=r"train\.tasks\.captoin: unknown task \(known: "
+                                          "caption, itc"):
+        load_run_config(None, ["train.tasks.captoin=1"])
+    with pytest.raises(ConfigError, match=r"train\.task_options\.caption\.smoothing: unknown "
+                                          "key"):
+        load_run_config(None, ["train.task_options.caption.smoothing=0.1"])
+    with pytest.raises(ConfigError, match=r"train\.task_schedule\[0\]\.vqq: unknown task"):
+        load_run_config(None, ["train.task_schedule=[{step: 0, vqq: 1}]"])
+    with pytest.raises(ConfigError, match=r"eval\.tasks\.captions: unknown task"):
+        load_run_config(None, ["eval.tasks=[captions]"])
+    with pytest.raises(ConfigError, match=r"train\.label_smoothing moved to "
+                                          r"train\.task_options\.caption\.label_smoothing"):
+        load_config(None, ["train.label_smoothing=0.1"])
+    assert load_run_config(None, ["train.task_options.caption.label_smoothing=0.1"])
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
@@ -88,10 +106,11 @@ def test_image_size_and_patch_size_must_fit():
 
 def test_unset_task_weights_follow_the_sources_and_stay_unset_when_saved(tmp_path):
     cfg = load_config(None, ["data.sources=[{format: karpathy}]"])  # no train.tasks.vqa: 0
-    assert cfg.train.tasks.given() == {}
-    assert cfg.train.tasks.active(cfg.data.provides()) == {"caption": 1, "itc": 1, "itm": 1}
+    assert cfg.train.tasks == {}
+    assert {k: w for k, w in trained(cfg.data.provides(), cfg).items() if w} == {
+        "caption": 1, "itc": 1, "itm": 1}
     save_config(cfg, tmp_path / "r.yaml")
-    assert yaml.safe_load((tmp_path / "r.yaml").read_text())["train"]["tasks"]["vqa"] is None
+    assert yaml.safe_load((tmp_path / "r.yaml").read_text())["train"]["tasks"] == {}
     assert load_config(tmp_path / "r.yaml") == cfg
 
 

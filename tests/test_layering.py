@@ -15,7 +15,7 @@ def layer_of(module: str) -> int | None:
     if parts[0] != "tuwen" or len(parts) < 2:
         return None
     name = parts[1]
-    if name in ("errors", "fsio", "__init__"):
+    if name in ("errors", "fsio", "model_files", "__init__"):
         return -1
     return LAYERS.index(name) if name in LAYERS else None
 
@@ -38,7 +38,7 @@ def own_layer(rel: Path) -> int:
     if len(rel.parts) > 1:
         return LAYERS.index(rel.parts[0])
     # top-level modules: errors is below everything, __main__ is the entry point above apps
-    lowest = {"errors": -1, "fsio": -1, "__init__": -1}
+    lowest = {"errors": -1, "fsio": -1, "model_files": -1, "__init__": -1}
     return {"config": 0, **lowest, "__main__": len(LAYERS)}[rel.stem]
 
 

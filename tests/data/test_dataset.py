@@ -3,15 +3,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny import task_collator
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.dataset import (
-    Collator,
     EpochBatchSampler,
     JointDataset,
     caption_image_counts,
     join_by_image,
 )
 from tuwen.data.images import ImageTransform
+from tuwen.data.prepare import SplitData
 from tuwen.data.records import ImageCaptions, VQAItem
 from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import train_tokenizer
@@ -61,15 +62,15 @@ def test_collator_rows_targets_and_skips(tmp_path):
                           vocab_size=100)
     vocab = AnswerVocab.build(["red", "yes"], top_k=10)
     (tmp_path / "b.png").write_bytes(b"")  # unreadable now
-    batch = Collator(tok, vocab, max_length=12)([ds[0], ds[1], ds[2]])
-    assert batch["size"] == 2 and batch["n_skipped"] == 1 and "b.png" in batch["skipped"][0]
-    assert batch["pixel_values"].shape == (2, 3, 16, 16)
-    assert batch["caption_image"].tolist() == [0, 0]
-    assert batch["caption_first"].tolist() == [True, False]
-    assert batch["question_image"].tolist() == [0, 1]
+    batch = task_collator(tok, vocab, 12)([ds[0], ds[1], ds[2]])
+    assert batch.size == 2 and batch.n_skipped == 1 and "b.png" in batch.skipped[0]
+    assert batch.pixel_values.shape == (2, 3, 16, 16)
+    assert batch.captions.image.tolist() == [0, 0]
+    assert batch.captions.first.tolist() == [True, False]
+    assert batch.questions.image.tolist() == [0, 1]
     red = vocab.index("red")
-    assert batch["vqa_targets"][0, red] == 1.0  # 10 of 10 say red after normalisation
-    ids, labels = batch["decoder_input_ids"][0], batch["labels"][0]
+    assert batch.part("vqa").targets[0, red] == 1.0  # 10 of 10 say red after normalisation
+    ids, labels = batch.part("caption").input_ids[0], batch.part("caption").labels[0]
     assert ids[0] == tok.bos_token_id
     n = int((labels != -100).sum())
     assert labels[n - 1] == tok.eos_token_id and torch.equal(ids[1:n], labels[: n - 1])
@@ -107,11 +108,14 @@ def swap_batch_parts(tmp_path, first: str, second: str):
 
 def test_collator_adds_swapped_first_captions(tmp_path):
     items, tok = swap_batch_parts(tmp_path, "a circle left of a square", "a square")
-    batch = Collator(tok, None, 12, spatial_negatives=True)(items)
-    assert batch["swap_image"].tolist() == [0]
-    assert batch["swap_input_ids"].shape[1] == batch["caption_input_ids"].shape[1]
-    assert tok.decode(batch["swap_input_ids"][0], skip_special_tokens=True) == \
+    sets = ("train.task_options.itm.spatial_negatives=true",)
+    batch = task_collator(tok, None, 12, sets=sets, train=SplitData("train"))(items)
+    swaps = batch.part("itm")
+    assert swaps.image.tolist() == [0]
+    assert swaps.input_ids.shape[1] == batch.captions.input_ids.shape[1]
+    assert tok.decode(swaps.input_ids[0], skip_special_tokens=True) == \
         "a circle right of a square"
+    assert task_collator(tok, None, 12, sets=sets)(items).part("itm") is None  # validation
 
 
 def test_collator_normalises_texts_and_drops_stop_words_from_the_retrieval_input(tmp_path):
@@ -123,20 +127,22 @@ def test_collator_normalises_texts_and_drops_stop_words_from_the_retrieval_input
     tok = train_tokenizer(["a red square on the left", "what colour is the square"],
                           vocab_size=60)
     normalizer = TextNormalizer(strip_punctuation=True, stopwords_for_retrieval=True)
-    batch = Collator(tok, None, max_length=16, normalizer=normalizer)([ds[0]])
+    batch = task_collator(tok, None, 16, normalizer=normalizer)([ds[0]])
 
     def words(ids):
         return tok.decode([i for i in ids.tolist() if i > 6]).split()
 
     # "on" and "left" stay: spatial words carry meaning in captions
-    assert words(batch["caption_input_ids"][0]) == ["red", "square", "on", "left"]
-    assert words(batch["decoder_input_ids"][0]) == ["a", "red", "square", "on", "the", "left"]
-    assert words(batch["question_input_ids"][0]) == ["what", "colour", "is", "the", "square"]
+    assert words(batch.captions.input_ids[0]) == ["red", "square", "on", "left"]
+    assert words(batch.part("caption").input_ids[0]) == ["a", "red", "square", "on", "the",
+                                                         "left"]
+    assert words(batch.questions.input_ids[0]) == ["what", "colour", "is", "the", "square"]
 
 
 def test_caption_weights_are_one_over_the_images_sharing_the_text(tmp_path):
-    """train.itc_specific_captions: "a square" is a caption of three images, "A Red Square"
-    (the same retrieval text as "a red square") of two, each counted once per image."""
+    """train.task_options.itc.specific_captions: "a square" is a caption of three images,
+    "A Red Square" (the same retrieval text as "a red square") of two, each counted once per
+    image."""
     caps = [ImageCaptions(1, make_png(tmp_path / "a.png"), "train",
                           ("a red square", "A Red Square", "a square")),
             ImageCaptions(2, make_png(tmp_path / "b.png"), "train", ("a red square", "a square")),
@@ -146,9 +152,11 @@ def test_caption_weights_are_one_over_the_images_sharing_the_text(tmp_path):
     assert counts == {"a red square": 2, "a square": 3, "a blue dot": 1}
     ds = JointDataset(join_by_image(caps, []), ImageTransform(16), captions_per_image=3)
     tok = train_tokenizer([c for r in caps for c in r.captions], vocab_size=60)
-    batch = Collator(tok, None, 12, normalizer=normalizer, caption_counts=counts)(
+    train = SplitData("train", captions=caps)
+    sets = ("train.task_options.itc.specific_captions=true",)
+    batch = task_collator(tok, None, 12, normalizer=normalizer, sets=sets, train=train)(
         [ds[0], ds[2]])
-    texts = [tok.decode(ids, skip_special_tokens=True) for ids in batch["caption_input_ids"]]
+    texts = [tok.decode(ids, skip_special_tokens=True) for ids in batch.captions.input_ids]
     expected = {"a red square": 1 / 2, "a square": 1 / 3, "a blue dot": 1.0}
-    assert batch["caption_weight"].tolist() == pytest.approx([expected[t] for t in texts])
-    assert "caption_weight" not in Collator(tok, None, 12)([ds[0]])
+    assert batch.part("itc").weight.tolist() == pytest.approx([expected[t] for t in texts])
+    assert task_collator(tok, None, 12)([ds[0]]).part("itc") is None  # option off

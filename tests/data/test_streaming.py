@@ -5,13 +5,15 @@ from __future__ import annotations
 import io
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import format_fixtures as ff
 import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tuwen.data.dataset import Collator, JointExample
+from tiny import task_collator
+from tuwen.data.dataset import JointExample
 from tuwen.data.images import ImageTransform
 from tuwen.data.sources import ShardSource
 from tuwen.data.streaming import Slot, StreamBatches, StreamingDataset, epoch_samples
@@ -47,8 +49,9 @@ def make_shards(folder: Path, n_shards: int, per_shard: int, *, name: str = "s",
 
 def keys_and_positions(items: list[dict]) -> dict:
     """A collate_fn for the tests: each item's caption (its key) and position."""
-    return {"keys": [it["captions"][0] if "captions" in it else it["bad"] for it in items],
-            "positions": [it["position"] for it in items]}
+    return SimpleNamespace(
+        keys=[it["captions"][0] if "captions" in it else it["bad"] for it in items],
+        positions=[it["position"] for it in items])
 
 
 def epoch_keys(source: ShardSource, rank: int, world: int, workers: int) -> dict[int, list]:
@@ -58,7 +61,7 @@ def epoch_keys(source: ShardSource, rank: int, world: int, workers: int) -> dict
                         collate_fn=keys_and_positions)
     out: dict[int, list] = {0: [], 1: []}
     for batch in loader:
-        for key, (_, epoch) in zip(batch["keys"], batch["positions"]):
+        for key, (_, epoch) in zip(batch.keys, batch.positions):
             out[epoch].append(key)
     return out
 
@@ -89,7 +92,7 @@ def test_slots_are_dealt_whole_shards_or_every_nth_sample(tmp_path):
 def take(stream: StreamBatches, n: int) -> list[list[str]]:
     out = []
     for batch in stream:
-        out.append(batch["keys"])
+        out.append(batch.keys)
         if len(out) == n:
             return out
     raise AssertionError("stream ended")
@@ -153,19 +156,19 @@ def test_bad_streamed_samples_are_counted_and_bounded(tmp_path):
     tok = train_tokenizer([f"s{i}" for i in range(120)], vocab_size=40)
     dataset = StreamingDataset([source], TRANSFORM, seed=0)
     stream = StreamBatches(DataLoader(dataset, batch_size=8,
-                                      collate_fn=Collator(tok, None, max_length=8)))
+                                      collate_fn=task_collator(tok, None, 8)))
     state = TrainState()
     got = batches(stream, state, max_bad_fraction=0.5)
     for _ in range(15):
         batch = next(got)
-        assert batch["pixel_values"].shape[0] == batch["size"]
+        assert batch.pixel_values.shape[0] == batch.size
     assert state.seen == 120 and state.skipped == 40
     assert state.data == stream.state_dict() and state.data["consumed"] == [120]
     state = TrainState()
     with pytest.raises(TuwenError, match=r"could not be loaded, more than "
                                          r"data\.max_bad_fraction=0\.2"):
-        for _ in batches(StreamBatches(DataLoader(dataset, batch_size=8, collate_fn=Collator(
-                tok, None, max_length=8))), state, max_bad_fraction=0.2):
+        for _ in batches(StreamBatches(DataLoader(dataset, batch_size=8, collate_fn=task_collator(
+                tok, None, 8))), state, max_bad_fraction=0.2):
             pass
     assert 100 <= state.seen <= 112
 

@@ -5,10 +5,11 @@ import json
 import pytest
 
 from tiny import tiny_overrides
-from tuwen.config import TaskWeights, load_config
-from tuwen.data.prepare import SplitData, read_split, train_tasks, with_train_tasks
+from tuwen.config import load_config
+from tuwen.data.prepare import SplitData, read_split
 from tuwen.data.records import ImageCaptions, VQAItem
 from tuwen.errors import ConfigError, DataError
+from tuwen.tasks.table import load_run_config, with_train_tasks
 from tuwen.training.loop import train
 
 
@@ -22,21 +23,26 @@ def split(captions: bool, questions: bool) -> SplitData:
     return data
 
 
+def resolved(weights: dict, data: SplitData) -> dict:
+    """The weights > 0 a run trains with, given ``weights`` set in the config."""
+    config = load_config(None, [f"train.tasks.{k}={v}" for k, v in weights.items()])
+    tasks = with_train_tasks(config, data, lambda _: None).train.tasks
+    return {k: v for k, v in tasks.items() if v > 0}
+
+
 def test_unset_weights_follow_the_labels():
-    unset = TaskWeights()
-    assert train_tasks(unset, split(True, False)).active() == {"caption": 1, "itc": 1, "itm": 1}
-    assert train_tasks(unset, split(False, True)).active() == {"vqa": 1}
-    both = train_tasks(TaskWeights(itm=0.5), split(True, True))
-    assert both.active() == {"caption": 1, "itc": 1, "itm": 0.5, "vqa": 1}
+    assert resolved({}, split(True, False)) == {"caption": 1, "itc": 1, "itm": 1}
+    assert resolved({}, split(False, True)) == {"vqa": 1}
+    assert resolved({"itm": 0.5}, split(True, True)) == {"caption": 1, "itc": 1, "itm": 0.5,
+                                                         "vqa": 1}
 
 
 def test_a_weight_set_without_its_labels_is_an_error():
-    with pytest.raises(DataError, match="no questions in this split, but train.tasks weighs vqa"):
-        train_tasks(TaskWeights(vqa=1), split(True, False))
-    with pytest.raises(DataError, match="no captions in this split"):
-        train_tasks(TaskWeights(itc=2), split(False, True))
-    assert train_tasks(TaskWeights(vqa=0), split(True, False)).active() == {
-        "caption": 1, "itc": 1, "itm": 1}
+    with pytest.raises(DataError, match="no vqa labels in this split, but train.tasks weighs vqa"):
+        resolved({"vqa": 1}, split(True, False))
+    with pytest.raises(DataError, match="no caption labels in this split"):
+        resolved({"itc": 2}, split(False, True))
+    assert resolved({"vqa": 0}, split(True, False)) == {"caption": 1, "itc": 1, "itm": 1}
 
 
 def test_the_log_names_the_tasks_that_run_and_why_one_does_not():
@@ -44,9 +50,9 @@ def test_the_log_names_the_tasks_that_run_and_why_one_does_not():
     lines = []
     resolved = with_train_tasks(config, split(True, False), lines.append)
     assert lines == ["training tasks: caption (weight 1), itc (weight 1), itm (weight 1); "
-                     "not vqa: split 'train' has no questions"]
-    assert resolved.train.tasks.given() == {"caption": 1, "itc": 1, "itm": 1, "vqa": 0}
-    assert config.train.tasks.given() == {}  # the caller's config is left as it was
+                     "not vqa: split 'train' has no vqa labels"]
+    assert resolved.train.tasks == {"caption": 1, "itc": 1, "itm": 1, "vqa": 0}
+    assert config.train.tasks == {}  # the caller's config is left as it was
 
 
 def caption_only_jsonl(shapes, folder):
@@ -64,7 +70,7 @@ def test_caption_only_data_trains_without_naming_vqa(tiny_shapes, tmp_path, caps
     config = load_config(None, sets + caption_only_jsonl(tiny_shapes, tmp_path))
     assert not read_split(config.data, "train").questions
     train(config, tmp_path / "run", show_progress=False)
-    assert "not vqa: split 'train' has no questions" in capsys.readouterr().out
+    assert "not vqa: split 'train' has no vqa labels" in capsys.readouterr().out
     logged = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"loss_caption", "loss_itc", "loss_itm"} <= set(logged)
     assert "loss_vqa" not in logged
@@ -73,8 +79,8 @@ def test_caption_only_data_trains_without_naming_vqa(tiny_shapes, tmp_path, caps
 def test_vqa_weighted_without_questions_fails_clearly(tiny_shapes, tmp_path):
     sets = tiny_overrides(tiny_shapes, max_steps=2) + caption_only_jsonl(tiny_shapes, tmp_path)
     config = load_config(None, [*sets, "train.tasks.vqa=1"])
-    with pytest.raises(DataError, match="no questions in this split, but train.tasks weighs vqa"):
+    with pytest.raises(DataError, match="no vqa labels in this split, but train.tasks weighs vqa"):
         train(config, tmp_path / "run", show_progress=False)
     # a source format that cannot hold questions: the error comes at load
     with pytest.raises(ConfigError, match=r"train\.tasks\.vqa=1\.0 needs a data source"):
-        load_config(None, ["data.sources=[{format: karpathy}]", "train.tasks.vqa=1"])
+        load_run_config(None, ["data.sources=[{format: karpathy}]", "train.tasks.vqa=1"])

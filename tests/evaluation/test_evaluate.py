@@ -7,15 +7,15 @@ import torch
 from tuwen.config import EvalConfig
 from tuwen.data.records import ImageCaptions
 from tuwen.data.tokenizer import train_tokenizer
-from tuwen.tasks.eval_set import EvalSet, LoadedImages
 from tuwen.evaluation.evaluate import (
     Evaluation,
     TaskResult,
     assemble_metrics,
     evaluate_retrieval,
 )
-from tuwen.tasks.metrics.retrieval_metrics import retrieval_recall
 from tuwen.models.text_encoders import TextFeatures
+from tuwen.tasks.eval_set import EvalSet, LoadedImages
+from tuwen.tasks.metrics.retrieval_metrics import retrieval_recall
 from tuwen.tasks.retrieval import (
     RetrievalFeatures,
     itm_rerank,

@@ -14,8 +14,8 @@ import pytest
 from tuwen import __version__
 from tuwen.apps.cli import main
 from tuwen.errors import DataError
-from tuwen.tasks.metrics.protocol import ids_sha256
 from tuwen.evaluation.score import score_captions, score_retrieval, score_vqa
+from tuwen.tasks.metrics.protocol import ids_sha256
 
 HAS_JAVA = shutil.which("java") is not None
 needs_java = pytest.mark.skipif(not HAS_JAVA, reason="java not on PATH")

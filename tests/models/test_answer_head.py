@@ -7,6 +7,8 @@ from tiny import tiny_spec
 from tuwen.models.heads import AnswerHead
 from tuwen.models.image_text_model import ImageTextModel, build_model
 from tuwen.tasks import vqa
+from tuwen.tasks.base import StepInputs
+from tuwen.tasks.vqa import VqaTask
 
 
 def test_readout_ignores_padding_and_needs_the_tokens():
@@ -31,20 +33,20 @@ def test_a_model_with_readout_queries_learns_and_round_trips(fusion, tmp_path, t
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(40):
-        loss = vqa.training_step(model, batch, model.encode_image(batch["pixel_values"]))["vqa"]
+        loss = VqaTask().loss(StepInputs(model, batch), None)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     # soft targets in (0, 1): the loss can only fall to their entropy
-    t = batch["vqa_targets"].clamp(1e-6, 1 - 1e-6)
+    t = batch.part("vqa").targets.clamp(1e-6, 1 - 1e-6)
     floor = float(-(t * t.log() + (1 - t) * (1 - t).log()).sum(1).mean())
     assert losses[-1] - floor < 0.3 * (losses[0] - floor)
     assert model.vqa_head.query.grad is not None and model.vqa_head.query.grad.abs().sum() > 0
     model.eval().save_pretrained(tmp_path)
     loaded = ImageTextModel.from_pretrained(tmp_path).eval()
-    args = (batch["question_input_ids"], batch["question_attention_mask"])
-    image = model.encode_image(batch["pixel_values"]).tokens[batch["question_image"]]
+    args = (batch.questions.input_ids, batch.questions.attention_mask)
+    image = model.encode_image(batch.pixel_values).tokens[batch.questions.image]
     torch.testing.assert_close(vqa.answer_logits(loaded, *args, image),
                                vqa.answer_logits(model, *args, image), rtol=0, atol=0)
 
@@ -80,7 +82,7 @@ def test_read_positions_is_a_validated_config_key(tiny_batch, tmp_path):
     model = build_model(tiny_spec(vqa={"read_positions": 6})).eval()
     model.save_pretrained(tmp_path)
     loaded = ImageTextModel.from_pretrained(tmp_path).eval()
-    args = (tiny_batch["question_input_ids"], tiny_batch["question_attention_mask"])
-    image = model.encode_image(tiny_batch["pixel_values"]).tokens[tiny_batch["question_image"]]
+    args = (tiny_batch.questions.input_ids, tiny_batch.questions.attention_mask)
+    image = model.encode_image(tiny_batch.pixel_values).tokens[tiny_batch.questions.image]
     torch.testing.assert_close(vqa.answer_logits(loaded, *args, image),
                                vqa.answer_logits(model, *args, image), rtol=0, atol=0)

@@ -10,8 +10,8 @@ from tuwen.models.from_encoders import DEFAULT_VOCAB_SIZE, spec_from_encoders
 from tuwen.models.fusion_cross_attention import CrossAttentionFusion
 from tuwen.models.image_text_model import ImageTextModel, build_model
 
-PARTS = ("image_encoder", "text_encoder", "fusion", "decoder", "itc_head", "itm_head",
-         "vqa_head")
+PARTS = ("image_encoder", "text_encoder", "fusion", "decoder")
+HEADS = ("itc_head", "itm_head", "vqa_head")
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -26,7 +26,10 @@ def test_the_model_holds_exactly_the_built_components():
     assert model.spec is parts.spec
     for name in PARTS:
         assert getattr(model, name) is getattr(parts, name), name
-    own = {id(p) for name in PARTS for p in getattr(parts, name).parameters()}
+    assert tuple(parts.heads) == model.head_names == HEADS
+    for name in HEADS:
+        assert getattr(model, name) is parts.heads[name], name
+    own = {id(p) for module in parts.modules() for p in module.parameters()}
     assert own == {id(p) for p in model.parameters()}
 
 

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from hf_tiny import LMS, bpe_tokenizer, chat_tokenizer, save_bert, save_chat_lm, save_image_model
+from tiny import task_collator, tiny_spec
 from tuwen.config import load_config
-from tuwen.data.dataset import Collator
 from tuwen.data.records import VQAItem
 from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.errors import ConfigError
@@ -18,7 +18,7 @@ from tuwen.models.chat import CAPTION_REQUEST, chat_format
 from tuwen.models.hf_text import with_bos_eos
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import captioning, vqa
-from tuwen.tasks.joint import joint_step
+from tuwen.tasks.table import joint_step
 from tuwen.training.assets import prepare_assets
 
 BEFORE, AFTER = "<s><|start|>user\n", "<|eot|><|start|>assistant\n"
@@ -69,9 +69,11 @@ def items() -> list[dict]:
 def test_captions_and_answers_are_the_assistants_reply_with_the_loss_on_it_only():
     tok = lm_tokenizer()
     chat = chat_format(tok, "auto")
-    batch = Collator(tok, None, MAX_LENGTH, vqa_answers=True, chat=chat)(items())
+    generating = tiny_spec(vqa={"mode": "generate"})
+    batch = task_collator(tok, None, MAX_LENGTH, chat=chat, spec=generating)(items())
     eot = chat.end_token_id
-    for row, (inputs, labels) in enumerate(zip(batch["decoder_input_ids"], batch["labels"])):
+    decoder, answers = batch.part("caption"), batch.part("vqa")
+    for row, (inputs, labels) in enumerate(zip(decoder.input_ids, decoder.labels)):
         prompt = ids(tok, BEFORE + CAPTION_REQUEST + AFTER)
         caption = ids(tok, BEFORE + CAPTION_REQUEST + AFTER + CAPTIONS[row])[len(prompt):]
         n = len(prompt) + len(caption)
@@ -79,8 +81,8 @@ def test_captions_and_answers_are_the_assistants_reply_with_the_loss_on_it_only(
         assert tok.decode(inputs[:n]) == BEFORE + CAPTION_REQUEST + AFTER + CAPTIONS[row]
         assert labels[:n].tolist() == [-100] * (len(prompt) - 1) + caption + [eot]
         assert (labels[n:] == -100).all() and (inputs[n:] == tok.pad_token_id).all()
-    for row, labels in enumerate(batch["answer_labels"]):
-        inputs = batch["answer_input_ids"][row]
+    for row, labels in enumerate(answers.answer_labels):
+        inputs = answers.answer_input_ids[row]
         text = BEFORE + QUESTIONS[row] + AFTER
         prompt, answer = ids(tok, text), ids(tok, text + ANSWERS[row])[len(ids(tok, text)):]
         assert inputs[: len(prompt) + len(answer)].tolist() == prompt + answer
@@ -95,11 +97,11 @@ def test_captions_and_answers_are_the_assistants_reply_with_the_loss_on_it_only(
 
 def test_without_a_template_captions_start_at_bos_as_before():
     tok = lm_tokenizer()
-    batch = Collator(tok, None, MAX_LENGTH, vqa_answers=True)(items())
+    generating = tiny_spec(vqa={"mode": "generate"})
+    decoder = task_collator(tok, None, MAX_LENGTH, spec=generating)(items()).part("caption")
     caption = ids(tok, CAPTIONS[0])
-    assert batch["decoder_input_ids"][0, : len(caption) + 1].tolist() == [tok.bos_token_id,
-                                                                          *caption]
-    assert batch["labels"][0, : len(caption) + 1].tolist() == [*caption, tok.eos_token_id]
+    assert decoder.input_ids[0, : len(caption) + 1].tolist() == [tok.bos_token_id, *caption]
+    assert decoder.labels[0, : len(caption) + 1].tolist() == [*caption, tok.eos_token_id]
 
 
 @pytest.fixture(scope="module")
@@ -133,16 +135,16 @@ def test_an_instruct_lm_trains_on_its_template_and_reloads_identically(hub, tmp_
     tok, chat = model.tokenizer, model.spec.chat
     assert chat == chat_format(tok, "auto") and model.spec.eos_token_id == chat.end_token_id
     assert model.decoder.max_length == MAX_LENGTH + chat.extra_length
-    data = Collator(tok, None, MAX_LENGTH, vqa_answers=True, chat=chat,
-                    text_tokenizer=model.text_tokenizer)(items())
+    data = task_collator(tok, None, MAX_LENGTH, chat=chat, text_tokenizer=model.text_tokenizer,
+                         spec=model.spec)(items())
     total, losses = joint_step(model, data, {"caption": 1.0, "itc": 1.0, "vqa": 1.0})
     assert torch.isfinite(total) and set(losses) == {"caption", "itc", "vqa"}
     model.eval().save_pretrained(tmp_path / "model")
     loaded = ImageTextModel.from_pretrained(tmp_path / "model")
     assert loaded.spec.chat == chat and loaded.spec.eos_token_id == chat.end_token_id
     assert loaded.decoder.max_length == model.decoder.max_length
-    for before, after in zip(generations(model, data["pixel_values"]),
-                             generations(loaded, data["pixel_values"]), strict=True):
+    for before, after in zip(generations(model, data.pixel_values),
+                             generations(loaded, data.pixel_values), strict=True):
         assert torch.equal(before, after)
     plain = chat_model(hub, "none")
     assert plain.spec.chat is None and plain.spec.eos_token_id == tok.eos_token_id

@@ -13,12 +13,13 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from hf_tiny import LMS, WORDS, hf_spec, save_bert, save_image_model, save_lm
-from tuwen.data.dataset import Collator
+from tiny import as_batch, task_collator
+from tuwen.data.batch import Batch
 from tuwen.data.records import VQAItem
 from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.models.image_text_model import ImageTextModel, build_model
 from tuwen.tasks import captioning, vqa
-from tuwen.tasks.joint import joint_step
+from tuwen.tasks.table import joint_step
 
 transformers.logging.set_verbosity_error()  # "newly initialised cross-attention" reports
 
@@ -111,11 +112,11 @@ def batch(seed: int = 0, b: int = 4) -> dict:
 
 
 @torch.no_grad()
-def outputs(model: ImageTextModel, data: dict) -> list[torch.Tensor]:
-    px, ids, mask = data["pixel_values"], data["caption_input_ids"], data["caption_attention_mask"]
+def outputs(model: ImageTextModel, data: Batch) -> list[torch.Tensor]:
+    px, ids, mask = data.pixel_values, data.captions.input_ids, data.captions.attention_mask
     out = model(pixel_values=px, input_ids=ids, attention_mask=mask)
     image = model.encode_image(px)
-    logits = model.decode(data["decoder_input_ids"], image.tokens).logits
+    logits = model.decode(data.part("caption").input_ids, image.tokens).logits
     return [out.fused, out.pooled, out.image_embeds, out.text_embeds, logits]
 
 
@@ -126,7 +127,7 @@ def test_combination_trains_and_round_trips(row, hub, tmp_path):
                    decoder=parts["decoder"])
     torch.manual_seed(0)
     model = build_model(spec).train()
-    data = batch()
+    data = as_batch(batch())
     total, losses = joint_step(model, data, WEIGHTS)
     assert set(losses) == set(WEIGHTS) and torch.isfinite(total)
     total.backward()
@@ -165,13 +166,12 @@ def collated(model: ImageTextModel) -> dict:
               "questions": [VQAItem(i, i, Path(f"{i}.png"), "what colour is the circle?",
                                     (a,) * 10, a, "what", "other")]}
              for i, (c, a) in enumerate(zip(captions, ANSWERS))]
-    return Collator(model.tokenizer, None, 24, vqa_answers=True,
-                    text_tokenizer=model.text_tokenizer)(items)
+    return task_collator(model.tokenizer, None, 24, text_tokenizer=model.text_tokenizer,
+                         spec=model.spec)(items)
 
 
 @torch.no_grad()
-def generations(model: ImageTextModel, data: dict) -> list[torch.Tensor]:
-    px = data["pixel_values"]
+def generations(model: ImageTextModel, px: torch.Tensor) -> list[torch.Tensor]:
     ids, mask = left_padded_prompts(model.tokenizer, ["what colour is the circle?"] * 4, 24)
     return [captioning.predict_step(model, px, decoding="greedy", max_new_tokens=6),
             vqa.generate_answers(model, px, ids, mask, max_new_tokens=4)]
@@ -191,11 +191,11 @@ def test_bert_and_an_lm_keep_their_tokenizers_train_and_round_trip(row, hub, lm_
     assert model.spec.text_vocab == (len(WORDS), 0) and model.spec.vocab_size == len(lm)
     data = collated(model)
     # the text tower reads BERT ids, the LM its own: [CLS] red ... vs <bos> a red ...
-    assert bert.decode(data["caption_input_ids"][0], skip_special_tokens=True) == "a red circle"
-    assert data["caption_input_ids"][0, 0] == bert.cls_token_id
-    assert data["decoder_input_ids"][0, 0] == lm.bos_token_id
-    assert lm.decode(data["labels"][0][data["labels"][0] >= 0], skip_special_tokens=True) \
-        == "a red circle"
+    assert bert.decode(data.captions.input_ids[0], skip_special_tokens=True) == "a red circle"
+    assert data.captions.input_ids[0, 0] == bert.cls_token_id
+    assert data.part("caption").input_ids[0, 0] == lm.bos_token_id
+    labels = data.part("caption").labels[0]
+    assert lm.decode(labels[labels >= 0], skip_special_tokens=True) == "a red circle"
     weights = {"caption": 1.0, "itc": 1.0, "itm": 1.0, "vqa": 1.0}
     total, losses = joint_step(model, data, weights)
     assert set(losses) == set(weights) and torch.isfinite(total)
@@ -208,8 +208,11 @@ def test_bert_and_an_lm_keep_their_tokenizers_train_and_round_trip(row, hub, lm_
     loaded = ImageTextModel.from_pretrained(tmp_path / "model")
     assert loaded.tokenizer.get_vocab() == lm.get_vocab()
     assert loaded.text_tokenizer.get_vocab() == bert.get_vocab()
-    assert collated(loaded).keys() == data.keys()
+    again = collated(loaded)
+    assert torch.equal(again.captions.input_ids, data.captions.input_ids)
+    assert torch.equal(again.part("caption").input_ids, data.part("caption").input_ids)
     for before, after in zip(outputs(model, data), outputs(loaded, data), strict=True):
         assert torch.equal(before, after)
-    for before, after in zip(generations(model, data), generations(loaded, data), strict=True):
+    for before, after in zip(generations(model, data.pixel_values),
+                             generations(loaded, data.pixel_values), strict=True):
         assert torch.equal(before, after)

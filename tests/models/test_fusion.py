@@ -13,7 +13,7 @@ from tuwen.errors import ConfigError
 from tuwen.models.fusion_concat import ConcatFusion
 from tuwen.models.fusion_weighted_sum import WeightedSumFusion
 from tuwen.models.image_text_model import ImageTextModel, build_model
-from tuwen.tasks.joint import joint_step
+from tuwen.tasks.table import joint_step
 
 FUSIONS = {"concat": {"type": "concat", "layers": 2, "heads": 2},
            "weighted_sum": {"type": "weighted_sum", "gate": "vector"},

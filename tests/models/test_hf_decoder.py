@@ -11,11 +11,11 @@ import transformers
 from transformers import AutoConfig
 
 from hf_tiny import LMS, hf_spec, save_bert, save_lm
-from tiny import tiny_overrides
+from tiny import task_collator, tiny_overrides, tiny_spec
 from tuwen.apps.cli import main
 from tuwen.apps.pipeline import Pipeline
 from tuwen.config import ModelConfig, config_from_dict
-from tuwen.data.dataset import Collator
+from tuwen.data.batch import Batch
 from tuwen.data.records import VQAItem
 from tuwen.data.tokenizer import decode_text
 from tuwen.data.vqa_text import left_padded_prompts
@@ -28,7 +28,7 @@ from tuwen.models.image_text_model import ImageTextModel, build_model
 from tuwen.models.spec import ModelSpec
 from tuwen.models.towers import lr_multipliers
 from tuwen.tasks import vqa
-from tuwen.tasks.joint import joint_step
+from tuwen.tasks.table import joint_step
 from tuwen.training.assets import choose_tokenizer, choose_tokenizers
 
 transformers.logging.set_verbosity_error()  # "newly initialised cross-attention" reports
@@ -55,7 +55,7 @@ def spec_for(lm_dir: Path, conditioning: str, tok, mode: str = "generate") -> Mo
                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
 
 
-def fixed_batch(tok) -> dict:
+def fixed_batch(tok) -> Batch:
     g = torch.Generator().manual_seed(0)
     captions = [["a red circle"], ["two green triangles"], ["a yellow square"], ["a blue square"]]
     answers = ["red", "two", "yes", "blue"]
@@ -63,7 +63,7 @@ def fixed_batch(tok) -> dict:
               "questions": [VQAItem(i, i, Path(f"{i}.png"), "what colour is the circle?",
                                     (a,) * 10, a, "what", "other")]}
              for i, (caps, a) in enumerate(zip(captions, answers))]
-    return Collator(tok, None, 24, vqa_answers=True)(items)
+    return task_collator(tok, None, 24, spec=tiny_spec(vqa={"mode": "generate"}))(items)
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: "-".join(c))
@@ -113,22 +113,22 @@ def test_training_lowers_the_loss(trained):
 
 def test_loss_covers_only_text_tokens(trained):
     model, tok, batch, _ = trained
-    image = model.encode_image(batch["pixel_values"]).tokens
-    ids = batch["answer_input_ids"]
-    out = model.decode(ids, image[batch["question_image"]], output_attentions=True)
+    image = model.encode_image(batch.pixel_values).tokens
+    ids = batch.part("vqa").answer_input_ids
+    out = model.decode(ids, image[batch.questions.image], output_attentions=True)
     assert out.logits.shape == (*ids.shape, len(tok))  # text positions only, no image prefix
     att = out.cross_attentions[-1]
     assert att.shape == (ids.shape[0], 2, ids.shape[1], 16)  # (B, H, L, 4x4 patches)
     # prefix: the share of each text token's attention that went to the image
     assert (att.sum(-1) <= 1 + 1e-5).all() and (att.sum(-1) > 0).all()
-    labels = batch["answer_labels"]
+    labels = batch.part("vqa").answer_labels
     prompt = (labels == -100) & (ids != tok.pad_token_id)
     assert prompt.any() and (labels != -100).sum(1).min() >= 2  # answer + EOS
 
 
 def test_generation_with_the_lm_cache_equals_without(trained):
     model, _, batch, _ = trained
-    image = model.encode_image(batch["pixel_values"]).tokens
+    image = model.encode_image(batch.pixel_values).tokens
     cached = greedy_generate(model, image, 8)
     assert torch.equal(cached, greedy_generate(model, image, 8, use_cache=False))
     beam = beam_generate(model, image, 8, beam_size=3)
@@ -139,8 +139,8 @@ def test_generative_vqa_answers_after_the_question(trained):
     model, tok, batch, _ = trained
     questions = ["what colour is the circle?"] * 4
     ids, mask = left_padded_prompts(tok, questions, 24)
-    cached = vqa.generate_answers(model, batch["pixel_values"], ids, mask)
-    uncached = vqa.generate_answers(model, batch["pixel_values"], ids, mask, use_cache=False)
+    cached = vqa.generate_answers(model, batch.pixel_values, ids, mask)
+    uncached = vqa.generate_answers(model, batch.pixel_values, ids, mask, use_cache=False)
     assert torch.equal(cached, uncached)
     eos = tok.eos_token_id
     texts = [decode_text(tok, row[: row.index(eos)] if eos in row else row)
@@ -163,8 +163,8 @@ def test_save_load_round_trip_offline(trained, tmp_path, lm_dirs):
         loaded = ImageTextModel.from_pretrained(tmp_path / "saved")
     finally:
         shutil.copytree(moved, lm_dirs[kind])
-    image = model.encode_image(batch["pixel_values"]).tokens
-    ids = batch["decoder_input_ids"]
+    image = model.encode_image(batch.pixel_values).tokens
+    ids = batch.part("caption").input_ids
     assert torch.equal(model.decode(ids, image).logits, loaded.decode(ids, image).logits)
     assert torch.equal(greedy_generate(model, image, 6), greedy_generate(loaded, image, 6))
     assert isinstance(loaded.decoder, HFCausalLMDecoder)

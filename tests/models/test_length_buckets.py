@@ -1,12 +1,15 @@
 """model.length_buckets: texts run in groups of similar length give the same results."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from tiny import tiny_spec
+from tuwen.data.batch import Batch
 from tuwen.models.image_text_model import build_model
 from tuwen.models.length_buckets import length_groups
-from tuwen.tasks.joint import joint_step
+from tuwen.tasks.table import joint_step
 
 WEIGHTS = {"caption": 1.0, "itc": 1.0, "itm": 1.0, "vqa": 1.0}
 
@@ -34,14 +37,14 @@ def test_no_groups_where_bucketing_cannot_help(mask, buckets):
     assert length_groups(mask, buckets) is None
 
 
-def ragged_batch(tiny_batch: dict) -> dict:
+def ragged_batch(tiny_batch: Batch) -> Batch:
     """``tiny_batch`` with captions and questions of different lengths (right padded)."""
-    batch = dict(tiny_batch)
-    batch["caption_attention_mask"] = ragged_mask([9, 3, 6, 4], 9)
-    batch["caption_input_ids"] = batch["caption_input_ids"] * batch["caption_attention_mask"]
-    batch["question_attention_mask"] = ragged_mask([2, 6, 3, 5], 6)
-    batch["question_input_ids"] = batch["question_input_ids"] * batch["question_attention_mask"]
-    return batch
+    captions, questions = tiny_batch.captions, tiny_batch.questions
+    mask = ragged_mask([9, 3, 6, 4], 9)
+    captions = replace(captions, attention_mask=mask, input_ids=captions.input_ids * mask)
+    mask = ragged_mask([2, 6, 3, 5], 6)
+    questions = replace(questions, attention_mask=mask, input_ids=questions.input_ids * mask)
+    return replace(tiny_batch, captions=captions, questions=questions)
 
 
 def with_buckets(model, buckets: int):
@@ -88,8 +91,8 @@ def test_bucketed_fusion_equals_one_group(fusion):
 
 def test_bucketed_training_step_gives_the_same_losses_and_gradients(tiny_batch):
     batch = ragged_batch(tiny_batch)
-    for key in ("caption_attention_mask", "question_attention_mask"):  # both really split
-        assert length_groups(batch[key], 2) is not None
+    for mask in (batch.captions.attention_mask, batch.questions.attention_mask):
+        assert length_groups(mask, 2) is not None  # both really split
     results = []
     for buckets in (1, 2):
         torch.manual_seed(0)

@@ -7,7 +7,7 @@ from hf_tiny import hf_spec, text_batch
 from tiny import tiny_spec
 from tuwen.models.image_text_model import build_model
 from tuwen.models.rnn_text import RNNTextEncoder
-from tuwen.tasks.joint import joint_step
+from tuwen.tasks.table import joint_step
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])

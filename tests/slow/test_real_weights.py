@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuwen.data.dataset import Collator
+from tiny import task_collator
 from tuwen.data.records import VQAItem
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import captioning
-from tuwen.tasks.joint import joint_step
+from tuwen.tasks.table import joint_step
 
 ROOT = Path(os.environ.get("TUWEN_PRETRAINED_DIR", "~/.cache/tuwen-pretrained")).expanduser()
 FOLDERS = ("dinov2-small", "mobilenet_v2", "minilm", "smollm2-135m")
@@ -43,9 +43,9 @@ def test_real_towers_with_two_tokenizers_train_and_round_trip(image, tmp_path):
               "questions": [VQAItem(i, i, Path(f"{i}.png"), "what colour is it?", (a,) * 10, a,
                                     "what", "other")]}
              for i, (c, a) in enumerate([("a red circle", "red"), ("a blue square", "blue")])]
-    batch = Collator(model.tokenizer, None, 32, vqa_answers=True,
-                     text_tokenizer=model.text_tokenizer, chat=chat)(items)
-    labels = batch["answer_labels"][0]
+    batch = task_collator(model.tokenizer, None, 32, text_tokenizer=model.text_tokenizer,
+                          chat=chat, spec=model.spec)(items)
+    labels = batch.part("vqa").answer_labels[0]
     assert model.tokenizer.decode(labels[labels >= 0]) == "red<|im_end|>"
     total, losses = joint_step(model.train(), batch, {"caption": 1, "itc": 1, "itm": 1, "vqa": 1})
     assert torch.isfinite(total) and set(losses) == {"caption", "itc", "itm", "vqa"}
@@ -53,6 +53,6 @@ def test_real_towers_with_two_tokenizers_train_and_round_trip(image, tmp_path):
     model.eval().save_pretrained(tmp_path)
     loaded = ImageTextModel.from_pretrained(tmp_path)
     assert loaded.spec.chat == chat
-    px = batch["pixel_values"]
+    px = batch.pixel_values
     assert torch.equal(captioning.predict_step(model, px, decoding="greedy", max_new_tokens=4),
                        captioning.predict_step(loaded, px, decoding="greedy", max_new_tokens=4))

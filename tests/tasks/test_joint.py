@@ -1,23 +1,24 @@
 import torch
 
-from tiny import tiny_spec
+from tiny import as_batch, tiny_spec
+from tuwen.data.batch import Batch
 from tuwen.models.image_text_model import build_model
 from tuwen.tasks import retrieval
-from tuwen.tasks.joint import joint_step
+from tuwen.tasks.table import joint_step
 
 WEIGHTS = {"caption": 1.0, "itc": 1.0, "itm": 1.0, "vqa": 1.0}
 
 
-def batch_for(g: torch.Generator, b: int = 8) -> dict:
+def batch_for(g: torch.Generator, b: int = 8) -> Batch:
     ids = torch.randint(7, 50, (b, 6), generator=g)
-    return {"pixel_values": torch.randn(b, 3, 32, 32, generator=g),
+    return as_batch({"pixel_values": torch.randn(b, 3, 32, 32, generator=g),
             "caption_image": torch.arange(b), "caption_first": torch.ones(b, dtype=torch.bool),
             "caption_input_ids": ids,
             "caption_attention_mask": torch.ones(b, 6, dtype=torch.long),
             "decoder_input_ids": ids, "labels": torch.roll(ids, -1, dims=1),
             "question_image": torch.arange(b), "question_input_ids": ids[:, :4],
             "question_attention_mask": torch.ones(b, 4, dtype=torch.long),
-            "vqa_targets": torch.nn.functional.one_hot(ids[:, 0] % 7, 7).float()}
+            "vqa_targets": torch.nn.functional.one_hot(ids[:, 0] % 7, 7).float()})
 
 
 def test_joint_step_returns_every_task_and_trains_every_part(tiny_batch):
@@ -45,9 +46,8 @@ def test_task_weights_scale_and_select(tiny_batch):
 def test_rows_without_labels_are_left_out(tiny_batch):
     torch.manual_seed(0)
     model = build_model(tiny_spec()).train()
-    for key in ("question_image", "question_input_ids", "question_attention_mask",
-                "vqa_targets"):
-        del tiny_batch[key]
+    tiny_batch.questions = None
+    del tiny_batch.parts["vqa"]
     _, losses = joint_step(model, tiny_batch, WEIGHTS)
     assert "vqa" not in losses and "caption" in losses
 

@@ -14,11 +14,11 @@ from torch.distributed.fsdp import fully_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tiny import tiny_spec  # noqa: E402
+from tiny import as_batch, tiny_spec  # noqa: E402
 from tuwen.config import TrainConfig  # noqa: E402
 from tuwen.models.image_text_model import build_model  # noqa: E402
 from tuwen.models.layers import Block  # noqa: E402
-from tuwen.tasks.joint import joint_step  # noqa: E402
+from tuwen.tasks.table import default_options, joint_step  # noqa: E402
 from tuwen.training.checkpoint import load_checkpoint, load_weights, save_checkpoint  # noqa: E402
 from tuwen.training.distributed import (  # noqa: E402
     full_states,
@@ -33,11 +33,11 @@ TASKS = {"caption": 1.0, "itc": 1.0, "itm": 1.0, "vqa": 1.0}
 STEPS = 2
 
 
-def fixed_batch() -> dict:
+def fixed_batch():
     """Every task's inputs for 4 images (conftest's ``tiny_batch``, which a script can't use)."""
     g = torch.Generator().manual_seed(1)
     b, lc, lq = 4, 9, 6
-    return {
+    return as_batch({
         "pixel_values": torch.randn(b, 3, 32, 32, generator=g),
         "caption_image": torch.tensor([0, 0, 1, 2]),
         "caption_first": torch.tensor([True, False, True, True]),
@@ -49,14 +49,14 @@ def fixed_batch() -> dict:
         "question_input_ids": torch.randint(7, 50, (4, lq), generator=g),
         "question_attention_mask": torch.ones(4, lq, dtype=torch.long),
         "vqa_targets": torch.rand(4, 7, generator=g),
-    }
+    })
 
 
 def build(shard: bool, seed: int = 0) -> tuple[JointObjective, torch.optim.AdamW]:
     """The objective (each Block, then the root, sharded over all ranks) and the loop's AdamW
     (decay and no-decay groups), built after sharding: fully_shard replaces the parameters."""
     torch.manual_seed(seed)
-    objective = JointObjective(build_model(tiny_spec()))
+    objective = JointObjective(build_model(tiny_spec()), default_options())
     if shard:
         mesh = init_device_mesh("cpu", (dist.get_world_size(),))
         for block in [m for m in objective.modules() if isinstance(m, Block)]:
@@ -83,9 +83,9 @@ def outputs(model, batch: dict) -> dict[str, torch.Tensor]:
     torch.manual_seed(3)
     model.eval()
     _, losses = joint_step(model, batch, TASKS)
-    rows = batch["caption_image"]
-    out = model(batch["pixel_values"][rows], batch["caption_input_ids"],
-                batch["caption_attention_mask"])
+    rows = batch.captions.image
+    out = model(batch.pixel_values[rows], batch.captions.input_ids,
+                batch.captions.attention_mask)
     return {**losses, "fused": out.fused, "pooled": out.pooled,
             "image_embeds": out.image_embeds, "text_embeds": out.text_embeds}
 

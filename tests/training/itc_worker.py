@@ -9,9 +9,9 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tiny import tiny_spec  # noqa: E402
+from tiny import as_batch, tiny_spec  # noqa: E402
 from tuwen.models.image_text_model import build_model  # noqa: E402
-from tuwen.tasks import retrieval  # noqa: E402
+from tuwen.tasks.table import joint_step  # noqa: E402
 
 
 def fixed_batch() -> dict:
@@ -42,8 +42,7 @@ def half(batch: dict, rank: int) -> dict:
 def losses(batch: dict, gather: bool) -> tuple[dict, dict]:
     torch.manual_seed(0)
     model = build_model(tiny_spec()).eval()  # eval: BatchNorm must not see batch statistics
-    image = model.encode_image(batch["pixel_values"])
-    out = retrieval.training_step(model, batch, image, itc=True, itm=True, gather=gather)
+    _, out = joint_step(model, as_batch(batch), {"itc": 1.0, "itm": 1.0}, gather=gather)
     out["itc"].backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return {k: v.detach() for k, v in out.items()}, grads

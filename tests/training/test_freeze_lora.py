@@ -8,7 +8,7 @@ from tuwen.config import TrainConfig
 from tuwen.errors import ConfigError
 from tuwen.models.image_text_model import ImageTextModel, build_model
 from tuwen.models.towers import lr_multipliers
-from tuwen.tasks.joint import joint_step
+from tuwen.tasks.table import joint_step
 from tuwen.training.optim import LRSchedule, build_optimizer
 
 TASKS = {"caption": 1.0, "itc": 1.0, "itm": 1.0, "vqa": 1.0}
@@ -16,7 +16,7 @@ VIT = {"type": "hf", "hf_config": IMAGE_CONFIGS["vit"]}
 TEXT_BERT = {"type": "hf", "hf_config": {**BERT, "vocab_size": 50}}
 
 
-def train_steps(model: ImageTextModel, batch: dict, steps: int = 3) -> dict[str, torch.Tensor]:
+def train_steps(model: ImageTextModel, batch, steps: int = 3) -> dict[str, torch.Tensor]:
     """State before training; the model is trained ``steps`` steps with tuwen's optimiser."""
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     config = TrainConfig(lr=1e-2, warmup_steps=0)
@@ -67,8 +67,8 @@ def test_lora_trains_only_adapters_and_round_trips(tiny_batch, tmp_path):
     assert {k for k, v in moved.items() if v} == {k for k in moved if "lora_" in k}
     model.eval().save_pretrained(tmp_path)
     loaded = ImageTextModel.from_pretrained(tmp_path)
-    px, ids = tiny_batch["pixel_values"], tiny_batch["caption_input_ids"]
-    mask = tiny_batch["caption_attention_mask"]
+    px, ids = tiny_batch.pixel_values, tiny_batch.captions.input_ids
+    mask = tiny_batch.captions.attention_mask
     with torch.no_grad():
         a, b = model.encode_text(ids, mask), loaded.encode_text(ids, mask)
         assert torch.equal(a.tokens, b.tokens)

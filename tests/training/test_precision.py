@@ -8,7 +8,7 @@ from tuwen.config import load_config
 from tuwen.errors import ConfigError
 from tuwen.models.image_text_model import build_model
 from tuwen.models.layers import Block
-from tuwen.tasks.joint import joint_step
+from tuwen.tasks.table import joint_step
 from tuwen.training.assets import prepare_assets
 from tuwen.training.distributed import make_accelerator
 from tuwen.training.loaders import build_loader
@@ -53,8 +53,8 @@ def test_bf16_autocast_runs_on_cpu_and_trains(tiny_shapes, tmp_path):
     config, parts, stream = setup(tiny_shapes, tmp_path, 16, "train.precision=bf16")
     batch = next(stream)
     with autocast("bf16", torch.device("cpu")):  # matmuls in bf16 (norms stay fp32)
-        image = parts.model.encode_image(batch["pixel_values"])
-        logits = parts.model.decode(batch["decoder_input_ids"][:2], image.tokens[:2]).logits
+        image = parts.model.encode_image(batch.pixel_values)
+        logits = parts.model.decode(batch.part("caption").input_ids[:2], image.tokens[:2]).logits
     assert logits.dtype == torch.bfloat16
     weights = task_weights(0, config.train)
     losses = []

@@ -58,8 +58,8 @@ def _error_line(e: dict) -> str:
     if e["type"] == "extra_forbidden":
         key, tag = tags.get(len(loc) - 2, (None, None))  # the type of the key's own section
         return f"{path}: unknown key" + (f" for {key} {tag!r}" if tag else "")
-    if e["type"] == "value_error":  # a validator's own message names its keys
-        return str(e["ctx"]["error"])
+    if e["type"] == "value_error" and (not loc or str(e["ctx"]["error"]).startswith(f"{path}.")):
+        return str(e["ctx"]["error"])  # a validator's message that names its own keys
     expected = e["msg"]
     if "expected" in e.get("ctx", {}):
         expected = f"expected {e['ctx']['expected']}"

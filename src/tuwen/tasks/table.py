@@ -101,12 +101,19 @@ def part_collates(tools: TextTools, config: Config, spec: ModelSpec,
     return out
 
 
+def default_options() -> dict[str, Any]:
+    """Every task's options at their defaults."""
+    return {name: task.Options() for name, task in TASKS.items()}
+
+
 def joint_step(model: ImageTextModel, batch: Batch, weights: Mapping[str, float],
-               options: Mapping[str, Any], *, gather: bool = False,
+               options: Mapping[str, Any] | None = None, *, gather: bool = False,
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One image pass feeds every task with a weight in ``weights``; returns the weighted
-    total and each task's unweighted loss. With ``gather`` the contrastive negatives come
-    from every process (see tasks.gather)."""
+    total and each task's unweighted loss. ``options``: each task's (``task_options``;
+    None: the defaults). With ``gather`` the contrastive negatives come from every process
+    (see tasks.gather)."""
+    options = default_options() if options is None else options
     step = StepInputs(model, batch, gather)
     step.image  # noqa: B018 -- the image pass comes first, whichever task asks for it
     losses = {name: loss for name, task in TASKS.items() if name in weights
