@@ -1,6 +1,6 @@
 """The cost of the joint-training extras on the demo config (configs/shapes.yaml): length
-buckets (``model.length_buckets``), ITC target weighting (``train.task_options.itc.specific_captions``) and
-the per-task gradient-norm probes (``train.task_grad_norm_every``), each switched off alone;
+buckets (``model.length_buckets``), ITC target weighting
+(``train.task_options.itc.specific_captions``) and the per-task gradient-norm probes (``train.task_grad_norm_every``), each switched off alone;
 and the demo step with AdamW's per-parameter loop, as before the fused update.
 
 In one process, on the same batches: forward + backward + AdamW of the demo's joint step,
@@ -17,8 +17,8 @@ import torch
 
 from benchmarks.tuwen_side import shapes_data
 from tuwen.config import load_config
-from tuwen.data.prepare import with_train_tasks
 from tuwen.models.image_text_model import build_model
+from tuwen.tasks.table import with_train_tasks
 from tuwen.training.assets import prepare_assets
 from tuwen.training.grad_norms import task_gradient_norms
 from tuwen.training.loop import build_loader

@@ -16,8 +16,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from benchmarks.peer import DIMS, Dims, build_peer, peer_batch, peer_step
 from benchmarks.tuwen_side import CONFIGS, overrides, shapes_data
 from tuwen.config import load_config
-from tuwen.data.prepare import with_train_tasks
 from tuwen.models.image_text_model import build_model
+from tuwen.tasks.table import with_train_tasks
 from tuwen.training.assets import prepare_assets
 from tuwen.training.loop import build_loader
 from tuwen.training.objective import JointObjective

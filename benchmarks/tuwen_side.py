@@ -13,9 +13,9 @@ import torch
 
 from benchmarks.peer import Dims
 from tuwen.config import load_config
-from tuwen.data.prepare import with_train_tasks
 from tuwen.data.shapes import generate_shapes
 from tuwen.models.image_text_model import build_model
+from tuwen.tasks.table import with_train_tasks
 from tuwen.training.assets import prepare_assets
 from tuwen.training.loop import build_loader
 from tuwen.training.objective import JointObjective
@@ -83,8 +83,7 @@ def tuwen_step(path: str, dims: Dims, data: Path, precision: str, workdir: Path,
     assets = prepare_assets(config, workdir / f"assets_{path}")
     config = with_train_tasks(config, assets.train, lambda _: None)
     objective = JointObjective(build_model(assets.spec).train()).to(device)
-    batch = {key: value.to(device) if torch.is_tensor(value) else value
-             for key, value in next(iter(build_loader(config, assets))).items()}
+    batch = next(iter(build_loader(config, assets))).to(device)
     weights = task_weights(0, config.train)
 
     def run() -> None:
@@ -92,4 +91,4 @@ def tuwen_step(path: str, dims: Dims, data: Path, precision: str, workdir: Path,
             total, _ = objective(batch, weights)
         total.backward()
 
-    return run, int(batch["decoder_input_ids"].shape[1])
+    return run, int(batch.part("caption").input_ids.shape[1])

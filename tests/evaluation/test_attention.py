@@ -7,20 +7,21 @@ import torch
 from tiny import tiny_spec
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform
+from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import save_tokenizer, train_tokenizer
 from tuwen.errors import TuwenError
 from tuwen.evaluation.attention import (
-    LoadedModel,
     attention_maps,
     attention_rollout,
     parse_pick,
     select,
     upsample,
 )
+from tuwen.model_files import VOCAB_FILE
 from tuwen.models.builder import FUSIONS
 from tuwen.models.image_text_model import build_model
 from tuwen.tasks import vqa
-from tuwen.training.assets import VOCAB_FILE
+from tuwen.tasks.saved_model import SavedModel
 
 TEXTS = ["a red circle left of a blue square", "a green triangle above a red circle",
          "how many shapes are there?", "what colour is the square?"]
@@ -116,7 +117,7 @@ def tokenizer():
     return train_tokenizer(TEXTS, vocab_size=200)
 
 
-def loaded_model(tokenizer, fusion="cross_attention", **overrides) -> LoadedModel:
+def loaded_model(tokenizer, fusion="cross_attention", **overrides) -> SavedModel:
     torch.manual_seed(0)
     fusion_cfg = {"type": fusion} if fusion == "weighted_sum" else {"type": fusion,
                                                                      "layers": 2, "heads": 2}
@@ -130,7 +131,8 @@ def loaded_model(tokenizer, fusion="cross_attention", **overrides) -> LoadedMode
         force_cross_attention(model.decoder)
         FORCE_FUSION[fusion](model.fusion)
     vocab = AnswerVocab(["yes", "no", "2", "3", "red", "blue", "green"])
-    return LoadedModel(model, tokenizer, vocab, ImageTransform(32, (0.5,) * 3, (0.5,) * 3))
+    return SavedModel(model, tokenizer, None, vocab, ImageTransform(32, (0.5,) * 3, (0.5,) * 3),
+                      TextNormalizer())
 
 
 def argmax_cell(maps: np.ndarray) -> list[tuple[int, int]]:
@@ -260,7 +262,8 @@ def test_bad_requests_are_one_line_errors(tokenizer):
     spec = tiny_spec(image_encoder={"type": "small_cnn", "patch_size": 8, "layers": 1,
                                     "heads": 2})
     spec.vocab_size = len(tokenizer)
-    cnn = LoadedModel(build_model(spec).eval(), tokenizer, None, loaded.transform)
+    cnn = SavedModel(build_model(spec).eval(), tokenizer, None, None, loaded.transform,
+                     TextNormalizer())
     assert attention_maps(cnn, PIXELS, text="a red circle").maps.shape == (3, *GRID)
     with pytest.raises(TuwenError, match="--rollout needs a ViT.*SmallCNN returns no"):
         attention_maps(cnn, PIXELS, text="a red circle", rollout=True)
@@ -275,7 +278,7 @@ def test_upsample_keeps_the_peak_cell():
     assert (row // 8, col // 8) == TARGET_CELL
 
 
-def save(loaded: LoadedModel, directory):
+def save(loaded: SavedModel, directory):
     loaded.model.save_pretrained(directory)
     save_tokenizer(loaded.tokenizer, directory)
     loaded.vocab.save(directory / VOCAB_FILE)
@@ -312,8 +315,8 @@ def test_rollout_through_a_hugging_face_vit(tokenizer, tmp_path):
 
     vit = save_image_model("vit", tmp_path / "vit")
     spec = hf_spec(image={"type": "hf", "name_or_path": str(vit)}, vocab_size=len(tokenizer))
-    loaded = LoadedModel(build_model(spec).eval(), tokenizer, None,
-                         ImageTransform(32, (0.5,) * 3, (0.5,) * 3))
+    loaded = SavedModel(build_model(spec).eval(), tokenizer, None, None,
+                        ImageTransform(32, (0.5,) * 3, (0.5,) * 3), TextNormalizer())
     plain = attention_maps(loaded, PIXELS, text="a red circle")
     rolled = attention_maps(loaded, PIXELS, text="a red circle", rollout=True)
     with torch.no_grad():
@@ -324,7 +327,8 @@ def test_rollout_through_a_hugging_face_vit(tokenizer, tmp_path):
     assert not np.allclose(rolled.maps, plain.maps, atol=1e-3)
     resnet = save_image_model("resnet", tmp_path / "resnet")
     spec = hf_spec(image={"type": "hf", "name_or_path": str(resnet)}, vocab_size=len(tokenizer))
-    cnn = LoadedModel(build_model(spec).eval(), tokenizer, None, loaded.transform)
+    cnn = SavedModel(build_model(spec).eval(), tokenizer, None, None, loaded.transform,
+                     TextNormalizer())
     with pytest.raises(TuwenError, match="--rollout needs a ViT"):
         attention_maps(cnn, PIXELS, text="a red circle", rollout=True)
 

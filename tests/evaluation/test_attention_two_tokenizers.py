@@ -11,9 +11,10 @@ from PIL import Image
 from hf_tiny import save_bert, save_image_model, save_lm
 from tuwen.apps.cli import main
 from tuwen.apps.pipeline import Pipeline
-from tuwen.evaluation.attention import LoadedModel, attention_maps, select
+from tuwen.evaluation.attention import attention_maps, select
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import vqa
+from tuwen.tasks.saved_model import SavedModel, load
 
 TEXT = "a red circle"
 QUESTION = "what colour is the circle?"
@@ -39,11 +40,11 @@ def saved(tmp_path_factory) -> dict:
     return out
 
 
-def pixels(loaded: LoadedModel, image) -> torch.Tensor:
+def pixels(loaded: SavedModel, image) -> torch.Tensor:
     return loaded.transform(Image.open(image).convert("RGB"))[None]
 
 
-def expected_fusion_maps(loaded: LoadedModel, px: torch.Tensor, text: str) -> np.ndarray:
+def expected_fusion_maps(loaded: SavedModel, px: torch.Tensor, text: str) -> np.ndarray:
     """The fusion run on BERT's ids by hand: [CLS] + words, [SEP] dropped."""
     model, bert = loaded.model, loaded.text_tokenizer
     enc = bert([text], return_tensors="pt")
@@ -56,7 +57,7 @@ def expected_fusion_maps(loaded: LoadedModel, px: torch.Tensor, text: str) -> np
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_fusion_reads_the_text_encoders_tokens_and_the_decoder_the_lms(saved, kind):
-    loaded = LoadedModel.load(saved[kind])
+    loaded = load(saved[kind])
     bert, lm = loaded.text_tokenizer, loaded.tokenizer
     assert bert is not None and bert.get_vocab() != lm.get_vocab()
     px = pixels(loaded, saved["image"])
@@ -73,7 +74,7 @@ def test_fusion_reads_the_text_encoders_tokens_and_the_decoder_the_lms(saved, ki
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_a_question_is_read_in_bert_and_answered_by_the_lm(saved, kind):
-    loaded = LoadedModel.load(saved[kind])
+    loaded = load(saved[kind])
     px = pixels(loaded, saved["image"])
     answered = attention_maps(loaded, px, question=QUESTION, source="fusion")
     assert answered.tokens == ["[CLS]", "what", "colour", "is", "the", "circle", "?"]

@@ -7,14 +7,11 @@ import torch
 from tuwen.config import EvalConfig
 from tuwen.data.records import ImageCaptions
 from tuwen.data.tokenizer import train_tokenizer
-from tuwen.evaluation.evaluate import (
-    Evaluation,
-    TaskResult,
-    assemble_metrics,
-    evaluate_retrieval,
-)
+from tuwen.evaluation.evaluate import assemble_metrics
 from tuwen.models.text_encoders import TextFeatures
+from tuwen.tasks.base import Evaluation, TaskResult
 from tuwen.tasks.eval_set import EvalSet, LoadedImages
+from tuwen.tasks.itc import evaluate_retrieval
 from tuwen.tasks.metrics.retrieval_metrics import retrieval_recall
 from tuwen.tasks.retrieval import (
     RetrievalFeatures,

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from tuwen.config.base import Section, typed_union
 
-SOURCE_LABELS = ("caption", "vqa")  # what a source can label: captions feed caption/itc/itm
+SOURCE_LABELS = ("caption", "vqa", "class")  # captions feed caption/itc/itm; class: classify
 COCO_IMAGE_PATTERN = "COCO_{subtype}_{image_id:012d}.jpg"  # VQAv2's images, by COCO file name
 
 SPLIT_PATH = " `{split}` in the path becomes the source's name for the run's split."
@@ -27,9 +27,10 @@ class SourceConfig(Section):
     weight: float = Field(1.0, gt=0, description=(
         "Repeat factor: how many times each of its images is drawn per epoch (> 0; "
         "fractions draw a share)."))
-    tasks: list[Literal["caption", "vqa"]] | None = Field(None, description=(
-        "The labels to use from this source: `caption` (captions, feeding caption/itc/itm) "
-        "and/or `vqa` (questions). Default: every label it has."))
+    tasks: list[Literal["caption", "vqa", "class"]] | None = Field(None, description=(
+        "The labels to use from this source: `caption` (captions, feeding caption/itc/itm), "
+        "`vqa` (questions), `class` (class names, for zero-shot classification). Default: "
+        "every label it has."))
     splits: list[str] | dict[str, str | list[str]] | None = Field(None, description=(
         "Which run splits this source serves. A list: only these splits, under the same "
         "names; a mapping: run split -> this source's split name(s); unset: every split, "
@@ -38,7 +39,7 @@ class SourceConfig(Section):
         "The folder image paths are relative to (itself relative to `data.root`). Default: "
         "the annotation file's folder (vqav2: `data.root`; hf: the dataset folder or the "
         "first data file's folder; webdataset: not used)." + SPLIT_PATH))
-    LABELS: ClassVar[frozenset[str]] = frozenset(SOURCE_LABELS)
+    LABELS: ClassVar[frozenset[str]] = frozenset({"caption", "vqa"})
 
     def provides(self) -> frozenset[str]:
         """The labels this source may feed (checked against train.tasks at load)."""
@@ -182,9 +183,21 @@ class HFSource(SourceConfig):
         return self
 
 
+class ImageFolderSource(SourceConfig):
+    """Images sorted into one folder per class (torchvision's ImageFolder layout:
+    ``path/<class name>/<image>``): class labels, scored by zero-shot classification."""
+
+    format: Literal["imagefolder"] = Field("imagefolder", description="Picks this format.")
+    path: str = Field(description=(
+        "The folder holding one sub-folder per class; the sub-folder's name (underscores "
+        "read as spaces) is the class name." + SPLIT_PATH))
+    LABELS: ClassVar[frozenset[str]] = frozenset({"class"})
+
+
 SOURCES: dict[str, type[SourceConfig]] = {
     "karpathy": KarpathySource, "coco": CocoSource, "vqav2": VQAv2Source, "jsonl": JsonlSource,
     "csv": CsvSource, "webdataset": WebDatasetSource, "hf": HFSource,
+    "imagefolder": ImageFolderSource,
 }
 DataSource = typed_union(SOURCES, default=None, key="format")
 

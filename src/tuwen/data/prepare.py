@@ -12,7 +12,7 @@ from pathlib import Path
 from tuwen.config import DataConfig
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.readers_wds import shard_texts
-from tuwen.data.records import ImageCaptions, VQAItem
+from tuwen.data.records import ImageCaptions, ImageClass, VQAItem
 from tuwen.data.sources import ShardSource, SourceData, read_source
 from tuwen.data.tokenizer import train_tokenizer
 from tuwen.errors import DataError
@@ -27,6 +27,7 @@ class SplitData:
     captions: list[ImageCaptions] = field(default_factory=list)
     questions: list[VQAItem] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    classes: list[ImageClass] = field(default_factory=list)  # image folders: class labels
     # image file -> repeat factor per epoch: the largest weight of the sources that have it
     weights: dict[Path, float] = field(default_factory=dict)
     streams: list[ShardSource] = field(default_factory=list)  # webdataset sources, training
@@ -46,6 +47,7 @@ class SplitData:
         self.captions += labels.captions
         self.questions += labels.questions
         self.skipped += labels.skipped
+        self.classes += labels.classes
         for item in [*labels.captions, *labels.questions]:
             self.weights[item.image_path] = max(self.weights.get(item.image_path, 0.0),
                                                 part.weight)
@@ -65,8 +67,8 @@ def read_split(cfg: DataConfig, split: str, *, stream: bool = False) -> SplitDat
     data = SplitData(split)
     for source in cfg.sources:
         data.add(read_source(source, root, split, cache_dir(cfg), stream=stream))
-    if not data.captions and not data.questions and not data.streams:
-        raise DataError(root, f"split {split!r} has no usable captions or questions")
+    if not data.captions and not data.questions and not data.streams and not data.classes:
+        raise DataError(root, f"split {split!r} has no usable captions, questions or classes")
     return data
 
 
@@ -90,6 +92,8 @@ def build_tokenizer(train: SplitData, vocab_size: int):
 
 
 def split_labels(data: SplitData) -> frozenset[str]:
-    """The labels ``data`` has: ``caption`` (captions or caption shards), ``vqa`` (questions)."""
-    return frozenset({"caption"} if data.captions or data.streams else set()) | frozenset(
-        {"vqa"} if data.questions else set())
+    """The labels ``data`` has: ``caption`` (captions or caption shards), ``vqa`` (questions),
+    ``class`` (class names)."""
+    has = {"caption": bool(data.captions or data.streams), "vqa": bool(data.questions),
+           "class": bool(data.classes)}
+    return frozenset(label for label, present in has.items() if present)

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tuwen.config.sources import COCO_IMAGE_PATTERN
 from tuwen.data.records import ImageCaptions, ReadResult, VQAItem
 from tuwen.errors import ConfigError, DataError
 
-COCO_IMAGE_PATTERN = "COCO_{subtype}_{image_id:012d}.jpg"
 _PATTERN_FIELDS = frozenset({"image_id", "subtype"})
 
 

@@ -49,6 +49,16 @@ class ReadResult(Generic[T]):
     skipped: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ImageClass:
+    """One image with its class name (an image folder: one folder per class)."""
+
+    image_id: int | str
+    image_path: Path
+    split: str
+    label: str
+
+
 @dataclass
 class Labelled:
     """What a reader of a mixed format (JSONL, CSV, HF datasets, tar shards) returns: the
@@ -57,3 +67,4 @@ class Labelled:
     captions: list[ImageCaptions] = field(default_factory=list)
     questions: list[VQAItem] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    classes: list[ImageClass] = field(default_factory=list)

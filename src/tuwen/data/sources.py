@@ -17,6 +17,7 @@ from tuwen.config import (
     CocoSource,
     CsvSource,
     HFSource,
+    ImageFolderSource,
     JsonlSource,
     KarpathySource,
     SourceConfig,
@@ -25,6 +26,7 @@ from tuwen.config import (
 )
 from tuwen.data.coco import read_coco_captions
 from tuwen.data.readers import load_json, read_karpathy, read_vqav2
+from tuwen.data.readers_folder import read_image_folder
 from tuwen.data.readers_hf import Columns, load_hf_split, read_hf
 from tuwen.data.readers_table import read_csv, read_jsonl
 from tuwen.data.readers_wds import expand_shards, read_webdataset
@@ -90,7 +92,8 @@ def read_source(source: SourceConfig, root: Path, split: str, cache_dir: Path, *
         return out
     has = source.provides()
     out.labels = Labelled(result.captions if "caption" in has else [],
-                          result.questions if "vqa" in has else [], result.skipped)
+                          result.questions if "vqa" in has else [], result.skipped,
+                          result.classes if "class" in has else [])
     return out
 
 
@@ -100,6 +103,7 @@ def _merge(parts: list[Labelled]) -> Labelled:
         out.captions += part.captions
         out.questions += part.questions
         out.skipped += part.skipped
+        out.classes += part.classes
     return out
 
 
@@ -160,6 +164,14 @@ def _table(source: JsonlSource | CsvSource, where: Where) -> Labelled:
     return _merge(parts)
 
 
+def _image_folder(source: ImageFolderSource, where: Where) -> Labelled:
+    parts = []
+    for name, path in where.paths(source.path):
+        read = read_image_folder(path, name)
+        parts.append(Labelled([], [], read.skipped, read.records))
+    return _merge(parts)
+
+
 def _webdataset(source: WebDatasetSource, where: Where) -> Labelled | ShardSource:
     shards = [s for name in where.names
               for s in expand_shards(source.shards.replace("{split}", name), where.root)]
@@ -206,5 +218,5 @@ def _first_parent(files) -> Path:
 
 READERS: dict[str, Callable[[SourceConfig, Where], Labelled | ShardSource]] = {
     "karpathy": _karpathy, "coco": _coco, "vqav2": _vqav2, "jsonl": _table, "csv": _table,
-    "webdataset": _webdataset, "hf": _hf,
+    "webdataset": _webdataset, "hf": _hf, "imagefolder": _image_folder,
 }

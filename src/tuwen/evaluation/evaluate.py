@@ -28,7 +28,7 @@ from tuwen.tasks.eval_set import EvalSet, select_eval_set
 from tuwen.tasks.metrics.grounding import Scenes, load_scenes
 from tuwen.tasks.metrics.protocol import base_protocol, ids_sha256
 from tuwen.tasks.saved_model import load
-from tuwen.tasks.table import TASKS, load_run_config
+from tuwen.tasks.table import TASKS, load_run_config, task_options
 
 
 def run_evaluators(ev: Evaluation, data: EvalSet) -> list[TaskResult]:
@@ -69,15 +69,17 @@ def write_outputs(out_dir: Path, metrics: dict, results: Sequence[TaskResult]) -
 def evaluate_split(model: ImageTextModel, tokenizer, vocab: AnswerVocab | None, data: SplitData,
                    cfg: EvalConfig, out_dir: Path, max_length: int,
                    show_progress: bool = True,
-                   scenes: Scenes | None = None, text_tokenizer: Any = None) -> dict:
+                   scenes: Scenes | None = None, text_tokenizer: Any = None,
+                   options: dict[str, Any] | None = None) -> dict:
     """Every task of ``cfg.tasks`` on ``data`` -> ``out_dir/{metrics.json,predictions.jsonl}``.
     With ``scenes`` (shapes data: every image's objects) ``metrics["grounding"]`` says how much
     of the fusion's attention lands on the objects relative-position questions name.
     ``tokenizer`` is the language model's; ``text_tokenizer`` the text encoder's own (None:
-    the language model's serves both)."""
+    the language model's serves both); ``options`` each task's (tasks.table.task_options;
+    None: the defaults)."""
     model.eval()
     ev = Evaluation(model, tokenizer, vocab, cfg, max_length, show_progress, text_tokenizer,
-                    scenes)
+                    scenes, options or {})
     eval_set = select_eval_set(data, cfg, ImageTransform.for_model(model.spec), show_progress)
     results = run_evaluators(ev, eval_set)
     metrics = assemble_metrics(eval_set, results, model.spec.text.model_dump(mode="json"))
@@ -97,6 +99,7 @@ def evaluate_run(run_dir: str | Path, split: str, *, tasks: list[str] | None = N
     scenes = load_scenes(config.data.root)  # shapes data: the objects of every image
     metrics = evaluate_split(saved.model, saved.tokenizer, saved.vocab, data, config.eval,
                              run_dir / "eval" / split, config.data.max_text_length, show_progress,
-                             scenes=scenes, text_tokenizer=saved.text_tokenizer)
+                             scenes=scenes, text_tokenizer=saved.text_tokenizer,
+                             options=task_options(config))
     write_report(run_dir / "eval" / split, run_dir, show_progress=show_progress)
     return metrics

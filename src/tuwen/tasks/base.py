@@ -77,6 +77,11 @@ class Evaluation:
     show_progress: bool = True
     text_tokenizer: Any = None  # the text encoder's own, when it has one (None: tokenizer)
     scenes: Any = None       # shapes data: every image's objects (metrics.grounding.Scenes)
+    options: dict[str, Any] = field(default_factory=dict)  # task name -> its options
+
+    def options_of(self, task: Task) -> Any:
+        """``task``'s options (its defaults when the caller gave none)."""
+        return self.options.get(task.name) or task.Options()
 
     @property
     def text_tok(self) -> Any:

@@ -4,7 +4,7 @@ their questions, and every image decoded once."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from tuwen.config import EvalConfig
 from tuwen.data.images import ImageTransform, load_image
 from tuwen.data.prepare import SplitData
-from tuwen.data.records import ImageCaptions, VQAItem
+from tuwen.data.records import ImageCaptions, ImageClass, VQAItem
 from tuwen.errors import DataError
 
 
@@ -57,12 +57,17 @@ class EvalSet:
     split: str
     captions: list[ImageCaptions]   # the captioned images that loaded
     questions: list[VQAItem]        # their questions (and those of VQA-only images)
-    images: LoadedImages            # every image of both, once
+    images: LoadedImages            # every image of all three, once
     skipped: list[str]              # why samples were left out: the reader's and the loader's
+    classes: list[ImageClass] = field(default_factory=list)  # class-labelled images
 
     def captioned_pixels(self) -> torch.Tensor:
         """(N_captioned, 3, H, W): the image of each caption record, in their order."""
         return self.images.pixels[self.images.rows([r.image_path for r in self.captions])]
+
+    def classified_pixels(self) -> torch.Tensor:
+        """(N_classes, 3, H, W): the image of each class record, in their order."""
+        return self.images.pixels[self.images.rows([r.image_path for r in self.classes])]
 
     def question_rows(self, questions: Sequence[VQAItem] | None = None) -> list[int]:
         """The row in ``images.pixels`` of each question's image."""
@@ -80,13 +85,15 @@ def select_eval_set(data: SplitData, cfg: EvalConfig, transform: ImageTransform,
     ids = [r.image_id for r in captions]
     allowed = set(paths) if cfg.max_images else None
     questions = [q for q in data.questions if allowed is None or q.image_path in allowed]
+    classes = data.classes[: cfg.max_images] if cfg.max_images else data.classes
     known = set(paths)
-    for q in questions:  # VQA-only images are loaded too
-        if q.image_path not in known:
-            known.add(q.image_path)
-            paths.append(q.image_path)
-            ids.append(q.image_id)
+    for r in [*questions, *classes]:  # VQA-only and class-labelled images are loaded too
+        if r.image_path not in known:
+            known.add(r.image_path)
+            paths.append(r.image_path)
+            ids.append(r.image_id)
     images = load_images(paths, ids, transform, show_progress)
     return EvalSet(data.split, [r for r in captions if r.image_path in images.row],
                    [q for q in questions if q.image_path in images.row], images,
-                   list(data.skipped) + images.skipped)
+                   list(data.skipped) + images.skipped,
+                   [r for r in classes if r.image_path in images.row])

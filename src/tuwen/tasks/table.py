@@ -25,12 +25,13 @@ from tuwen.models.image_text_model import ImageTextModel
 from tuwen.models.spec import ModelSpec
 from tuwen.tasks.base import StepInputs, Task
 from tuwen.tasks.captioning import CaptionTask
+from tuwen.tasks.classify import ClassifyTask
 from tuwen.tasks.itc import ItcTask
 from tuwen.tasks.itm import ItmTask
 from tuwen.tasks.vqa import VqaTask
 
 TASKS: dict[str, Task] = {"caption": CaptionTask(), "itc": ItcTask(), "itm": ItmTask(),
-                          "vqa": VqaTask()}
+                          "vqa": VqaTask(), "classify": ClassifyTask()}
 
 
 # ---- configs ---------------------------------------------------------------------------

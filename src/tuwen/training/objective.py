@@ -19,10 +19,11 @@ from tuwen.tasks.table import joint_step
 
 
 class JointObjective(nn.Module):
-    def __init__(self, model: ImageTextModel, options: Mapping[str, Any],
+    def __init__(self, model: ImageTextModel, options: Mapping[str, Any] | None = None,
                  gather: bool = False) -> None:
         super().__init__()
-        self.model, self.options, self.gather = model, dict(options), gather
+        self.model, self.gather = model, gather
+        self.options = None if options is None else dict(options)  # None: the defaults
 
     def forward(self, batch: Batch, weights: dict[str, float]) -> tuple[torch.Tensor, dict]:
         return joint_step(self.model, batch, weights, self.options, gather=self.gather)
