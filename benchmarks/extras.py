@@ -1,7 +1,7 @@
-"""The cost of the joint-training extras on the demo config (configs/shapes.yaml): length
-buckets (``model.length_buckets``), ITC target weighting
-(``train.task_options.itc.specific_captions``) and the per-task gradient-norm probes (``train.task_grad_norm_every``), each switched off alone;
-and the demo step with AdamW's per-parameter loop, as before the fused update.
+"""The cost of the joint-training extras on the demo config (configs/shapes.yaml): length buckets
+(``model.length_buckets``), ITC target weighting (``train.task_options.itc.specific_captions``)
+and the per-task gradient-norm probes (``train.task_grad_norm_every``), each switched off
+alone; and the demo step with AdamW's per-parameter loop, as before the fused update.
 
 In one process, on the same batches: forward + backward + AdamW of the demo's joint step,
 alternating the variants, best of the repeats. A probe runs one extra backward per task every

@@ -42,7 +42,7 @@ def test_every_kind_of_every_union_is_listed_with_its_own_keys():
     assert "| `image_map` |" in vqav2 and "| `questions` | string | required |" in vqav2
     fusion = page.split("## `model.fusion` with `type: cross_attention`")[1].split("\n## ")[0]
     assert "| `window` | integer \\| null | `null` |" in fusion
-    assert "| `spatial_negatives` | boolean | `false` |" in page  # data, nested in the page
+    assert "| `spatial_negatives` | boolean | `false` |" in page  # a task's option
 
 
 @pytest.mark.parametrize("members", [SOURCES, IMAGE_ENCODERS, TEXT_ENCODERS, FUSIONS, DECODERS,

@@ -39,7 +39,8 @@ def test_lr_schedules(schedule, halfway):
 
 
 def test_task_weights_follow_their_schedule():
-    cfg = train_cfg("train.tasks.itm=0.5",
+    # the weights as a run resolves them from its data: every task named
+    cfg = train_cfg("train.tasks={caption: 1, itc: 1, itm: 0.5, vqa: 1}",
                     "train.task_schedule=[{step: 10, itm: 0.0, vqa: 2.0}, {step: 20, itm: 1.0}]")
     assert task_weights(0, cfg) == {"caption": 1.0, "itc": 1.0, "vqa": 2.0}  # itm 0: left out
     assert task_weights(15, cfg)["itm"] == pytest.approx(0.5)

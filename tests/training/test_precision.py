@@ -8,7 +8,7 @@ from tuwen.config import load_config
 from tuwen.errors import ConfigError
 from tuwen.models.image_text_model import build_model
 from tuwen.models.layers import Block
-from tuwen.tasks.table import joint_step
+from tuwen.tasks.table import joint_step, with_train_tasks
 from tuwen.training.assets import prepare_assets
 from tuwen.training.distributed import make_accelerator
 from tuwen.training.loaders import build_loader
@@ -23,6 +23,7 @@ VQA_ONLY = ["train.tasks.caption=0", "train.tasks.itc=0", "train.tasks.itm=0"]
 def setup(root, tmp_path, batch_size, *extra):
     config = load_config(None, tiny_overrides(root, batch_size=batch_size) + list(extra))
     assets = prepare_assets(config, tmp_path / f"model-{batch_size}")
+    config = with_train_tasks(config, assets.train, lambda _: None)  # as a run resolves it
     torch.manual_seed(0)
     parts = prepare(config, assets, make_accelerator(config.train), tmp_path)
     return config, parts, iter(build_loader(config, assets))

@@ -31,12 +31,19 @@ def cmd_data_shapes(args: argparse.Namespace) -> None:
         {k: manifest[k] for k in manifest if k.startswith("n_")}))
 
 
+def cmd_data_shapes_classes(args: argparse.Namespace) -> None:
+    from tuwen.data.shapes import write_class_folders
+
+    counts = write_class_folders(args.shapes_dir, args.out, args.split)
+    print(f"wrote {sum(counts.values())} images in {len(counts)} class folders to {args.out}")
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from tuwen.config import load_config
     from tuwen.data.doctor import check_data
     from tuwen.data.doctor_report import format_table, write_report
+    from tuwen.tasks.table import load_run_config
 
-    config = load_config(args.config, args.set)
+    config = load_run_config(args.config, args.set)
     splits = args.splits.split(",") if args.splits else None
     report = check_data(config, splits=splits, min_side=args.min_side)
     print(format_table(report))
@@ -45,10 +52,11 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tuwen.apps.training import run_training
-    from tuwen.config import load_config
+    from tuwen.apps.training import validation_metrics
+    from tuwen.tasks.table import load_run_config
+    from tuwen.training.loop import train
 
-    config = load_config(args.config, args.set)
+    config = load_run_config(args.config, args.set)
     if args.dry_run:
         from tuwen.apps.dry_run import dry_run
 
@@ -56,7 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise TuwenError("tuwen train: --out RUN is required (except with --dry-run)")
-    result = run_training(config, args.out, resume=args.resume)
+    evaluate = validation_metrics(config, Path(args.out)) if config.train.eval_every else None
+    result = train(config, args.out, resume=args.resume, evaluate=evaluate)
     if result.stopped_by in ("SIGTERM", "SIGINT"):  # preempted: checkpoint saved, exit 128+N
         print(f"stopped by {result.stopped_by} at step {result.steps}; checkpoint saved in "
               f"{result.run_dir / 'checkpoints'}; continue with --resume")
@@ -79,14 +88,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from tuwen.apps.demo import demo_config_path, run_demo
-    from tuwen.config import load_config
+    from tuwen.tasks.table import load_run_config
 
     overrides = list(args.set)
     if args.minutes is not None:
         overrides.append(f"train.max_minutes={args.minutes}")
     if args.data is not None:
         overrides.append(f"data.root={args.data}")
-    config = load_config(demo_config_path(args.config), overrides)
+    config = load_run_config(demo_config_path(args.config), overrides)
     counts = {"n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test,
               "n_test_novel": args.n_test_novel}
     run_demo(Path(args.out), config, data_seed=args.seed,
@@ -114,6 +123,27 @@ def cmd_ask(args: argparse.Namespace) -> None:
             print(f"  {prob:.3f}\t{text}")
 
 
+def cmd_classify(args: argparse.Namespace) -> None:
+    labels = _lines(args.labels, "--labels")
+    templates = _lines(args.templates, "--templates") if args.templates else None
+    pipe = _pipeline(args)
+    options = {} if templates is None else {"templates": templates}
+    for image, ranked in zip(args.images, pipe.classify(args.images, labels, top_k=args.top,
+                                                        **options)):
+        print(f"{image}\t{ranked[0][0]}\t" + "  ".join(f"{p:.3f} {name}" for name, p in ranked))
+
+
+def _lines(path: str, flag: str) -> list[str]:
+    """The non-empty lines of a text file (class names, templates)."""
+    file = Path(path)
+    if not file.is_file():
+        raise TuwenError(f"{flag} {path}: file not found")
+    lines = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise TuwenError(f"{flag} {path}: no lines in the file")
+    return lines
+
+
 def _add_inference(sub: argparse._SubParsersAction) -> None:
     cap = sub.add_parser("caption", help="caption images with a saved model")
     cap.add_argument("model")
@@ -129,7 +159,16 @@ def _add_inference(sub: argparse._SubParsersAction) -> None:
     ask.add_argument("--top", type=int, default=1,
                      help="also print the N most likely answers with their probabilities")
     ask.set_defaults(func=cmd_ask)
-    for p in (cap, ask):
+    cls = sub.add_parser("classify", help="zero-shot classification of images among labels")
+    cls.add_argument("model")
+    cls.add_argument("images", nargs="+")
+    cls.add_argument("--labels", required=True, help="a text file, one class name per line")
+    cls.add_argument("--templates", help="a text file of prompt templates, one per line, "
+                                         "each with '{}' for the class name (default: "
+                                         "'a photo of a {}.' and three more)")
+    cls.add_argument("--top", type=int, default=5, help="the N most likely labels to print")
+    cls.set_defaults(func=cmd_classify)
+    for p in (cap, ask, cls):
         p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: a GPU if there is one)")
         p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default fp32")
 
@@ -411,6 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--image-size", type=int, default=64)
     _add_counts(shapes)
     shapes.set_defaults(func=cmd_data_shapes)
+    classes = data.add_parser("shapes-classes", help="the one-object shapes images of a split "
+                                                     "as an image folder (zero-shot "
+                                                     "classification)")
+    classes.add_argument("shapes_dir")
+    classes.add_argument("out")
+    classes.add_argument("--split", default="test_novel")
+    classes.set_defaults(func=cmd_data_shapes_classes)
     check = data.add_parser("check", help="the dataset doctor: counts, missing and broken "
                                           "images, text lengths, split leakage")
     check.add_argument("config")
@@ -435,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a run on a split")
     ev.add_argument("run")
     ev.add_argument("--split", default="test")
-    ev.add_argument("--tasks", help="comma-separated subset of caption,retrieval,vqa")
+    ev.add_argument("--tasks", help="comma-separated evaluators (caption, retrieval, vqa, "
+                                    "classify, ...; default: all the split has labels for)")
     ev.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     ev.set_defaults(func=cmd_eval)
 

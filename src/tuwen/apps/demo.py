@@ -70,6 +70,10 @@ def results_table(metrics: dict[str, dict]) -> str:
     for t in qtypes:
         lines.append(f"{'  VQA ' + t + ' %':<32}" + "".join(
             f"{_fmt(metrics[s]['vqa']['by_question_type'].get(t)):>12}" for s in splits))
+    for key, label in (("top1", "zero-shot top-1 %"), ("top5", "zero-shot top-5 %")):
+        if any("classify" in metrics[s] for s in splits):
+            lines.append(f"{label:<32}" + "".join(
+                f"{_fmt(metrics[s].get('classify', {}).get(key)):>12}" for s in splits))
     if any("grounding" in metrics[s] for s in splits):  # shapes data (evaluation.grounding)
         for label, pick in (("attention on named object %", _best_layer),
                             ("  if spread evenly %", lambda g: 100 * g["uniform"])):

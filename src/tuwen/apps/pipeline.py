@@ -30,6 +30,12 @@ from tuwen.model_files import CONFIG_FILE, WEIGHTS_FILE
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks import captioning, retrieval, vqa
 from tuwen.tasks.batching import decode_until_eos
+from tuwen.tasks.classify import (
+    DEFAULT_TEMPLATES,
+    ClassifyOptions,
+    class_embeddings,
+    class_probabilities,
+)
 from tuwen.tasks.saved_model import SavedModel, load
 
 if TYPE_CHECKING:
@@ -212,6 +218,29 @@ class Pipeline:
     @property
     def embed_dim(self) -> int:
         return self.model.spec.model.embed_dim
+
+    def classify(self, images: Sequence[ImageInput], labels: Sequence[str],
+                 templates: Sequence[str] = DEFAULT_TEMPLATES,
+                 top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """Zero-shot: each image's ``top_k`` most likely of ``labels`` with their probabilities,
+        best first (ITC cosine to each label's mean template embedding, softmax at the
+        model's learned temperature; tasks.classify)."""
+        labels = [str(label).strip() for label in labels]
+        if not labels or not all(labels) or len(set(labels)) != len(labels):
+            raise TuwenError("classify needs distinct, non-empty labels")
+        try:
+            ClassifyOptions(templates=list(templates))
+        except ValueError as err:  # pydantic's: one '{}' per template
+            raise TuwenError(f"templates: {err.errors()[0]['msg']}") from None
+        with torch.inference_mode():
+            class_embeds = class_embeddings(self.model, self.text_tokenizer or self.tokenizer,
+                                            labels, list(templates),
+                                            self.model.spec.max_text_length)
+        image_embeds = torch.from_numpy(self.embed_images(images))
+        probs = class_probabilities(self.model, image_embeds, class_embeds)
+        top = probs.topk(min(top_k, len(labels)), dim=-1)
+        return [[(labels[i], round(p, 4)) for p, i in zip(values, indices)]
+                for values, indices in zip(top.values.tolist(), top.indices.tolist())]
 
     def score(self, images: Sequence[ImageInput], texts: Sequence[str]) -> list[Score]:
         """ITC similarity and ITM probability of each (image, text) pair."""

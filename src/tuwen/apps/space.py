@@ -23,6 +23,7 @@ import yaml
 from tuwen.config import Config, apply_overrides, config_from_dict
 from tuwen.config.paths import known_path, set_key
 from tuwen.errors import ConfigError, TuwenError
+from tuwen.tasks.table import TASKS
 
 KINDS = ("log", "float", "int", "choice")
 
@@ -133,7 +134,7 @@ class BaseConfig:
         for path, value in values.items():
             dropped += assign(raw, path, value, option)
         try:
-            return config_from_dict(raw, self.path or "defaults"), dropped
+            return config_from_dict(raw, self.path or "defaults", tasks=TASKS), dropped
         except TuwenError as err:
             shown = ", ".join(f"{p}={v}" for p, v in values.items())
             raise ConfigError(f"{option} {shown}: {err}") from None

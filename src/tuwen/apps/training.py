@@ -16,7 +16,6 @@ from tuwen.evaluation.evaluate import evaluate_split
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks.saved_model import load_text_assets
 from tuwen.tasks.table import TASKS
-from tuwen.training.loop import TrainResult, train
 
 METRIC_SECTIONS = tuple(t.metric for t in TASKS.values() if t.metric)
 
@@ -39,10 +38,3 @@ def validation_metrics(config: Config, run_dir: Path):
         return {k: metrics[k] for k in METRIC_SECTIONS if k in metrics}
 
     return evaluate
-
-
-def run_training(config: Config, run_dir: str | Path, *, resume: bool = False,
-                 show_progress: bool = True) -> TrainResult:
-    run_dir = Path(run_dir)
-    evaluate = validation_metrics(config, run_dir) if config.train.eval_every else None
-    return train(config, run_dir, resume=resume, show_progress=show_progress, evaluate=evaluate)

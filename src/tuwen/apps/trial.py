@@ -27,6 +27,7 @@ METRIC_KEYS = {
                                               "rouge_l", "cider", "distinct_captions")),
     "retrieval": tuple(f"retrieval.{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)),
     "vqa": ("vqa.accuracy",),
+    "classify": ("classify.top1", "classify.top5"),
 }
 # keys named by the data (question and answer types) or the protocol: checked by prefix
 METRIC_PREFIXES = {"caption_greedy.": "caption", "retrieval_itc.": "retrieval",
@@ -46,7 +47,7 @@ def check_metric(metric: str, config: Config) -> None:
         known = ", ".join(k for keys in METRIC_KEYS.values() for k in keys)
         raise ConfigError(f"--metric {metric!r}: no evaluation writes this key (known: {known}, "
                           "vqa.by_question_type.<type>, vqa.by_answer_type.<type>)")
-    if task not in config.eval.tasks:
+    if config.eval.tasks is not None and task not in config.eval.tasks:
         raise ConfigError(f"--metric {metric!r}: needs the {task} evaluation, which "
                           f"eval.tasks={config.eval.tasks} leaves out")
 

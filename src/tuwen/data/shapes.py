@@ -238,3 +238,24 @@ def read_scenes(path: str | Path) -> dict[str, list[ShapeObject]]:
                                 key=missing[0])
         scenes[image_id] = [ShapeObject(**{k: obj[k] for k in SCENE_KEYS}) for obj in objects]
     return scenes
+
+
+def write_class_folders(shapes_dir: str | Path, out: str | Path, split: str) -> dict[str, int]:
+    """The one-object images of ``split`` as an image folder (``out/<colour>_<shape>/``) for
+    zero-shot classification; returns the images per class. On ``test_novel`` every such
+    object is a colour-shape pair that training never showed: zero-shot by construction."""
+    shapes_dir, out = Path(shapes_dir), Path(out)
+    captions = json.loads((shapes_dir / "captions.json").read_text())
+    in_split = {str(im["cocoid"]) for im in captions["images"] if im["split"] == split}
+    counts: dict[str, int] = {}
+    for image_id, objects in read_scenes(shapes_dir / "scenes.json").items():
+        if len(objects) != 1 or image_id not in in_split:
+            continue
+        name = f"{objects[0].colour}_{objects[0].shape}"
+        source = shapes_dir / "images" / f"{int(image_id):06d}.png"
+        (out / name).mkdir(parents=True, exist_ok=True)
+        (out / name / source.name).write_bytes(source.read_bytes())
+        counts[name] = counts.get(name, 0) + 1
+    if not counts:
+        raise DataError(shapes_dir, f"no one-object images in split {split!r}")
+    return dict(sorted(counts.items()))

@@ -69,11 +69,14 @@ class AvgPool(nn.Module):
         return pooled.flatten(2).transpose(1, 2)                         # (B, h*w, D)
 
 
+# model.decoder.reduce's type -> the module it builds from its section (None: every token)
+REDUCTIONS = {"none": lambda cfg: None, "pixel_shuffle": lambda cfg: PixelShuffle(cfg.factor),
+              "avg_pool": lambda cfg: AvgPool(cfg.tokens)}
+
+
 def build_reduction(cfg) -> nn.Module | None:
     """The module a ``model.decoder.reduce`` section asks for (None: keep every token)."""
-    if cfg.type == "none":
-        return None
-    return PixelShuffle(cfg.factor) if cfg.type == "pixel_shuffle" else AvgPool(cfg.tokens)
+    return REDUCTIONS[cfg.type](cfg)
 
 
 def expand_weights(weights: torch.Tensor, block: int) -> torch.Tensor:

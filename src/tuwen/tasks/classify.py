@@ -34,6 +34,11 @@ class ClassifyOptions(Section):
         "Prompt templates, `{}` standing for the class name; each class's text embedding "
         "is the mean over them (template ensembling)."))
 
+    labels: list[str] | None = Field(None, description=(
+        "The class names to choose among, besides the split's own (an image folder's "
+        "sub-folders); null: the split's. Naming every class keeps a split that holds only "
+        "some of them a fair test."))
+
     @field_validator("templates")
     @classmethod
     def _one_slot_each(cls, templates: list[str]) -> list[str]:
@@ -100,7 +105,7 @@ class Confusion:
 
 
 def evaluate_classes(ev: Evaluation, data: EvalSet, options: ClassifyOptions) -> TaskResult:
-    names = sorted({r.label for r in data.classes})
+    names = sorted({r.label for r in data.classes} | set(options.labels or ()))
     class_embeds = class_embeddings(ev.model, ev.text_tok, names, options.templates,
                                     ev.max_length)
     image_embeds = image_embeddings(ev.model, data.classified_pixels(), ev.cfg.batch_size,

@@ -17,8 +17,6 @@ from accelerate import Accelerator
 
 from tuwen.config import Config, TrainConfig
 from tuwen.models.image_text_model import ImageTextModel
-from tuwen.tasks.table import checked, with_train_tasks
-from tuwen.training.assets import with_tower_preprocessing
 from tuwen.training.distributed import any_rank, make_accelerator, whole_model
 from tuwen.training.loaders import batches, build_loader, micro_batch_groups
 from tuwen.training.metrics_log import MetricsLog, Window
@@ -45,15 +43,11 @@ class TrainResult:
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_progress: bool = True,
           on_checkpoint: Callable[[int, ImageTextModel], None] | None = None,
           evaluate: Evaluate | None = None) -> TrainResult:
-    config = with_tower_preprocessing(checked(config))  # an hf tower's size, normalisation
-    run_dir, tcfg = Path(run_dir), config.train
-    accelerator = make_accelerator(tcfg)
-    main = accelerator.is_main_process
-
-    # prepare: assets, model and optimiser, batches, the validation subset, the log
-    assets = setup_run(config, run_dir, accelerator, resume)
-    config = with_train_tasks(config, assets.train, accelerator.print)  # unset: as the data
-    tcfg = config.train
+    run_dir, accelerator = Path(run_dir), make_accelerator(config.train)
+    # prepare: the config as it runs (checked against the tasks, an hf tower's preprocessing,
+    # task weights from the data's labels), assets, model and optimiser, batches, the log
+    config, assets = setup_run(config, run_dir, accelerator, resume)
+    tcfg, main = config.train, accelerator.is_main_process
     parts = prepare(config, assets, accelerator, run_dir)
     loader = build_loader(config, assets, accelerator.process_index, accelerator.num_processes)
     validation = make_validation(config, assets, evaluate) if main else None

@@ -13,8 +13,13 @@ from accelerate.utils import set_seed
 from tuwen.config import Config, save_config
 from tuwen.models.image_text_model import ImageTextModel, build_model
 from tuwen.models.towers import lr_multipliers
-from tuwen.tasks.table import task_options
-from tuwen.training.assets import Assets, check_resume_config, prepare_assets
+from tuwen.tasks.table import checked, task_options, with_train_tasks
+from tuwen.training.assets import (
+    Assets,
+    check_resume_config,
+    prepare_assets,
+    with_tower_preprocessing,
+)
 from tuwen.training.cache import FeatureCache, make_feature_cache
 from tuwen.training.determinism import configure_determinism
 from tuwen.training.distributed import is_fsdp
@@ -41,8 +46,12 @@ class Parts:
     task_grad_norm_every: int | None = None  # None where it cannot be measured (FSDP)
 
 
-def setup_run(config: Config, run_dir: Path, accelerator: Accelerator, resume: bool) -> Assets:
-    """The run directory, its config.yaml, the seed, and the tokenizer and answer vocabulary."""
+def setup_run(config: Config, run_dir: Path, accelerator: Accelerator,
+              resume: bool) -> tuple[Config, Assets]:
+    """The config as the run runs it (checked against the table of tasks, an hf image tower's
+    preprocessing, unset task weights decided by the training data's labels), the run
+    directory, its config.yaml, the seed, and the assets (tokenizers, answer vocabulary)."""
+    config = with_tower_preprocessing(checked(config))
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         check_resume_config(config, run_dir)
@@ -52,8 +61,9 @@ def setup_run(config: Config, run_dir: Path, accelerator: Accelerator, resume: b
     configure_determinism(config.train.deterministic)
     # The main process builds and writes the tokenizer; the others then read it.
     with accelerator.main_process_first():
-        return prepare_assets(config, run_dir / "model",
-                              reuse=resume or not accelerator.is_main_process)
+        assets = prepare_assets(config, run_dir / "model",
+                                reuse=resume or not accelerator.is_main_process)
+    return with_train_tasks(config, assets.train, accelerator.print), assets
 
 
 def prepare(config: Config, assets: Assets, accelerator: Accelerator, run_dir: Path) -> Parts:

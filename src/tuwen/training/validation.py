@@ -107,7 +107,7 @@ class Validation:
     def collapse(self, model: ImageTextModel, device: torch.device) -> dict[str, float]:
         if self.batches[0].captions is None:
             return {}
-        pixels = torch.cat([b["pixel_values"] for b in self.batches])[:CAPTION_IMAGES]
+        pixels = torch.cat([b.pixel_values for b in self.batches])[:CAPTION_IMAGES]
         ids = captioning.predict_step(model, pixels.to(device), decoding="greedy",
                                       max_new_tokens=self.config.eval.max_new_tokens)
         captions = decode_until_eos(self.tokenizer, ids, model.spec.eos_token_id)
