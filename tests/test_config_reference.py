@@ -5,6 +5,7 @@ from typing import get_args
 
 import pytest
 
+from tuwen.apps.config_reference import task_options
 from tuwen.config import (
     DECODERS,
     FUSIONS,
@@ -13,24 +14,25 @@ from tuwen.config import (
     SOURCES,
     TEXT_ENCODERS,
 )
-from tuwen.config.reference import COMMAND, blocks, main, render
+from tuwen.config.reference import COMMAND, blocks, main, render, task_blocks
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
 
 
 def test_committed_page_is_fresh():
-    assert PAGE.is_file() and PAGE.read_text() == render(), (
+    assert PAGE.is_file() and PAGE.read_text() == render(task_options()), (
         f"docs/config-reference.md is stale: run `{COMMAND}` (or `make docs`)")
 
 
 def test_every_key_has_a_description():
-    missing = [f"{b.path}.{name}" for b in blocks() for name in b.names
+    every = [*blocks(), *task_blocks(task_options())]
+    missing = [f"{b.path}.{name}" for b in every for name in b.names
                if not (b.cls.model_fields[name].description or "").strip()]
     assert not missing, missing
 
 
 def test_every_kind_of_every_union_is_listed_with_its_own_keys():
-    page = render()
+    page = render(task_options())
     unions = {"data.sources[]": SOURCES, "model.image_encoder": IMAGE_ENCODERS,
               "model.text_encoder": TEXT_ENCODERS, "model.fusion": FUSIONS,
               "model.decoder": DECODERS, "model.decoder.reduce": REDUCTIONS}
@@ -42,7 +44,8 @@ def test_every_kind_of_every_union_is_listed_with_its_own_keys():
     assert "| `image_map` |" in vqav2 and "| `questions` | string | required |" in vqav2
     fusion = page.split("## `model.fusion` with `type: cross_attention`")[1].split("\n## ")[0]
     assert "| `window` | integer \\| null | `null` |" in fusion
-    assert "| `spatial_negatives` | boolean | `false` |" in page  # a task's option
+    itm = page.split("## `train.task_options.itm`")[1].split("\n## ")[0]
+    assert "| `spatial_negatives` | boolean | `false` |" in itm  # a task's options, from the table
 
 
 @pytest.mark.parametrize("members", [SOURCES, IMAGE_ENCODERS, TEXT_ENCODERS, FUSIONS, DECODERS,

@@ -39,4 +39,5 @@ def test_demo_config_resolves_to_the_packaged_file_from_another_folder(tmp_path,
     assert main(["demo", "--out", "r", "--minutes", "1"]) == 0
     expected = load_config(REPO / "configs" / "shapes.yaml", ["train.max_minutes=1"])
     assert seen["config"] == expected and seen["out"] == Path("r")
-    assert seen["config"].data.image_size == 48 and seen["config"].train.task_options["itm"]["spatial_negatives"]
+    config = seen["config"]
+    assert config.data.image_size == 48 and config.train.task_options["itm"]["spatial_negatives"]

@@ -1,5 +1,5 @@
 """Real pretrained weights, offline: DINOv2-S or MobileNetV2 + MiniLM + SmolLM2-135M, built
-from the folders tools/pretrained/build.sh writes (TUWEN_PRETRAINED_DIR, default
+from the folders `make pretrained` writes (TUWEN_PRETRAINED_DIR, default
 ~/.cache/tuwen-pretrained); skipped with the reason when they are absent."""
 
 import os
@@ -19,7 +19,7 @@ FOLDERS = ("dinov2-small", "mobilenet_v2", "minilm", "smollm2-135m")
 missing = [f for f in FOLDERS if not (ROOT / f / "config.json").is_file()]
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     bool(missing), reason=f"pretrained folders {missing} not in {ROOT} (set "
-                          "TUWEN_PRETRAINED_DIR, or bash tools/pretrained/build.sh DIR)")]
+                          "TUWEN_PRETRAINED_DIR, or make pretrained)")]
 
 
 @pytest.mark.parametrize("image", ["dinov2-small", "mobilenet_v2"])

@@ -75,15 +75,15 @@ class SmallViTConfig(TowerTrainingConfig):
         "Attention heads per layer; must divide `model.hidden_size`."))
 
 
-class SmallCNNConfig(SmallViTConfig):
+class SmallCNNConfig(TowerTrainingConfig):
     """A small convolutional network trained from scratch: a conv stem, then residual 3x3
     stages; each cell of its feature map is an image token."""
 
     type: Literal["small_cnn"] = Field("small_cnn", description="Picks this kind.")
+    patch_size: int = Field(16, ge=1, description=(
+        "Side in pixels of the square each image token stands for: a power of two that "
+        "divides `data.image_size` (the conv stem halves the resolution per step)."))
     layers: int = Field(2, ge=0, description="Residual 3x3 stages after the stem (0: none).")
-    heads: int = Field(4, ge=1, description=(
-        "Not used by the CNN (it has no attention); accepted so that saved `small_cnn` "
-        "models, whose configs carry it, still load."))
 
 
 class HFImageEncoderConfig(HFTowerConfig):

@@ -1,8 +1,9 @@
 """The configuration reference, generated from the pydantic models.
 
-``python -m tuwen.config.reference`` writes docs/config-reference.md: every key of every
-section with its type, default and ``Field(description=...)``, nested sections in order, and
-each kind of a typed union (image/text encoder, fusion, decoder, data source) on its own.
+``python -m tuwen.apps.config_reference`` writes docs/config-reference.md: every key of every
+section with its type, default and ``Field(description=...)``, nested sections in order, each
+kind of a typed union (image/text encoder, fusion, decoder, data source) on its own, and each
+task's options (handed in from the table of tasks, which lives above the config layer).
 ``--check`` only compares, and fails when the committed page is stale.
 """
 
@@ -14,7 +15,7 @@ import json
 import re
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -26,7 +27,7 @@ from tuwen.config.base import Section
 from tuwen.config.root import Config
 
 PAGE = Path("docs/config-reference.md")
-COMMAND = "python -m tuwen.config.reference"
+COMMAND = "python -m tuwen.apps.config_reference"
 SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean",
            type(None): "null", Any: "any"}
 HEADER = f"""# Configuration reference
@@ -200,9 +201,15 @@ def table(block: Block, anchors: dict[str, str]) -> list[str]:
     return lines + [""]
 
 
-def render() -> str:
-    """The whole page."""
-    found = list(blocks())
+def task_blocks(options: Mapping[str, type[Section]]) -> list[Block]:
+    """One table per task with options: ``train.task_options.<task>``."""
+    return [Block(f"train.task_options.{name}", cls, tuple(cls.model_fields))
+            for name, cls in options.items() if cls.model_fields]
+
+
+def render(task_options: Mapping[str, type[Section]] | None = None) -> str:
+    """The whole page; ``task_options``: task name -> its options class (tasks.table)."""
+    found = list(blocks()) + task_blocks(task_options or {})
     anchors: dict[str, str] = {}
     for block in found:  # a key path links to its first table
         anchors.setdefault(block.path, slug(block.title))
@@ -212,12 +219,13 @@ def render() -> str:
     return "\n".join([HEADER, "## Contents", "", *contents, "", *body]).rstrip() + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None,
+         task_options: Mapping[str, type[Section]] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=PAGE, help=f"default: {PAGE}")
     parser.add_argument("--check", action="store_true", help="compare only; 1 when stale")
     args = parser.parse_args(argv)
-    page = render()
+    page = render(task_options)
     if args.check:
         current = args.out.read_text() if args.out.is_file() else ""
         if current != page:
@@ -229,6 +237,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

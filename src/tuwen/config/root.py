@@ -7,7 +7,7 @@ from pydantic import Field, ValidationInfo, model_validator
 from tuwen.config.base import Section
 from tuwen.config.data import DataConfig
 from tuwen.config.eval import EvalConfig
-from tuwen.config.model import ModelConfig, SmallViTConfig
+from tuwen.config.model import ModelConfig, SmallCNNConfig, SmallViTConfig
 from tuwen.config.sources import WebDatasetSource
 from tuwen.config.tasks import check_task_names, task_catalog
 from tuwen.config.train import TrainConfig
@@ -23,7 +23,7 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _image_fits_patches(self) -> Config:
-        if not isinstance(self.model.image_encoder, SmallViTConfig):
+        if not isinstance(self.model.image_encoder, (SmallViTConfig, SmallCNNConfig)):
             return self  # an hf tower's patch size is checked against its own image size
         size, patch = self.data.image_size, self.model.image_encoder.patch_size
         if patch & (patch - 1):

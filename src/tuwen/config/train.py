@@ -82,8 +82,8 @@ class TrainConfig(Section):
         "task left out follows the training data: weight 1 when the data has its labels, "
         "else 0; the run logs which tasks it trains. The tasks: docs/design.md."))
     task_options: dict[str, dict[str, Any]] = Field({}, description=(
-        "Task name -> that task's options (checked against the task's own options; "
-        "docs/config-reference.md lists them under 'Task options')."))
+        "Task name -> that task's options (checked against the options the task declares; "
+        "each task's are listed below as `train.task_options.<task>`)."))
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description=(
         "Learning-rate decay after the warmup, down to `lr * min_lr_ratio`."))
     task_schedule: list[TaskWeightPoint] = Field([], description=(

@@ -63,6 +63,10 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, raw: dict) -> ModelSpec:
         raw = {k: v for k, v in raw.items() if k != "tuwen_version"}
+        image = raw["model"].get("image_encoder") or {}
+        if image.get("type") == "small_cnn":  # saved before the CNN stopped taking `heads`
+            raw["model"] = {**raw["model"], "image_encoder": {
+                k: v for k, v in image.items() if k != "heads"}}
         raw["model"] = ModelConfig.model_validate(raw["model"])
         raw["text"] = TextConfig.model_validate(raw.get("text", {}))  # absent before 0.1 models
         chat = raw.get("chat")  # absent before chat templates
