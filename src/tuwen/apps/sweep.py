@@ -145,14 +145,23 @@ def open_study(out: Path, spec: SweepSpec, storage: Storage = Storage(), worker:
         {"pool_pre_ping": True}
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are printed by the objective
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" since optuna 2.9
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine,
-                                             heartbeat_interval=storage.heartbeat,
-                                             grace_period=STALE_BEATS * storage.heartbeat)
-        return optuna.create_study(storage=rdb, study_name=STUDY, sampler=_sampler(spec, worker),
-                                   pruner=_pruner(spec), direction=spec.direction,
-                                   load_if_exists=True)
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" (optuna 2.9)
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine,
+                                                     heartbeat_interval=storage.heartbeat,
+                                                     grace_period=STALE_BEATS * storage.heartbeat)
+                return optuna.create_study(storage=rdb, study_name=STUDY,
+                                           sampler=_sampler(spec, worker), pruner=_pruner(spec),
+                                           direction=spec.direction, load_if_exists=True)
+            except sqlalchemy.exc.IntegrityError:
+                # Workers that start together on a new database all create its tables;
+                # PostgreSQL's CREATE TABLE IF NOT EXISTS is not atomic, and the losers see a
+                # duplicate key. The tables exist now: open again.
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except ModuleNotFoundError as err:
         raise TuwenError(f"--storage {storage.shown()}: needs the database driver {err.name!r} "
                          "(PostgreSQL: pip install 'tuwen[postgres]')") from None
