@@ -1,6 +1,7 @@
-"""Two nodes on loopback: ``torchrun --nnodes 2`` (one process per node, gloo) trains the demo
-config to the same weights, bit for bit, as one node with two processes; and a checkpoint
-resumes only on the number of processes that wrote it (anything else is one clear error)."""
+"""Two nodes on loopback: ``torchrun --nnodes 2`` and ``accelerate launch --num_machines 2``
+(one process per node, gloo) train the demo config to the same weights, bit for bit, as one
+node with two processes; and a checkpoint resumes only on the number of processes that wrote
+it (anything else is one clear error)."""
 
 import json
 import os
@@ -62,41 +63,59 @@ def demo_config(tiny_shapes, tmp_path_factory):
     return path
 
 
-@pytest.mark.slow  # three launches of two processes
-def test_two_nodes_train_bitwise_like_one_node_with_two_processes(demo_config, tmp_path):
-    one_node = start(torchrun("--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                              "--master_port", str(free_port()),
-                              *tuwen_train(demo_config, tmp_path / "one-node")))
-    [out] = finish([one_node])
-    assert one_node.returncode == 0, out[-3000:]
+@pytest.fixture(scope="module")
+def one_node(demo_config, tmp_path_factory):
+    """The reference: one node, two processes (``torchrun --nproc_per_node 2``)."""
+    run = tmp_path_factory.mktemp("one-node") / "run"
+    proc = start(torchrun("--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                          "--master_port", str(free_port()), *tuwen_train(demo_config, run)))
+    [out] = finish([proc])
+    assert proc.returncode == 0, out[-3000:]
+    return run
 
-    port = str(free_port())  # node 1 reaches node 0's rendezvous at 127.0.0.1:port
-    nodes = [start(torchrun("--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
-                            "--master_addr", "127.0.0.1", "--master_port", port,
-                            *tuwen_train(demo_config, tmp_path / "two-nodes")))
-             for rank in (0, 1)]
+
+def node_command(launcher: str, rank: int, port: str) -> list[str]:
+    """One node of two on loopback, one process on it; node 1 meets node 0 at 127.0.0.1."""
+    if launcher == "torchrun":
+        return torchrun("--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
+                        "--master_addr", "127.0.0.1", "--master_port", port)
+    return [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_machines", "2",
+            "--machine_rank", str(rank), "--num_processes", "2",  # all nodes' processes
+            "--main_process_ip", "127.0.0.1", "--main_process_port", port]
+
+
+@pytest.mark.slow  # two launches of two processes
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_nodes_train_bitwise_like_one_node_with_two_processes(demo_config, one_node,
+                                                                   tmp_path, launcher):
+    port = str(free_port())
+    nodes = [start(node_command(launcher, rank, port) +
+                   tuwen_train(demo_config, tmp_path / "two-nodes")) for rank in (0, 1)]
     outs = finish(nodes)
     assert [p.returncode for p in nodes] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
 
-    a = load_file(tmp_path / "one-node" / "model" / "model.safetensors")
+    a = load_file(one_node / "model" / "model.safetensors")
     b = load_file(tmp_path / "two-nodes" / "model" / "model.safetensors")
     assert a.keys() == b.keys()
     for name in a:  # every weight and buffer, bit for bit
         assert torch.equal(a[name], b[name]), name
-    logs = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text()
-             .splitlines()] for run in ("one-node", "two-nodes")]
+    logs = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            for run in (one_node, tmp_path / "two-nodes")]
     assert [r["step"] for r in logs[1]] == [1, 2, 3]
     assert [r["loss"] for r in logs[1]] == [r["loss"] for r in logs[0]]
 
-    # resuming the two-process checkpoint on one process is refused, with one line
-    shutil.copytree(tmp_path / "two-nodes", tmp_path / "on-one")
-    one = subprocess.run([sys.executable, *tuwen_train(demo_config, tmp_path / "on-one",
+
+@pytest.mark.slow  # a one-process start
+def test_a_two_process_checkpoint_is_refused_on_one(demo_config, one_node, tmp_path):
+    shutil.copytree(one_node, tmp_path / "run")
+    one = subprocess.run([sys.executable, *tuwen_train(demo_config, tmp_path / "run",
                                                        "--resume", "--set",
                                                        "train.max_steps=5")],
                          env=ENV, capture_output=True, text=True, timeout=600)
     assert one.returncode == 2, one.stdout[-2000:] + one.stderr[-2000:]
     assert REFUSED.format(saved=2, s="es", now=1) in one.stderr
     assert "Traceback" not in one.stderr
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-3"]
 
 
 @pytest.mark.slow  # a launch of two processes
