@@ -174,8 +174,8 @@ def open_study(out: Path, spec: SweepSpec, storage: Storage = Storage(), worker:
 def _sampler(spec: SweepSpec, worker: int):
     import optuna
 
-    # Workers must not draw the same random start points: each gets its own seed. The first
-    # worker keeps --seed, so a one-process search is reproducible.
+    # Workers must not draw the same random start points: each gets its own seed. Worker 0
+    # keeps --seed, so a one-process search is reproducible.
     seed = spec.seed if worker == 0 else spec.seed * 1_000_003 + worker
     return optuna.samplers.TPESampler(seed=seed)
 
@@ -187,8 +187,12 @@ def _pruner(spec: SweepSpec):
         else optuna.pruners.NopPruner()
 
 
-def worker_id() -> int:
-    """A number that differs between processes and machines (sampler seeds)."""
+def sampler_index(storage: Storage, index: int) -> int:
+    """Which seed a worker's sampler gets: in SWEEP_DIR/study.db, the worker's index on this
+    machine (0 keeps --seed); in a storage other machines may share, a number of this
+    process and host, as no worker knows how many others start at the same moment."""
+    if storage.url is None:
+        return index
     return abs(hash((socket.gethostname(), os.getpid()))) % 1_000_000 + 1
 
 
@@ -384,7 +388,7 @@ def worker(spec: SweepSpec, out: Path, split: str, storage: Storage, index: int)
     import torch
 
     torch.set_num_threads(1)
-    study = open_study(out, spec, storage, worker=index)
+    study = open_study(out, spec, storage, worker=sampler_index(storage, index))
     work(study, spec, out, split, storage.heartbeat)
 
 
@@ -399,10 +403,7 @@ def sweep(spec: SweepSpec, out: str | Path, workers: int = 1, storage: Storage =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(asdict(spec), indent=2))
-    # Joining a shared study: a seed of its own (the first worker of a study keeps --seed)
-    study = open_study(out, spec, storage)
-    if storage.url is not None and study.trials:
-        study = open_study(out, spec, storage, worker=worker_id())
+    study = open_study(out, spec, storage, worker=sampler_index(storage, 0))
     _same_spec(study, spec, out)
     queued = requeue(study, spec)
     todo = remaining(study, spec.n_trials())
