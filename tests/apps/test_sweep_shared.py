@@ -88,18 +88,24 @@ def test_two_workers_share_a_postgres_study_and_one_killed_mid_trial_is_run_agai
     started.touch()
     sets = tiny_overrides(tiny_shapes)
     with postgres_server() as url:
-        a = start_worker(url, tmp_path / "a", sets, started, trial_s=1.5)
-        b = start_worker(url, tmp_path / "b", sets, started, trial_s=1.5)
+        # worker a's trials would take a minute: it is killed in its first one, once worker
+        # b has joined the study and started a trial of its own
+        a = start_worker(url, tmp_path / "a", sets, started, trial_s=60)
+        b = None
         try:
-            wait_for(lambda: str(a.pid) in started.read_text() or a.poll() is not None, 120,
+            wait_for(lambda: f"{a.pid} " in started.read_text() or a.poll() is not None, 120,
                      "worker a's first trial")
             assert a.poll() is None, a.stdout.read()[-3000:]
+            b = start_worker(url, tmp_path / "b", sets, started, trial_s=1.5)
+            wait_for(lambda: f"{b.pid} " in started.read_text() or b.poll() is not None, 120,
+                     "worker b's first trial")
             os.kill(a.pid, signal.SIGKILL)  # in the middle of its trial
             out, _ = b.communicate(timeout=120)
         finally:
             for p in (a, b):
-                p.kill()
-                p.wait()
+                if p is not None:
+                    p.kill()
+                    p.wait()
         assert b.returncode == 0, out[-3000:]
 
         runs = [line.split() for line in started.read_text().splitlines()]
@@ -113,7 +119,8 @@ def test_two_workers_share_a_postgres_study_and_one_killed_mid_trial_is_run_agai
         cut = [r for r in rows if r["state"] == "interrupted"]
         assert [(float(r["train.lr"]), r["worker"].split(":")[-1]) for r in cut] == \
             [(killed_lr, str(a.pid))]  # results.csv holds the other worker's trial too
-        assert yaml.safe_load((tmp_path / "b" / "best.yaml").read_text())["train"]["lr"] == max(LRS)
+        best = yaml.safe_load((tmp_path / "b" / "best.yaml").read_text())
+        assert best["train"]["lr"] == max(LRS)
 
 
 class FakeRuns:
