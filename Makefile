@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow lint docs pretrained clean chromium
+.PHONY: install demo test test-slow lint docs pretrained clean chromium postgres
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,16 @@ chromium:
 	else SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium; fi
 
-test: $(STAMP) chromium
+# PostgreSQL server binaries: the shared-sweep test starts a throwaway server on loopback
+# (skipped there when they are absent). The package's own cluster is not started.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then echo "postgres: present"; \
+	elif ! command -v apt-get >/dev/null; then \
+	  echo "postgres: no apt-get here; the shared-sweep test will be skipped"; \
+	else SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y postgresql; fi
+
+test: $(STAMP) chromium postgres
 	$(PY) -m pytest
 
 # Real pretrained weights (SmolLM2-135M, MiniLM, DINOv2-S, MobileNetV2) as local HF folders,
@@ -41,7 +50,7 @@ pretrained:
 	@test -f $(SHARED_PRETRAINED) || { echo "pretrained: $(SHARED_PRETRAINED) not found (the workplace's shared builder; point SHARED_PRETRAINED at it)"; exit 2; }
 	bash $(SHARED_PRETRAINED) $(PRETRAINED)
 
-test-slow: $(STAMP) chromium
+test-slow: $(STAMP) chromium postgres
 	TUWEN_PRETRAINED_DIR=$(PRETRAINED) $(PY) -m pytest -m slow
 
 lint: $(STAMP)

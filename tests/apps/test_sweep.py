@@ -169,5 +169,5 @@ def test_parallel_trials_in_processes(tiny_shapes, tmp_path, no_java):
     spec = SweepSpec(config="configs/shapes.yaml", metric=METRIC, grid=["train.lr=1e-4,1e-3"],
                      overrides=tiny_overrides(tiny_shapes) + ["train.max_steps=2",
                                                               "eval.decoding=greedy"])
-    study = sweep(spec, out, parallel=2)
+    study = sweep(spec, out, workers=2)
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE"]

@@ -377,17 +377,19 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from tuwen.apps.sweep import SweepSpec, sweep
+    from tuwen.apps.sweep import Storage, SweepSpec, sweep
     from tuwen.apps.sweep_report import write_outputs
 
     spec = SweepSpec(config=args.config, overrides=args.set, metric=args.metric,
                      direction=args.direction, split=args.split, grid=args.grid,
                      params=args.param, trials=args.trials, prune=not args.no_prune,
                      seed=args.seed)
-    study = sweep(spec, args.out, parallel=args.parallel)
+    storage = Storage(args.storage) if args.heartbeat is None else \
+        Storage(args.storage, args.heartbeat)
+    study = sweep(spec, args.out, workers=args.workers, storage=storage)
     print("\n" + write_outputs(study, Path(args.out), args.metric, args.direction))
     print(f"wrote {args.out}/results.csv, best.yaml, plot_params.png, plot_history.png, "
-          "plot_importance.png (study in study.db)")
+          f"plot_importance.png (study in {storage.shown()})")
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
@@ -406,7 +408,15 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                     help="metrics.json key to optimise, e.g. retrieval.t2i_r1")
     sw.add_argument("--direction", choices=["maximize", "minimize"], default="maximize")
     sw.add_argument("--split", help="split the metric is read on (default: data.val_split)")
-    sw.add_argument("--parallel", type=int, default=1, help="trials at once, in processes")
+    sw.add_argument("--workers", "--parallel", dest="workers", type=int, default=1,
+                    help="trials at once on this machine, in processes")
+    sw.add_argument("--storage", metavar="URL",
+                    help="Optuna storage URL of the study, shared by every tuwen sweep that "
+                         "names it (e.g. postgresql://user:pass@host/db); default: "
+                         "SWEEP_DIR/study.db (SQLite)")
+    sw.add_argument("--heartbeat", type=int, metavar="SECONDS",
+                    help="seconds between a running trial's heartbeats (default 10); after 3 "
+                         "missed ones its worker counts as dead and the trial runs again")
     sw.add_argument("--no-prune", action="store_true",
                     help="no median pruning (by default weak trials stop early when "
                          "train.eval_every reports the metric during training)")

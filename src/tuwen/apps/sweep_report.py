@@ -9,22 +9,27 @@ import math
 import shutil
 from pathlib import Path
 
+import yaml
 from matplotlib.figure import Figure
 
 from tuwen.apps.ablate_report import HEADLINE
+from tuwen.apps.sweep import is_interrupted, is_void
 from tuwen.evaluation.plots import png_bytes
 
 
 def trial_state(trial) -> str:
-    if trial.user_attrs.get("interrupted"):
-        return "interrupted"
-    return trial.state.name.lower()
+    return "interrupted" if is_interrupted(trial) else trial.state.name.lower()
+
+
+def trials(study) -> list:
+    """Every worker's trials, less the redundant queued copies that never ran."""
+    return [t for t in study.trials if not is_void(t)]
 
 
 def results_rows(study, metric: str) -> list[dict]:
-    params = sorted({p for t in study.trials for p in t.params})
+    params = sorted({p for t in trials(study) for p in t.params})
     rows = []
-    for t in study.trials:
+    for t in trials(study):
         metrics = t.user_attrs.get("metrics", {})
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values \
             else None
@@ -38,6 +43,7 @@ def results_rows(study, metric: str) -> list[dict]:
                      "images_per_sec": t.user_attrs.get("images_per_sec"),
                      "wall_s": t.user_attrs.get("wall_s"),
                      "error": t.user_attrs.get("error"),
+                     "worker": t.user_attrs.get("worker"),
                      "run_dir": t.user_attrs.get("run_dir")})
     return rows
 
@@ -62,7 +68,11 @@ def write_best(study, out: Path) -> Path | None:
     best = best_trial(study)
     if best is None:
         return None
-    shutil.copyfile(Path(best.user_attrs["run_dir"]) / "config.yaml", out / "best.yaml")
+    if "config" in best.user_attrs:  # the study holds it: the trial may have run elsewhere
+        (out / "best.yaml").write_text(yaml.safe_dump(best.user_attrs["config"],
+                                                      sort_keys=False))
+    else:
+        shutil.copyfile(Path(best.user_attrs["run_dir"]) / "config.yaml", out / "best.yaml")
     return out / "best.yaml"
 
 
@@ -134,7 +144,7 @@ def summary(rows: list[dict], metric: str, direction: str, top: int = 10) -> str
     done = [r for r in rows if isinstance(r[metric], float) and math.isfinite(r[metric])
             and r["state"] == "complete"]
     done.sort(key=lambda r: r[metric], reverse=direction == "maximize")
-    skip = {"state", "last_reported", "pruned_at_step", "error", "run_dir", metric,
+    skip = {"state", "last_reported", "pruned_at_step", "error", "worker", "run_dir", metric,
             *HEADLINE, "images_per_sec", "trial"}
     params = [k for k in (rows[0] if rows else {}) if k not in skip and k != "wall_s"]
     head = ["trial", *params, metric, "wall_s"]

@@ -13,13 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuwen.apps.training import validation_metrics
 from tuwen.config import Config
 from tuwen.errors import ConfigError
-from tuwen.evaluation.evaluate import evaluate_run
-from tuwen.training.checkpoint import latest_checkpoint
-from tuwen.training.loop import train
-from tuwen.training.validation import flatten
 
 # metrics.json keys by the evaluation task that writes them (DESIGN.md section 4)
 METRIC_KEYS = {
@@ -70,6 +65,13 @@ def train_and_evaluate(config: Config, run_dir: Path, split: str,
 
     ``report(step, metrics)`` receives the flattened validation metrics during training; it
     may raise to stop the run (a pruned trial)."""
+    # imported here: a sweep worker starts (and waits, and checks its options) without torch
+    from tuwen.apps.training import validation_metrics
+    from tuwen.evaluation.evaluate import evaluate_run
+    from tuwen.training.checkpoint import latest_checkpoint
+    from tuwen.training.loop import train
+    from tuwen.training.validation import flatten
+
     started = time.perf_counter()
     evaluate = None
     if config.train.eval_every is not None:
@@ -90,6 +92,8 @@ def train_and_evaluate(config: Config, run_dir: Path, split: str,
 
 
 def read_outcome(run_dir: Path, split: str, wall_s: float) -> Outcome:
+    from tuwen.training.validation import flatten
+
     metrics = json.loads((run_dir / "eval" / split / "metrics.json").read_text())
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
                if line.strip()]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tuwen.errors import TuwenError
 from tuwen.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -28,6 +29,7 @@ def resume_state(parts: Parts, ckpt_dir: Path) -> TrainState | None:
         return None
     fsdp = is_fsdp(parts.accelerator)
     saved, optimizer_state, rng_states = load_checkpoint(path, None if fsdp else parts.model)
+    check_same_processes(path, len(rng_states), parts.accelerator.num_processes)
     if fsdp:
         load_full_states(parts.objective, parts.optimizer, load_weights(path), optimizer_state)
     else:
@@ -39,6 +41,20 @@ def resume_state(parts: Parts, ckpt_dir: Path) -> TrainState | None:
     restore_rank_rng(rng_states, accelerator.process_index, accelerator.num_processes)
     accelerator.print(f"resumed from {path} at step {saved['train']['step']}")
     return TrainState(**saved["train"])
+
+
+def check_same_processes(path: Path, saved: int, now: int) -> None:
+    """A checkpoint resumes on the number of processes that wrote it, or not at all.
+
+    Its data position counts the batches of one process (rank r of N takes batches r, r+N,
+    ...), and its RNG states are one per process: on another count the run would repeat or
+    skip batches and draw other random numbers, silently. Refusing is the deliberate choice
+    (docs/training.md, "Resume on another number of processes")."""
+    if saved != now:
+        raise TuwenError(f"{path} was written by {saved} process{'es' * (saved > 1)} and this "
+                         f"run has {now}: resume with {saved} (e.g. torchrun --nproc_per_node "
+                         f"{saved}, or the same nodes), or start a new run directory; on another "
+                         "count the data order and random draws would not continue")
 
 
 def save(parts: Parts, ckpt_dir: Path, state: TrainState, keep_last: int,
