@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from tuwen.config import EvalConfig
+from tuwen.config import EvalConfig, load_config
+from tuwen.errors import ConfigError
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform
 from tuwen.data.prepare import SplitData, read_split
@@ -28,13 +29,17 @@ from tuwen.tasks.eval_set import EvalSet, select_eval_set
 from tuwen.tasks.metrics.grounding import Scenes, load_scenes
 from tuwen.tasks.metrics.protocol import base_protocol, ids_sha256
 from tuwen.tasks.saved_model import load
-from tuwen.tasks.table import TASKS, load_run_config, task_options
+from tuwen.tasks.table import TASKS, task_options
 
 
 def run_evaluators(ev: Evaluation, data: EvalSet) -> list[TaskResult]:
     """Every task's evaluator (those ``eval.tasks`` names; null: all) that the data has labels
     for, in table order."""
     wanted = ev.cfg.tasks
+    known = [t.metric for t in TASKS.values() if t.metric]
+    if unknown := [name for name in wanted or () if name not in known]:
+        raise ConfigError(f"eval.tasks: unknown evaluator {unknown[0]!r} (known: "
+                          f"{', '.join(known)})")
     results = [task.evaluate(ev, data) for task in TASKS.values()
                if task.metric is not None and (wanted is None or task.metric in wanted)]
     return [r for r in results if r is not None]
@@ -91,7 +96,8 @@ def evaluate_run(run_dir: str | Path, split: str, *, tasks: list[str] | None = N
                  overrides: list[str] | None = None, show_progress: bool = True) -> dict:
     """Evaluate ``RUN/model`` on ``split`` of the run's own data config -> ``RUN/eval/<split>/``."""
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir / "config.yaml", overrides)
+    # the run's config, its training checks aside: evaluation may read other sources
+    config = load_config(run_dir / "config.yaml", overrides)
     if tasks:
         config.eval.tasks = tasks
     saved = load(run_dir / "model")

@@ -172,3 +172,27 @@ def bar_chart(values: Mapping[str, float], title: str, xlabel: str) -> bytes:
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return png_bytes(fig)
+
+
+def confusion_matrix(labels: Sequence[str], matrix: Sequence[Sequence[int]],
+                     title: str = "zero-shot classification") -> bytes:
+    """A heatmap of counts: rows the true class, columns the predicted one; each row
+    normalised to shares, so a class with few images reads as plainly as one with many."""
+    counts = np.asarray(matrix, dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = 1.2 + 0.38 * len(labels)
+    fig = Figure(figsize=(side + 1.2, side))
+    ax = fig.subplots()
+    shown = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    for (i, j), n in np.ndenumerate(counts):
+        if n:
+            ax.text(j, i, int(n), ha="center", va="center", fontsize=7,
+                    color="white" if shares[i, j] > 0.5 else "black")
+    fig.colorbar(shown, ax=ax, fraction=0.046, label="share of the true class")
+    fig.tight_layout()
+    return png_bytes(fig)

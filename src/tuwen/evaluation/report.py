@@ -28,6 +28,7 @@ from tuwen.tasks.saved_model import SavedModel, load
 SECTIONS = {"metrics": "Metrics and protocol", "curves": "Training curves",
             "samples": "Samples", "worst-captions": "20 worst captions by CIDEr",
             "retrieval-failures": "Retrieval failures", "vqa": "VQA by type and confusions",
+            "classify": "Zero-shot classification",
             "attention": "Attention maps", "collapse": "Caption collapse"}
 REPORT_FILE = "report.html"
 
@@ -206,6 +207,23 @@ def vqa_section(metrics: dict, records: Sequence[dict]) -> str:
     return "".join(parts)
 
 
+def classify_section(metrics: dict) -> str:
+    found = metrics.get("classify")
+    if not found:
+        return _note("no class-labelled images were evaluated (an imagefolder source)")
+    protocol = metrics.get("protocol", {}).get("classify", {})
+    parts = [f"<p>Top-1 <b>{_fmt(found['top1'])} %</b>, top-5 {_fmt(found['top5'])} % over "
+             f"{found['n_classes']} classes (chance {_fmt(protocol.get('chance_top1'))} %); "
+             f"templates: {_esc(', '.join(protocol.get('templates', [])))}</p>"]
+    rows = [[_esc(name), f'<span class="num">{_fmt(acc)}</span>']
+            for name, acc in sorted(found["per_class"].items(), key=lambda kv: kv[1])]
+    parts.append("<h3>By class</h3>" + _table(["class", "top-1 %"], rows))
+    confusion = found["confusion"]
+    parts.append(_figure(plots.confusion_matrix(confusion["labels"], confusion["matrix"]),
+                         "confusion matrix"))
+    return "".join(parts)
+
+
 def _safe_name(value) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", str(value))
 
@@ -295,6 +313,7 @@ def write_report(eval_dir: str | Path, run_dir: str | Path | None = None, *,
         "worst-captions": worst_section(records, thumbs),
         "retrieval-failures": retrieval_section(records, thumbs),
         "vqa": vqa_section(metrics, records),
+        "classify": classify_section(metrics),
         "attention": attention_section(eval_dir, run_dir, records, n_attention, show_progress),
         "collapse": collapse_section(records)}
     title = f"tuwen evaluation: {run_dir.name}, split {metrics.get('split', eval_dir.name)}"

@@ -20,7 +20,7 @@ from tuwen.config import Config, config_from_dict, load_config
 from tuwen.data.batch import Batch
 from tuwen.data.dataset import PartCollate, TextTools
 from tuwen.data.prepare import SplitData, split_labels
-from tuwen.errors import DataError
+from tuwen.errors import ConfigError, DataError
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.models.spec import ModelSpec
 from tuwen.tasks.base import StepInputs, Task
@@ -49,8 +49,11 @@ def checked(config: Config) -> Config:
 def task_options(config: Config) -> dict[str, Any]:
     """Every task's options, validated (``train.task_options``; defaults where unset)."""
     given = config.train.task_options
-    return {name: task.options_from(given.get(name), f"train.task_options.{name}")
-            for name, task in TASKS.items()}
+    try:
+        return {name: task.options_from(given.get(name), f"train.task_options.{name}")
+                for name, task in TASKS.items()}
+    except ValueError as err:  # a config built in Python, never checked against the table
+        raise ConfigError(str(err)) from None
 
 
 def trained(labels: frozenset[str] | set[str], config: Config) -> dict[str, float]:
