@@ -2,8 +2,9 @@
 
 Caption, answer and search requests from concurrent callers are micro-batched
 (apps.batcher); every model call runs on one model thread. Errors are JSON
-``{"error": "..."}`` with a 4xx status (bad input), 503 with Retry-After (queue full) or 504
-(the per-request timeout). Search results carry an id and a thumbnail URL, never a path.
+``{"error": "..."}`` with a 4xx status (bad input; 401 without the API key, apps.access),
+503 with Retry-After (queue full) or 504 (the per-request timeout). Search results carry an
+id and a thumbnail URL, never a path.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from tuwen.apps.access import Access, RequireKey
 from tuwen.apps.batcher import Busy, MicroBatcher
 from tuwen.apps.forms import (
     BodyLimit,
@@ -33,7 +36,7 @@ from tuwen.apps.forms import (
 )
 from tuwen.apps.heatmap import overlay_png, thumbnail_jpeg
 from tuwen.apps.limits import ServeSettings
-from tuwen.apps.openapi import ATTENTION, CAPTION, QUESTION, SEARCH
+from tuwen.apps.openapi import ATTENTION, CAPTION, QUESTION, SEARCH, with_security
 from tuwen.apps.pipeline import Pipeline
 from tuwen.apps.search import ImageIndex, UnknownImage
 from tuwen.errors import DataError, TuwenError
@@ -149,8 +152,9 @@ def _handlers(app: FastAPI) -> None:
 
 
 def create_app(pipe: Pipeline, index: ImageIndex | None = None,
-               settings: ServeSettings | None = None) -> FastAPI:
-    settings = settings or ServeSettings()
+               settings: ServeSettings | None = None, access: Access | None = None) -> FastAPI:
+    """The app; ``access`` (default: open, same-origin only) sets its key and CORS origins."""
+    settings, access = settings or ServeSettings(), access or Access()
     service = Service(pipe, index, settings)
 
     @asynccontextmanager
@@ -163,6 +167,13 @@ def create_app(pipe: Pipeline, index: ImageIndex | None = None,
                               "from a trained tuwen model.")
     app.state.service = service
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if access.api_key is not None:
+        app.add_middleware(RequireKey, api_key=access.api_key)
+        app.openapi = with_security(app.openapi)
+    if access.cors_origins:  # added last: outermost, so a preflight needs no key
+        app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins),
+                           allow_methods=["GET", "POST"], max_age=600,
+                           allow_headers=["Authorization", "Content-Type"])
     _handlers(app)
     _routes(app, service)
     return app
