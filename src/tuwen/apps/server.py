@@ -36,7 +36,7 @@ from tuwen.apps.forms import (
 )
 from tuwen.apps.heatmap import overlay_png, thumbnail_jpeg
 from tuwen.apps.limits import ServeSettings
-from tuwen.apps.openapi import ATTENTION, CAPTION, QUESTION, SEARCH, with_security
+from tuwen.apps.openapi import operations, with_security
 from tuwen.apps.pipeline import Pipeline
 from tuwen.apps.search import ImageIndex, UnknownImage
 from tuwen.errors import DataError, TuwenError
@@ -181,13 +181,17 @@ def create_app(pipe: Pipeline, index: ImageIndex | None = None,
 
 def _routes(app: FastAPI, service: Service) -> None:
     settings = service.settings
+    spec = operations(settings)
+
+    def described(operation_id: str) -> dict:
+        return {"operation_id": operation_id, "openapi_extra": spec[operation_id]}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
         return HTMLResponse(resources.files("tuwen.apps").joinpath("static/index.html")
                             .read_text(encoding="utf-8"))
 
-    @app.get("/v1/health")
+    @app.get("/v1/health", **described("health"))
     async def health():
         return {"status": "ok", "model_id": service.pipe.model_id,
                 "index": None if service.index is None else {"images": len(service.index)},
@@ -196,13 +200,13 @@ def _routes(app: FastAPI, service: Service) -> None:
                             for k, b in service.batchers.items()},
                 "limits": settings.model_dump(mode="json")}
 
-    @app.post("/v1/caption", openapi_extra=CAPTION)
+    @app.post("/v1/caption", **described("caption"))
     async def caption(request: Request):
         form = await read_form(request, settings)
         text = await service.run("caption", await form_image(form, settings, service.index))
         return {"caption": text, "tokens": service.tokens(text) if text else []}
 
-    @app.post("/v1/answer", openapi_extra=QUESTION)
+    @app.post("/v1/answer", **described("answer"))
     async def answer(request: Request):
         form = await read_form(request, settings)
         question = text_field(form.get("question"), "question", settings)
@@ -211,8 +215,7 @@ def _routes(app: FastAPI, service: Service) -> None:
         return {"question": question, "answer": result.text,
                 "alternatives": [{"answer": a, "probability": p} for a, p in result.alternatives]}
 
-    @app.post("/v1/attention", openapi_extra=ATTENTION,
-              responses={200: {"content": {"image/png": {}}}})
+    @app.post("/v1/attention", response_class=Response, **described("attention"))
     async def attention(request: Request):
         form = await read_form(request, settings)
         text = text_field(form.get("text"), "text", settings, required=False)
@@ -221,7 +224,7 @@ def _routes(app: FastAPI, service: Service) -> None:
         png = await service.run("attention", (image, text, token))
         return Response(png, media_type="image/png")
 
-    @app.post("/v1/search", openapi_extra=SEARCH)
+    @app.post("/v1/search", **described("search"))
     async def search(request: Request):
         if service.index is None:
             raise RequestError(404, "this server has no image index (start it with --index)")
@@ -233,13 +236,13 @@ def _routes(app: FastAPI, service: Service) -> None:
         else:
             body = await read_json(request)
             query = text_field(body.get("query"), "query", settings)
-            k = int_field(body.get("k"), "k", 1, settings.max_k, default=10)
+            k = int_field(body.get("k"), "k", 1, settings.max_k, default=10, text=False)
             vector = await service.run("embed_text", query)
         hits = await run_in_threadpool(service.index.search, vector, k)
         return {"results": [{"rank": h.rank, "id": h.id, "score": round(h.score, 5),
                              "thumbnail": f"/v1/images/{h.id}"} for h in hits]}
 
-    @app.get("/v1/images/{image_id}", responses={200: {"content": {"image/jpeg": {}}}})
+    @app.get("/v1/images/{image_id}", response_class=Response, **described("image"))
     async def image(image_id: int):
         if service.index is None:
             raise RequestError(404, "this server has no image index (start it with --index)")
