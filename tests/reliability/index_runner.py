@@ -46,10 +46,16 @@ def main() -> int:
         np.save(buffer, array)
         write_in_halves(path, buffer.getvalue(), "vectors")
 
+    real_write = faiss.write_index
+
+    def write_index(idx, path):
+        writer = faiss.VectorIOWriter()  # faiss.serialize_index, which calls write_index
+        real_write(idx, writer)
+        write_in_halves(path, faiss.vector_to_array(writer.data).tobytes(), "faiss")
+
     Pipeline.embed_images = embed_images
     index._save_npy = save_npy
-    faiss.write_index = lambda idx, path: write_in_halves(
-        path, faiss.serialize_index(idx).tobytes(), "faiss")
+    faiss.write_index = write_index
     return tuwen(["index", *sys.argv[1:]])
 
 

@@ -219,10 +219,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     app = create_app(_pipeline(args), index, settings, access)
     keyed = "; every /v1/* call needs the API key" if access.api_key else ""
     print(f"serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs{keyed})")
-    # connections past the queues and their batches are refused with 503 by uvicorn itself
-    limit = settings.max_queue * 4 + settings.max_batch
-    uvicorn.run(app, host=args.host, port=args.port, limit_concurrency=limit,
-                log_level=args.log_level)
+    # requests past the queues and their batches are refused with a JSON 503 and Retry-After
+    # by the app (limits.InFlightLimit), not by uvicorn's plain-text one
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:

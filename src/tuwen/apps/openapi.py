@@ -94,7 +94,7 @@ def operations(settings: ServeSettings) -> dict[str, dict]:
             status=_STRING, model_id=_STRING,
             index={"anyOf": [{"type": "null"}, _object(images={"type": "integer"})]},
             waiting={"type": "object"}, batches={"type": "object"},
-            limits={"type": "object"})), {}),
+            limits={"type": "object"})), {"503": BUSY}),
         "caption": _operation(
             _form({}, "An image; the answer is its caption and the caption's tokens."),
             _json(_object(caption=_STRING, tokens=_STRINGS)), MODEL_ERRORS),
@@ -124,7 +124,7 @@ def operations(settings: ServeSettings) -> dict[str, dict]:
         "image": _operation(None, {"description": "a JPEG thumbnail", "content": {
             "image/jpeg": {"schema": _IMAGE}}}, {
                 "404": _error("an image id not in the index, or no index"),
-                "422": _error("an image id that is not an integer")}),
+                "422": _error("an image id that is not an integer"), "503": BUSY}),
     }
 
 

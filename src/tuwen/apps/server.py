@@ -35,7 +35,7 @@ from tuwen.apps.forms import (
     text_field,
 )
 from tuwen.apps.heatmap import overlay_png, thumbnail_jpeg
-from tuwen.apps.limits import ServeSettings
+from tuwen.apps.limits import InFlightLimit, ServeSettings
 from tuwen.apps.openapi import operations, with_security
 from tuwen.apps.pipeline import Pipeline
 from tuwen.apps.search import ImageIndex, UnknownImage
@@ -170,6 +170,7 @@ def create_app(pipe: Pipeline, index: ImageIndex | None = None,
     if access.api_key is not None:
         app.add_middleware(RequireKey, api_key=access.api_key)
         app.openapi = with_security(app.openapi)
+    app.add_middleware(InFlightLimit, settings=settings)  # a flood is refused first, cheaply
     if access.cors_origins:  # added last: outermost, so a preflight needs no key
         app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins),
                            allow_methods=["GET", "POST"], max_age=600,
@@ -202,12 +203,14 @@ def _routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/v1/caption", **described("caption"))
     async def caption(request: Request):
+        service.batchers["caption"].admit()
         form = await read_form(request, settings)
         text = await service.run("caption", await form_image(form, settings, service.index))
         return {"caption": text, "tokens": service.tokens(text) if text else []}
 
     @app.post("/v1/answer", **described("answer"))
     async def answer(request: Request):
+        service.batchers["answer"].admit()
         form = await read_form(request, settings)
         question = text_field(form.get("question"), "question", settings)
         image = await form_image(form, settings, service.index)
@@ -217,6 +220,7 @@ def _routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/v1/attention", response_class=Response, **described("attention"))
     async def attention(request: Request):
+        service.batchers["attention"].admit()
         form = await read_form(request, settings)
         text = text_field(form.get("text"), "text", settings, required=False)
         token = int_field(form.get("token"), "token", 0, 10_000)
@@ -229,11 +233,13 @@ def _routes(app: FastAPI, service: Service) -> None:
         if service.index is None:
             raise RequestError(404, "this server has no image index (start it with --index)")
         if content_type(request) == "multipart/form-data":
+            service.batchers["embed_image"].admit()
             form = await read_form(request, settings)
             k = int_field(form.get("k"), "k", 1, settings.max_k, default=10)
             image = await form_image(form, settings, service.index)
             vector = await service.run("embed_image", image)
         else:
+            service.batchers["embed_text"].admit()
             body = await read_json(request)
             query = text_field(body.get("query"), "query", settings)
             k = int_field(body.get("k"), "k", 1, settings.max_k, default=10, text=False)
