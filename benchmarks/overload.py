@@ -3,8 +3,8 @@ the measured capacity, and the latency before and after it.
 
 Starts ``tuwen serve MODEL`` as its own process (127.0.0.1, a free port), then:
 
-1. capacity: ``--capacity-clients`` closed-loop clients for ``--capacity-seconds``; the
-   200s per second are the capacity C;
+1. capacity: for each of ``--capacity-clients`` (16,64), that many closed-loop clients for
+   ``--capacity-seconds``; the most 200s per second of those levels are the capacity C;
 2. before: one client, one request at a time, for ``--probe-seconds`` (p50/p99);
 3. flood: requests arriving at ``--factor`` x C per second for ``--seconds`` (open loop:
    each starts at its scheduled time whatever the server does, and its latency counts from
@@ -13,13 +13,15 @@ Starts ``tuwen serve MODEL`` as its own process (127.0.0.1, a free port), then:
 
 Every answer is counted by kind: 200, 503 with a Retry-After header, 503 without, 504, other
 statuses, and timeouts (no answer within the server's timeout + 5 s) and connection errors.
-The server's RSS is sampled every 0.1 s (peak per phase), and its VmHWM read at the end.
+The server's RSS is sampled every 0.1 s (peak per phase), and its VmHWM read at the end; the
+CPU seconds of the server and of this client are counted per phase.
 
 Why not locust: its users are closed loop (a user waits for its answer before the next
 request), so under overload the offered rate falls to what the server answers, and "4x
-capacity" is never offered (coordinated omission). ``--closed-users N`` measures that with
-this client: N closed-loop users, the rate they offer. The client is raw HTTP/1.1 on asyncio
-streams, so its own CPU cost per request stays small beside the server on the same cores.
+capacity" is never offered (coordinated omission): the capacity rows show it, their offered
+rate is their answered rate whatever the number of users. The client is raw HTTP/1.1 on
+asyncio streams, so its own CPU cost per request stays small beside the server on the same
+cores (the client CPU column).
 
   python -m benchmarks.overload --model RUN/model --images DIR --factor 4 --seconds 60
 
@@ -99,6 +101,8 @@ class Phase:
     outcomes: list[Outcome] = field(default_factory=list)
     peak_rss_mib: float = 0.0
     offered_per_s: float | None = None
+    client_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0
 
     def row(self) -> dict:
         kinds = Counter(o.kind for o in self.outcomes)
@@ -117,7 +121,9 @@ class Phase:
                 "ok_per_s": round(kinds["200"] / self.seconds, 2) if self.seconds else None,
                 "p50_ms": pct(ok, 50), "p99_ms": pct(ok, 99), "max_ms": pct(ok, 100),
                 "busy_p50_ms": pct(busy, 50), "busy_max_ms": pct(busy, 100),
-                "peak_rss_mib": round(self.peak_rss_mib, 1)}
+                "peak_rss_mib": round(self.peak_rss_mib, 1),
+                "client_cpu_s": round(self.client_cpu_s, 1),
+                "server_cpu_s": round(self.server_cpu_s, 1)}
 
 
 class Flood:
@@ -138,7 +144,9 @@ class Flood:
             while time.perf_counter() < stop:
                 await self.one(i, time.perf_counter())
                 i += 1
-        return await self.timed(phase, asyncio.gather(*(caller(c) for c in range(clients))))
+        await self.timed(phase, asyncio.gather(*(caller(c) for c in range(clients))))
+        phase.offered_per_s = round(len(phase.outcomes) / phase.seconds, 2)  # = answered
+        return phase
 
     async def open(self, phase: Phase, rate: float, seconds: float) -> Phase:
         """Requests that start at ``rate`` per second whatever the server does."""
@@ -155,10 +163,16 @@ class Flood:
         return await self.timed(phase, schedule())
 
     async def timed(self, phase: Phase, work) -> Phase:
+        import psutil
+
+        server = psutil.Process(self.pid)
         sampler = asyncio.create_task(self.sample_rss(phase))
-        start = time.perf_counter()
+        start, client, used = time.perf_counter(), time.process_time(), server.cpu_times()
         await work
         phase.seconds = time.perf_counter() - start
+        phase.client_cpu_s = time.process_time() - client
+        now = server.cpu_times()
+        phase.server_cpu_s = now.user + now.system - used.user - used.system
         sampler.cancel()
         return phase
 
@@ -213,31 +227,29 @@ async def measure(args, port: int, pid: int) -> dict:
     requests = [caption_request(port, p.read_bytes(), None) for p in paths]
     flood = Flood(port, requests, args.timeout_s + 5, pid)
     await flood.closed(Phase("warm-up"), 1, 5)
-    capacity = await flood.closed(Phase("capacity"), args.capacity_clients,
-                                  args.capacity_seconds)
-    rate = capacity.row()["ok_per_s"]
-    phases = [capacity, await flood.closed(Phase("before"), 1, args.probe_seconds),
+    levels = [await flood.closed(Phase(f"capacity, {n} closed-loop users"), n,
+                                 args.capacity_seconds)
+              for n in (int(c) for c in args.capacity_clients.split(","))]
+    rate = max(level.row()["ok_per_s"] for level in levels)
+    phases = [*levels, await flood.closed(Phase("before"), 1, args.probe_seconds),
               await flood.open(Phase("flood"), args.factor * rate, args.seconds),
               await flood.closed(Phase("after"), 1, args.probe_seconds)]
-    if args.closed_users:
-        users = await flood.closed(Phase(f"closed-loop {args.closed_users} users"),
-                                   args.closed_users, args.closed_seconds)
-        users.offered_per_s = round(len(users.outcomes) / users.seconds, 2)
-        phases.append(users)
     return {"capacity_per_s": rate, "rows": [p.row() for p in phases]}
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| phase | s | offered /s | requests | 200 | 503 + Retry-After | 503 without | "
-             "504 | timeouts | errors | 200s /s | p50 ms | p99 ms | 503 p50 ms | peak RSS MiB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "504 | timeouts | errors | 200s /s | p50 ms | p99 ms | 503 p50 ms | peak RSS MiB | "
+             "server CPU s | client CPU s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+             "---:|"]
     for r in rows:
         lines.append(
             f"| {r['phase']} | {r['seconds']} | {r['offered_per_s'] or ''} | {r['requests']} | "
             f"{r['ok_200']} | {r['busy_503_retry_after']} | {r['busy_503_without_retry_after']}"
             f" | {r['timeout_504']} | {r['client_timeouts']} | {r['connection_errors']} | "
             f"{r['ok_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['busy_p50_ms'] or ''} | "
-            f"{r['peak_rss_mib']} |")
+            f"{r['peak_rss_mib']} | {r['server_cpu_s']} | {r['client_cpu_s']} |")
     return "\n".join(lines)
 
 
@@ -269,14 +281,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-images", type=int, default=64)
     parser.add_argument("--factor", type=float, default=4.0, help="flood rate / capacity")
     parser.add_argument("--seconds", type=float, default=60, help="flood duration")
-    parser.add_argument("--capacity-clients", type=int, default=16)
+    parser.add_argument("--capacity-clients", default="16,64",
+                        help="closed-loop user counts; the best throughput is the capacity")
     parser.add_argument("--capacity-seconds", type=float, default=20)
     parser.add_argument("--probe-seconds", type=float, default=15)
     parser.add_argument("--timeout-s", type=float, default=30, help="the server's timeout")
     parser.add_argument("--threads", type=int, help="the server's OMP_NUM_THREADS")
-    parser.add_argument("--closed-users", type=int, default=0,
-                        help="also: this many closed-loop users (what locust would offer)")
-    parser.add_argument("--closed-seconds", type=float, default=20)
     parser.add_argument("--out", default=str(RESULTS / "overload.json"))
     return parser.parse_args(argv)
 

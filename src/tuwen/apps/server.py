@@ -51,6 +51,9 @@ class Service:
             index.check_model(pipe.model_id)
         self.pipe, self.index, self.settings = pipe, index, settings
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+        # pictures are drawn off the model thread: a grid of heatmaps takes seconds of
+        # matplotlib, which would hold every caption, answer and search queued behind it
+        self.draw_thread = ThreadPoolExecutor(1, thread_name_prefix="draw")
         options = {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
                    "max_queue": settings.max_queue, "retry_after_s": settings.retry_after_s,
                    "executor": self.model_thread}
@@ -59,7 +62,7 @@ class Service:
             "answer": MicroBatcher(self._answers, name="answer", **options),
             "embed_text": MicroBatcher(pipe.embed_texts, name="embed_text", **options),
             "embed_image": MicroBatcher(pipe.embed_images, name="embed_image", **options),
-            "attention": MicroBatcher(lambda items: [self._explain(*i) for i in items],
+            "attention": MicroBatcher(lambda items: [pipe.explain(*i) for i in items],
                                       name="attention", **{**options, "max_batch": 1}),
         }
         self.thumbnail = lru_cache(maxsize=1024)(self._thumbnail)
@@ -72,8 +75,7 @@ class Service:
     def _answers(self, items: list) -> list:
         return self.pipe.answer([image for image, _ in items], [q for _, q in items])
 
-    def _explain(self, image, text, token):
-        maps = self.pipe.explain(image, text)
+    def _picture(self, image, maps, token) -> bytes:
         if token is None:
             from tuwen.evaluation.plots import attention_grid
 
@@ -98,9 +100,17 @@ class Service:
 
     async def run(self, kind: str, item):
         """One request through its batcher, within the per-request timeout."""
+        return await self.within_timeout(self.batchers[kind].submit(item))
+
+    async def attention_png(self, image, text: str | None, token: int | None) -> bytes:
+        """The maps from the model thread, then the picture from the drawing thread."""
+        maps = await self.batchers["attention"].submit((image, text))
+        return await asyncio.get_running_loop().run_in_executor(
+            self.draw_thread, self._picture, image, maps, token)
+
+    async def within_timeout(self, work):
         try:
-            return await asyncio.wait_for(self.batchers[kind].submit(item),
-                                          self.settings.timeout_s)
+            return await asyncio.wait_for(work, self.settings.timeout_s)
         except asyncio.TimeoutError:
             raise RequestError(504, f"timed out after {self.settings.timeout_s:g} s; "
                                     "the server is overloaded") from None
@@ -109,6 +119,35 @@ class Service:
         for batcher in self.batchers.values():
             await batcher.close()
         self.model_thread.shutdown(wait=False, cancel_futures=True)
+        self.draw_thread.shutdown(wait=False, cancel_futures=True)
+
+
+class RefuseWhenFull:
+    """ASGI middleware: a model request whose queue is full is answered 503 with Retry-After
+    before routing or reading its body, so a flood costs the server little more than its
+    headers (the batcher would refuse it too, later and dearer)."""
+
+    KINDS = {"/v1/caption": "caption", "/v1/answer": "answer", "/v1/attention": "attention"}
+
+    def __init__(self, app, service: Service) -> None:
+        self.app, self.batchers = app, service.batchers
+
+    def kind(self, scope) -> str | None:
+        path = scope["path"]
+        if path == "/v1/search":
+            kind = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip()
+            return "embed_image" if kind.lower() == b"multipart/form-data" else "embed_text"
+        return self.KINDS.get(path)
+
+    async def __call__(self, scope, receive, send) -> None:
+        kind = self.kind(scope) if scope["type"] == "http" else None
+        try:
+            if kind is not None:
+                self.batchers[kind].admit()
+        except Busy as err:
+            response = _error(503, str(err), {"Retry-After": str(err.retry_after)})
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def _display(image):
@@ -167,6 +206,7 @@ def create_app(pipe: Pipeline, index: ImageIndex | None = None,
                               "from a trained tuwen model.")
     app.state.service = service
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RefuseWhenFull, service=service)
     if access.api_key is not None:
         app.add_middleware(RequireKey, api_key=access.api_key)
         app.openapi = with_security(app.openapi)
@@ -203,14 +243,12 @@ def _routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/v1/caption", **described("caption"))
     async def caption(request: Request):
-        service.batchers["caption"].admit()
         form = await read_form(request, settings)
         text = await service.run("caption", await form_image(form, settings, service.index))
         return {"caption": text, "tokens": service.tokens(text) if text else []}
 
     @app.post("/v1/answer", **described("answer"))
     async def answer(request: Request):
-        service.batchers["answer"].admit()
         form = await read_form(request, settings)
         question = text_field(form.get("question"), "question", settings)
         image = await form_image(form, settings, service.index)
@@ -220,12 +258,11 @@ def _routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/v1/attention", response_class=Response, **described("attention"))
     async def attention(request: Request):
-        service.batchers["attention"].admit()
         form = await read_form(request, settings)
         text = text_field(form.get("text"), "text", settings, required=False)
         token = int_field(form.get("token"), "token", 0, 10_000)
         image = await form_image(form, settings, service.index)
-        png = await service.run("attention", (image, text, token))
+        png = await service.within_timeout(service.attention_png(image, text, token))
         return Response(png, media_type="image/png")
 
     @app.post("/v1/search", **described("search"))
@@ -233,13 +270,11 @@ def _routes(app: FastAPI, service: Service) -> None:
         if service.index is None:
             raise RequestError(404, "this server has no image index (start it with --index)")
         if content_type(request) == "multipart/form-data":
-            service.batchers["embed_image"].admit()
             form = await read_form(request, settings)
             k = int_field(form.get("k"), "k", 1, settings.max_k, default=10)
             image = await form_image(form, settings, service.index)
             vector = await service.run("embed_image", image)
         else:
-            service.batchers["embed_text"].admit()
             body = await read_json(request)
             query = text_field(body.get("query"), "query", settings)
             k = int_field(body.get("k"), "k", 1, settings.max_k, default=10, text=False)
