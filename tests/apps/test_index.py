@@ -15,13 +15,13 @@ import tuwen
 from tuwen.apps.cli import main
 from tuwen.apps.index import (
     META_FILE,
-    VECTORS_FILE,
     Entry,
     IndexMismatch,
     IndexOptions,
     build_faiss,
     build_index,
     read_entries,
+    read_vectors,
     set_search_options,
 )
 from tuwen.apps.index_shards import SHARD_DIR, merge_shards, write_shard
@@ -53,7 +53,7 @@ def test_build_embeds_every_image_once(pipeline, trained_run, folder, tmp_path):
     entries = read_entries(tmp_path / "idx")
     assert [e.path for e in entries] == sorted(e.path for e in entries)
     assert all(e.path.startswith(("a/", "b/c/")) for e in entries)
-    vectors = np.load(tmp_path / "idx" / VECTORS_FILE)
+    vectors = read_vectors(tmp_path / "idx")
     np.testing.assert_allclose(vectors, pipeline.embed_images([folder / e.path for e in entries]),
                                atol=1e-5)
     index = ImageIndex(tmp_path / "idx")
@@ -77,7 +77,7 @@ def test_rerun_embeds_only_new_and_changed_files_and_drops_deleted(pipeline, tra
     assert (report.total, report.added, report.removed, report.unchanged) == (12, 2, 2, 10)
     entries = read_entries(out)
     assert files[0].relative_to(folder).as_posix() not in {e.path for e in entries}
-    vectors = np.load(out / VECTORS_FILE)
+    vectors = read_vectors(out)
     np.testing.assert_allclose(vectors, pipeline.embed_images([folder / e.path for e in entries]),
                                atol=1e-5)
 
@@ -171,7 +171,7 @@ def test_search_refuses_a_query_and_an_image_together(pipeline, trained_run, fol
 
 
 def index_files(directory: Path) -> tuple[list[Entry], np.ndarray, dict]:
-    return (read_entries(directory), np.load(directory / VECTORS_FILE),
+    return (read_entries(directory), read_vectors(directory),
             json.loads((directory / META_FILE).read_text()))
 
 

@@ -100,3 +100,47 @@ def test_page_without_an_index_hides_search_and_shows_refusals(pipeline, tmp_pat
         page.wait_for_selector("#message.bad")
         assert "Refused" in page.inner_text("#message")
         assert "not an image" in page.inner_text("#message")
+
+
+def test_page_asks_for_the_key_once_and_keeps_it_for_the_tab(served, pipeline, tmp_path):
+    from tuwen.apps.access import Access
+    from tuwen.apps.server import create_app
+
+    key = "page-test-key-0123456789"
+    app = create_app(pipeline, served[0].state.service.index, access=Access(key))
+    root = served[1]
+    errors, sent = [], []
+    with serving(app) as url, browser_page(tmp_path) as page:
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))))
+        page.goto(url + "/", wait_until="load")
+        page.wait_for_selector("#key-section", state="visible")
+        page.fill("#api-key", "a-wrong-key-0123456789")
+        page.click("#key-ok")
+        page.wait_for_function("document.getElementById('message').textContent"
+                               ".includes('refused')")
+        assert page.is_visible("#key-section")
+        page.fill("#api-key", key)
+        page.click("#key-ok")
+        page.wait_for_function("document.getElementById('status').textContent.includes('index')")
+        assert not page.is_visible("#key-section")
+
+        page.set_input_files("#file", str(sorted(root.glob("*.png"))[0]))
+        page.wait_for_selector("#caption .token")
+        page.fill("#query", "a red circle")
+        page.click("#search")
+        page.wait_for_selector("#results img")
+        page.wait_for_function("Array.from(document.querySelectorAll('#results img'))"
+                               ".every(i => i.complete && i.naturalWidth > 0)")
+
+        page.reload(wait_until="load")  # the same tab: the key is kept, not asked again
+        page.wait_for_function("document.getElementById('status').textContent.includes('index')")
+        assert not page.is_visible("#key-section")
+        assert page.evaluate("sessionStorage.getItem('tuwen-api-key')") == key
+        assert page.evaluate("localStorage.length") == 0  # never stored beyond the tab
+    assert errors == []
+    api = [(u, auth) for u, auth in sent if u.startswith(url + "/v1/")]
+    keyed = [auth for _, auth in api if auth is not None]
+    assert keyed and all(auth == f"Bearer {key}" for auth in keyed[1:])
+    unkeyed = [u for u, auth in api if auth is None]
+    assert unkeyed == [url + "/v1/health"]  # only the very first call, before the key

@@ -43,10 +43,15 @@ class MicroBatcher:
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
 
-    async def submit(self, item: Any) -> Any:
-        """``fn([..., item, ...])``'s entry for ``item``; raises what ``fn`` raised."""
+    def admit(self) -> None:
+        """Raise ``Busy`` now if a request would be refused: a caller can check before it
+        reads a request's body, so a flood costs little more than its headers."""
         if self.pending >= self.max_queue:
             raise Busy(self.name, self.max_queue, self.retry_after_s)
+
+    async def submit(self, item: Any) -> Any:
+        """``fn([..., item, ...])``'s entry for ``item``; raises what ``fn`` raised."""
+        self.admit()
         self._start()
         future = asyncio.get_running_loop().create_future()
         self.pending += 1

@@ -240,6 +240,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
     from pydantic import ValidationError
 
+    from tuwen.apps.access import API_KEY_ENV, Access, check_binding
     from tuwen.apps.limits import ServeSettings
     from tuwen.apps.search import ImageIndex
     from tuwen.apps.server import create_app
@@ -250,13 +251,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except ValidationError as err:
         first = err.errors()[0]
         raise TuwenError(f"--{first['loc'][0].replace('_', '-')}: {first['msg']}") from None
+    access = Access(args.api_key or os.environ.get(API_KEY_ENV) or None,
+                    tuple(args.cors_origin))
+    check_binding(args.host, access, args.insecure)  # before the model loads: fail fast
     index = ImageIndex(args.index) if args.index else None
-    app = create_app(_pipeline(args), index, settings)
-    print(f"serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)")
-    # connections past the queues and their batches are refused with 503 by uvicorn itself
-    limit = settings.max_queue * 4 + settings.max_batch
-    uvicorn.run(app, host=args.host, port=args.port, limit_concurrency=limit,
-                log_level=args.log_level)
+    app = create_app(_pipeline(args), index, settings, access)
+    keyed = "; every /v1/* call needs the API key" if access.api_key else ""
+    print(f"serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs{keyed})")
+    # requests past the queues and their batches are refused with a JSON 503 and Retry-After
+    # by the app (limits.InFlightLimit), not by uvicorn's plain-text one
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -266,6 +270,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="every /v1/* call needs 'Authorization: Bearer KEY' "
+                       "(default: $TUWEN_API_KEY; the environment keeps it out of `ps`)")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow --host beyond loopback without an API key")
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="let pages from ORIGIN (https://host[:port]) call the API; "
+                            "repeatable (default: none, same-origin only)")
     for name, kind in SERVE_LIMITS.items():
         serve.add_argument(f"--{name.replace('_', '-')}", type=kind,
                            help="see docs/inference.md (default: a safe value)")

@@ -117,14 +117,20 @@ def text_field(value, name: str, settings: ServeSettings, required: bool = True)
     return value.strip()
 
 
-def int_field(value, name: str, low: int, high: int, default: int | None = None) -> int | None:
+def int_field(value, name: str, low: int, high: int, default: int | None = None,
+              text: bool = True) -> int | None:
+    """An integer from a form field (``text``: digits) or from JSON (a number, not a string;
+    1.0 is 1 as JSON Schema counts it, 1.5 is refused rather than cut to 1)."""
     if value is None or value == "":
         return default
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not (whole or (text and isinstance(value, str))):
+        raise RequestError(400, f"{name!r} must be an integer, got {str(value)[:40]!r}")
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise RequestError(400, f"{name!r} must be an integer, got {str(value)[:40]!r}") from None
-    if isinstance(value, bool) or not low <= number <= high:
+    if not low <= number <= high:
         raise RequestError(400, f"{name!r} must be between {low} and {high}, got {number}")
     return number
 
@@ -133,7 +139,9 @@ async def form_image(form: FormData, settings: ServeSettings,
                      index: ImageIndex | None) -> Image.Image:
     """The uploaded ``image`` file, decoded under the limits, or the index's ``image_id``."""
     upload, image_id = form.get("image"), form.get("image_id")
-    if image_id is not None and upload is None:
+    if image_id is not None and upload is not None:
+        raise RequestError(400, "give either an 'image' file or an 'image_id', not both")
+    if image_id is not None:
         return await index_image(index, int_field(image_id, "image_id", -2**31, 2**31))
     if upload is None:
         raise RequestError(400, "missing the 'image' file field")

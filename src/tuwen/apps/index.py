@@ -2,10 +2,18 @@
 
 An index folder holds::
 
-    index.json      the model's identity and folder, the FAISS kind and its settings, counts
-    entries.jsonl   one line per image, in row order: path (relative to the folder), size, mtime
-    vectors.npy     (N, E) float32 unit-norm ITC embeddings, row i = entry i = id i
-    index.faiss     the FAISS index over vectors.npy
+    index.json        the model's identity and folder, the FAISS kind and its settings, counts,
+                      and the generation: which of the files below are the index
+    entries-G.jsonl   one line per image, in row order: path (relative to the folder), size, mtime
+    vectors-G.npy     (N, E) float32 unit-norm ITC embeddings, row i = entry i = id i
+    index-G.faiss     the FAISS index over vectors-G.npy
+
+An update writes the files of generation G + 1 next to those of G, each under a temporary
+name renamed when whole, then index.json (the commit, one rename), and only then removes
+generation G. A kill at any moment leaves index.json naming one complete generation: the old
+index or the new one, never new entries with old vectors. The next run clears what a killed
+one left (temporary files, a generation that was never committed). Indexes written before
+generations (entries.jsonl, vectors.npy, index.faiss; no "files" in index.json) still load.
 
 A re-run embeds only the files that are new or whose size or modification time changed,
 and drops the files that are gone; the FAISS index is rebuilt from ``vectors.npy`` (exact
@@ -32,8 +40,9 @@ from tuwen.apps.images import ImageRejected
 from tuwen.errors import DataError, TuwenError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"})
-META_FILE, ENTRIES_FILE = "index.json", "entries.jsonl"
-VECTORS_FILE, FAISS_FILE = "vectors.npy", "index.faiss"
+META_FILE = "index.json"
+# an index written before generations: these fixed names, and no "files" in index.json
+LEGACY_FILES = {"entries": "entries.jsonl", "vectors": "vectors.npy", "faiss": "index.faiss"}
 FORMAT_VERSION = 1
 PQ_MIN_VECTORS = 1000
 
@@ -112,9 +121,31 @@ def read_meta(directory: Path) -> dict | None:
     return meta
 
 
-def read_entries(directory: Path) -> list[Entry]:
-    lines = (directory / ENTRIES_FILE).read_text().splitlines()
+def generation_files(generation: int) -> dict[str, str]:
+    return {"entries": f"entries-{generation}.jsonl", "vectors": f"vectors-{generation}.npy",
+            "faiss": f"index-{generation}.faiss"}
+
+
+def data_file(directory: Path, kind: str, meta: dict | None = None) -> Path:
+    """The ``kind`` file ("entries", "vectors", "faiss") of the generation that index.json
+    names; one line if it is missing."""
+    meta = meta if meta is not None else read_meta(directory)
+    if meta is None:
+        raise TuwenError(f"{directory}: no index here (run tuwen index first)")
+    path = directory / meta.get("files", LEGACY_FILES)[kind]
+    if not path.is_file():
+        raise TuwenError(f"{path}: missing, though {directory / META_FILE} names it; run "
+                         "tuwen index again into a new --out folder")
+    return path
+
+
+def read_entries(directory: Path, meta: dict | None = None) -> list[Entry]:
+    lines = data_file(directory, "entries", meta).read_text().splitlines()
     return [Entry(**json.loads(line)) for line in lines if line]
+
+
+def read_vectors(directory: Path, meta: dict | None = None) -> np.ndarray:
+    return np.load(data_file(directory, "vectors", meta))
 
 
 def check_model(meta: dict, model_id: str, directory: Path) -> None:
@@ -223,21 +254,40 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def write_index(out: Path, meta: dict, entries: list[Entry], vectors: np.ndarray,
                 options: IndexOptions) -> str:
-    """Write the four files; index.json last, so a killed run leaves the old index whole or
-    the new one (the next run re-checks every file against entries.jsonl either way)."""
+    """Write the next generation's three files, then commit it by writing index.json, then
+    remove the previous generation (see the module's docstring)."""
     import faiss
 
     out.mkdir(parents=True, exist_ok=True)
+    previous = read_meta(out)
+    generation = (previous or {}).get("generation", 0) + 1
+    files = generation_files(generation)
     order = np.argsort([e.path for e in entries], kind="stable")
     entries, vectors = [entries[i] for i in order], np.ascontiguousarray(vectors[order])
     lines = "".join(json.dumps(e.__dict__) + "\n" for e in entries)
-    _atomic_write(out / ENTRIES_FILE, lambda p: p.write_text(lines))
-    _atomic_write(out / VECTORS_FILE, lambda p: _save_npy(p, vectors))
+    _atomic_write(out / files["entries"], lambda p: p.write_text(lines))
+    _atomic_write(out / files["vectors"], lambda p: _save_npy(p, vectors))
     index = build_faiss(vectors, options)
-    _atomic_write(out / FAISS_FILE, lambda p: faiss.write_index(index, str(p)))
-    meta = {**meta, "kind": options.kind(len(entries)), "count": len(entries)}
+    _atomic_write(out / files["faiss"], lambda p: faiss.write_index(index, str(p)))
+    meta = {**meta, "kind": options.kind(len(entries)), "count": len(entries),
+            "generation": generation, "files": files}
     _atomic_write(out / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    remove_stale(out, files)
     return meta["kind"]
+
+
+def remove_stale(out: Path, current: dict[str, str]) -> None:
+    """Every data file of the index folder but ``current``'s: older generations, one a
+    killed run wrote and never committed, and the temporary files of a killed write."""
+    keep = set(current.values())
+    names = {*LEGACY_FILES.values(), *(f"{stem}-*{suffix}" for stem, suffix in (
+        ("entries", ".jsonl"), ("vectors", ".npy"), ("index", ".faiss")))}
+    for pattern in names:
+        for path in out.glob(pattern):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+    for path in out.glob(".*.tmp-*"):   # fsio.temporary_name
+        path.unlink(missing_ok=True)
 
 
 def _old_index(out: Path, root: Path, model_id: str) -> tuple[list[Entry], np.ndarray | None]:
@@ -247,7 +297,7 @@ def _old_index(out: Path, root: Path, model_id: str) -> tuple[list[Entry], np.nd
     check_model(meta, model_id, out)
     if Path(meta["root"]) != root:
         raise TuwenError(f"{out} indexes {meta['root']}, not {root}: use a new --out folder")
-    return read_entries(out), np.load(out / VECTORS_FILE)
+    return read_entries(out, meta), read_vectors(out, meta)
 
 
 def build_index(pipe, model_dir: str | Path, image_dir: str | Path, out: str | Path,

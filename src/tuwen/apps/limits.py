@@ -1,6 +1,9 @@
-"""The server's limits and batching settings, safe by default (``tuwen serve --help``)."""
+"""The server's limits and batching settings, safe by default (``tuwen serve --help``), and
+the cap on requests in flight that turns a flood into quick 503s."""
 
 from __future__ import annotations
+
+import json
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,3 +35,37 @@ class ServeSettings(BaseModel):
     def max_body_bytes(self) -> int:
         """A whole request: one image and a few short form fields."""
         return self.max_upload_bytes + 64 * 1024
+
+    @property
+    def max_in_flight(self) -> int:
+        """Requests the server holds at once (reading, waiting, running): the queues of the
+        kinds a flood can fill, and a batch running."""
+        return self.max_queue * 4 + self.max_batch
+
+
+class InFlightLimit:
+    """ASGI middleware: past ``settings.max_in_flight`` requests being served, a new one is
+    answered at once with a JSON 503 and Retry-After, before its body is read. (uvicorn's
+    own ``limit_concurrency`` answers a plain-text 503 without Retry-After.)"""
+
+    def __init__(self, app, settings: ServeSettings) -> None:
+        self.app, self.limit, self.retry_after = app, settings.max_in_flight, settings.retry_after_s
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            body = json.dumps({"error": f"the server is busy: {self.limit} requests are "
+                                        f"already being served; try again in "
+                                        f"{self.retry_after} s"}).encode()
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(self.retry_after).encode())]})
+            return await send({"type": "http.response.body", "body": body})
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1

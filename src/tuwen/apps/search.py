@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from tuwen.apps.index import (
-    FAISS_FILE,
     IndexOptions,
     check_model,
+    data_file,
     read_entries,
     read_meta,
     set_search_options,
@@ -41,13 +41,22 @@ class ImageIndex:
         import faiss
 
         self.directory = Path(directory)
-        meta = read_meta(self.directory)
-        if meta is None:
-            raise TuwenError(f"{self.directory}: no index here (run tuwen index first)")
-        self.meta = meta
+        for attempt in range(3):  # an update may commit, and remove these files, meanwhile
+            meta = read_meta(self.directory)
+            if meta is None:
+                raise TuwenError(f"{self.directory}: no index here (run tuwen index first)")
+            try:
+                entries = read_entries(self.directory, meta)
+                index = faiss.read_index(str(data_file(self.directory, "faiss", meta)))
+                break
+            except (TuwenError, OSError, RuntimeError):  # faiss: RuntimeError
+                if attempt == 2 or read_meta(self.directory) == meta:
+                    raise
+        if index.ntotal != len(entries) or meta.get("count", len(entries)) != len(entries):
+            raise TuwenError(f"{self.directory}: the index holds {index.ntotal} vectors for "
+                             f"{len(entries)} images; run tuwen index again")
+        self.meta, self.entries, self.index = meta, entries, index
         self.root = Path(meta["root"])
-        self.entries = read_entries(self.directory)
-        self.index = faiss.read_index(str(self.directory / FAISS_FILE))
         set_search_options(self.index, IndexOptions(**meta["options"]))
 
     def __len__(self) -> int:
