@@ -214,6 +214,24 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(export_onnx(args.model, args.out).summary())
 
 
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from tuwen.apps.reproduce import reproduce
+
+    result = reproduce(args.model, args.out, data_root=args.data)
+    print(result.table())
+    print(f"reproduced run in {result.out}")
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    rep = sub.add_parser("reproduce", help="retrain a model from its card (README.md), "
+                                           "evaluate, and print each metric then and now")
+    rep.add_argument("model", help="saved model folder with its README.md (RUN/model)")
+    rep.add_argument("--out", required=True, help="new run directory")
+    rep.add_argument("--data", help="the data folder (default: the one on the card); its "
+                                    "fingerprint must match the card's")
+    rep.set_defaults(func=cmd_reproduce)
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     ex = sub.add_parser("export", help="the image and text embedding paths and the ITM scorer "
                                        "as ONNX, for torch-free serving")
@@ -484,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference(sub)
     _add_search(sub)
     _add_export(sub)
+    _add_reproduce(sub)
     _add_serve(sub)
     _add_score(sub)
     _add_attention(sub)

@@ -15,6 +15,7 @@ from tuwen.data.answers import VOCAB_FILE, AnswerVocab
 from tuwen.data.prepare import read_split
 from tuwen.data.tokenizer import load_text_tokenizer, load_tokenizer
 from tuwen.evaluation.evaluate import evaluate_split
+from tuwen.evaluation.model_card import write_training_card
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.training.loop import TrainResult, train
 
@@ -48,4 +49,10 @@ def run_training(config: Config, run_dir: str | Path, *, resume: bool = False,
                  show_progress: bool = True) -> TrainResult:
     run_dir = Path(run_dir)
     evaluate = validation_metrics(config, run_dir) if config.train.eval_every else None
-    return train(config, run_dir, resume=resume, show_progress=show_progress, evaluate=evaluate)
+    result = train(config, run_dir, resume=resume, show_progress=show_progress,
+                   evaluate=evaluate)
+    if result.stopped_by not in ("SIGTERM", "SIGINT"):  # a final model: its card
+        write_training_card(config, result.model_dir, steps=result.steps,
+                            elapsed_s=result.elapsed_s, stopped_by=result.stopped_by)
+    return result
+

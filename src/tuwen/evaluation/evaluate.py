@@ -28,6 +28,7 @@ from tuwen.data.tokenizer import load_text_tokenizer, load_tokenizer
 from tuwen.evaluation.caption_metrics import caption_scores
 from tuwen.evaluation.eval_set import EvalSet, select_eval_set
 from tuwen.evaluation.grounding import Scenes, load_scenes, relation_grounding, scene_rows
+from tuwen.evaluation.model_card import add_eval_results
 from tuwen.evaluation.protocol import (
     GROUNDING_PROTOCOL,
     RETRIEVAL_PROTOCOL,
@@ -338,4 +339,5 @@ def evaluate_run(run_dir: str | Path, split: str, *, tasks: list[str] | None = N
                              run_dir / "eval" / split, config.data.max_text_length, show_progress,
                              scenes=scenes, text_tokenizer=load_text_tokenizer(model_dir))
     write_report(run_dir / "eval" / split, run_dir, show_progress=show_progress)
+    add_eval_results(model_dir, split, metrics)  # the model card's results (model_card.py)
     return metrics
