@@ -69,7 +69,9 @@ def _file_sha256(path: Path) -> str:
 
 def check_data(card: dict, config: Config, where: Path) -> None:
     """Refuse when a data source's fingerprint differs from the card's."""
-    then = {s["name"]: s for s in card["tuwen"].get("data", [])}
+    if not card["tuwen"].get("data"):
+        raise DataChanged(f"{where}: the card holds no data fingerprint; not reproducing")
+    then = {s["name"]: s for s in card["tuwen"]["data"]}
     problems = []
     for now in source_fingerprints(config.data, run_splits(config)):
         old = then.get(now["name"])

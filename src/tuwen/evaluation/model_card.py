@@ -18,6 +18,7 @@ import os
 import platform
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import yaml
 from tuwen import __version__, fsio
 from tuwen.config import Config, DataConfig
 from tuwen.data.sources import read_source
-from tuwen.errors import TuwenError
+from tuwen.errors import TuwenError, TuwenWarning
 
 CARD_FILE = "README.md"
 FENCE = "---"
@@ -190,7 +191,7 @@ def write_training_card(config: Config, model_dir: str | Path, *, steps: int,
     model_dir = Path(model_dir)
     tuwen = {**code_version(), "config": config.model_dump(mode="json"),
              "data_root": str(Path(config.data.root).resolve()),
-             "data": source_fingerprints(config.data, run_splits(config)),
+             "data": _fingerprints_or_none(config),
              "hardware": hardware(),
              "training": {"steps": steps, "wall_time_s": round(elapsed_s, 1),
                           "stopped_by": stopped_by,
@@ -201,6 +202,17 @@ def write_training_card(config: Config, model_dir: str | Path, *, steps: int,
             "model-index": [{"name": model_dir.resolve().parent.name, "results": []}],
             "tuwen": tuwen}
     return write_card(model_dir, meta)
+
+
+def _fingerprints_or_none(config: Config) -> list[dict] | None:
+    # the model is saved already: a data folder gone since the start costs the card its
+    # fingerprints (and tuwen reproduce its check), not the run
+    try:
+        return source_fingerprints(config.data, run_splits(config))
+    except (TuwenError, OSError) as err:
+        warnings.warn(f"model card: the data was not fingerprinted ({err})", TuwenWarning,
+                      stacklevel=2)
+        return None
 
 
 def _tags(config: Config) -> list[str]:
@@ -274,7 +286,7 @@ def card_body(meta: dict) -> str:
              f"(stopped by {train.get('stopped_by')}) on {hw.get('cpu')}"
              + (f", {', '.join(hw['gpus'])}" if hw.get("gpus") else ""),
              "", "## Data", "", "| source | format | images | files |", "|---|---|---|---|"]
-    for source in tuwen.get("data", []):
+    for source in tuwen.get("data") or []:
         lines.append(f"| {source['name']} | {source['format']} | {source['images']['count']} "
                      f"| {len(source['files'])} |")
     lines += ["", "## Results", ""]
