@@ -96,7 +96,7 @@ def throughput(model: Path, export: Path, images: Path, threads: int, batch_size
             for (backend, what), fn in runs.items()]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("export", type=Path)
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-startup", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(json.dumps({"load_before": os.getloadavg(), "cpu_count": os.cpu_count()}), flush=True)
     rows = [] if args.skip_startup else startup(args.model, args.export, args.images,
                                                 args.repeats)

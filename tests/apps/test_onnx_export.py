@@ -145,3 +145,13 @@ def test_an_lstm_text_encoder_is_refused_in_one_line_naming_it(tmp_path, capsys)
 def test_the_onnx_backend_refuses_a_folder_that_is_no_export(trained_run):
     with pytest.raises(TuwenError, match="not a tuwen ONNX export.*tuwen export MODEL"):
         OnnxPipeline.from_export(trained_run / "model")
+
+
+def test_the_benchmark_measures_both_backends(trained_run, exported, tiny_shapes):
+    from benchmarks.onnx_backend import throughput
+
+    rows = throughput(trained_run / "model", exported, tiny_shapes / "images", threads=1,
+                      batch_size=16, repeats=1)
+    assert {(r["backend"], r["what"]) for r in rows} == {
+        (b, w) for b in ("torch", "onnx") for w in ("end_to_end", "model_only")}
+    assert all(r["images_per_s"] > 0 and r["images"] == 96 for r in rows)
