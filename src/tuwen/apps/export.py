@@ -111,13 +111,14 @@ def _parts(model: ImageTextModel, pixels: torch.Tensor, ids: torch.Tensor,
         image_tokens = ImageEmbedding(model)(pixels)[1]
         text_tokens = TextEmbedding(model)(ids, mask)[1]
     text_axes = {0: batch, 1: length}
+    # text first: the tower most likely refused (lstm, gru) fails before the others run
     return [
-        Part("image", f"the {spec.image_encoder.type} image encoder", ImageEmbedding(model),
-             {"pixel_values": pixels}, ["image_embeds", "image_tokens"],
-             {"pixel_values": {0: batch}}),
         Part("text", f"the {spec.text_encoder.type} text encoder", TextEmbedding(model),
              {"input_ids": ids, "attention_mask": mask}, ["text_embeds", "text_tokens"],
              {"input_ids": text_axes, "attention_mask": text_axes}),
+        Part("image", f"the {spec.image_encoder.type} image encoder", ImageEmbedding(model),
+             {"pixel_values": pixels}, ["image_embeds", "image_tokens"],
+             {"pixel_values": {0: batch}}),
         Part("itm", f"the {spec.fusion.type} fusion", MatchScorer(model),
              {"image_tokens": image_tokens, "text_tokens": text_tokens, "attention_mask": mask},
              ["itm"], {"image_tokens": {0: batch}, "text_tokens": text_axes,
