@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow lint docs pretrained clean chromium postgres
+.PHONY: install demo test test-slow lint docs pretrained clean chromium postgres lmms test-lmms
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,21 @@ pretrained:
 
 test-slow: $(STAMP) chromium postgres
 	TUWEN_PRETRAINED_DIR=$(PRETRAINED) $(PY) -m pytest -m slow
+
+# lmms-eval (heavy: torchvision, timm, wandb, ...) in a venv of its own, beside tuwen[lmms];
+# PyPI's torchvision is built for CUDA torch and does not load beside the CPU torch, and
+# nothing tuwen's model runs needs it, so it goes when it cannot be imported.
+LMMS_VENV := .venv-lmms
+lmms:
+	test -x $(LMMS_VENV)/bin/python || $(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_VENV)/bin/pip install --quiet "torch==2.13.0"
+	$(LMMS_VENV)/bin/pip install --quiet "torch==2.13.0" -e ".[lmms]"
+	$(LMMS_VENV)/bin/python -c "import torchvision" 2>/dev/null || \
+	  $(LMMS_VENV)/bin/pip uninstall --quiet --yes torchvision
+
+# the lmms-eval test (skipped by `make test` when lmms_eval is not importable)
+test-lmms: $(STAMP) lmms
+	TUWEN_LMMS_PYTHON=$(LMMS_VENV)/bin/python $(PY) -m pytest tests/apps/test_lmms.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

@@ -52,7 +52,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tuwen.apps.training import validation_metrics
+    from tuwen.apps.training import record_training, validation_metrics
     from tuwen.tasks.table import load_run_config
     from tuwen.training.loop import train
 
@@ -66,6 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise TuwenError("tuwen train: --out RUN is required (except with --dry-run)")
     evaluate = validation_metrics(config, Path(args.out)) if config.train.eval_every else None
     result = train(config, args.out, resume=args.resume, evaluate=evaluate)
+    record_training(config, result)
     if result.stopped_by in ("SIGTERM", "SIGINT"):  # preempted: checkpoint saved, exit 128+N
         print(f"stopped by {result.stopped_by} at step {result.steps}; checkpoint saved in "
               f"{result.run_dir / 'checkpoints'}; continue with --resume")
@@ -173,15 +174,25 @@ def _add_inference(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default fp32")
 
 
+def _embedder(args: argparse.Namespace, model: str, device: str | None = None):
+    """The model that embeds: a Pipeline (torch) or, with --backend onnx, an export folder
+    read by onnxruntime (no torch imported)."""
+    if args.backend == "onnx":
+        from tuwen.apps.onnx_backend import OnnxPipeline
+
+        return OnnxPipeline.from_export(model)
+    from tuwen.apps.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(model, device=device, dtype=getattr(args, "dtype", None))
+
+
 def cmd_index(args: argparse.Namespace) -> None:
     from tuwen.apps.index import IndexOptions, build_index
     from tuwen.apps.index_shards import Ranks
-    from tuwen.apps.pipeline import Pipeline
 
     options = IndexOptions(exact_below=args.exact_below, approximate=args.approximate)
     ranks = Ranks.from_environment()  # this process's rank and device under a launcher
-    pipe = Pipeline.from_pretrained(args.model, device=args.device or ranks.device,
-                                    dtype=args.dtype)
+    pipe = _embedder(args, args.model, device=args.device or ranks.device)
     report = build_index(pipe, args.model, args.image_dir, args.out, options,
                          batch_size=args.batch_size, ranks=ranks)
     if report is not None:  # the process that wrote the index
@@ -191,13 +202,12 @@ def cmd_index(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from tuwen.apps.pipeline import Pipeline
     from tuwen.apps.search import ImageIndex, search_index
 
     if (args.query is None) == (args.image is None):
         raise TuwenError("tuwen search: give a text QUERY or --image IMG (one of the two)")
     index = ImageIndex(args.index)
-    pipe = Pipeline.from_pretrained(args.model or index.model_dir, device=args.device)
+    pipe = _embedder(args, args.model or index.model_dir, device=args.device)
     hits = search_index(index, pipe, query=args.query, image=args.image, k=args.k)
     if args.json:
         print(json.dumps([{**hit.__dict__, "path": str(index.root / hit.path)} for hit in hits]))
@@ -209,7 +219,8 @@ def cmd_search(args: argparse.Namespace) -> None:
 def _add_search(sub: argparse._SubParsersAction) -> None:
     idx = sub.add_parser("index", help="embed a folder of images (recursively) for search; "
                                        "a re-run embeds only new or changed files")
-    idx.add_argument("model", help="saved model folder (RUN/model)")
+    idx.add_argument("model", help="saved model folder (RUN/model), or with --backend onnx "
+                                   "an export folder (tuwen export --format onnx)")
     idx.add_argument("image_dir")
     idx.add_argument("--out", required=True, help="index folder (created or updated)")
     idx.add_argument("--batch-size", type=int, default=64)
@@ -227,9 +238,47 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     se.add_argument("--image", help="search by this image instead of a text")
     se.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     se.add_argument("--json", action="store_true", help="print JSON instead of lines")
-    se.add_argument("--model", help="model folder (default: the one that built the index)")
+    se.add_argument("--model", help="model folder, or with --backend onnx an export folder "
+                                    "(default: the one that built the index)")
     se.add_argument("--device", help="cpu, cuda ... (default: a GPU if there is one)")
     se.set_defaults(func=cmd_search)
+    for p in (idx, se):
+        p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                       help="embed with PyTorch (default) or onnxruntime over an ONNX export "
+                            "(no torch imported)")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from tuwen.apps.export import export_onnx
+
+    print(export_onnx(args.model, args.out).summary())
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from tuwen.apps.reproduce import reproduce
+
+    result = reproduce(args.model, args.out, data_root=args.data)
+    print(result.table())
+    print(f"reproduced run in {result.out}")
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    rep = sub.add_parser("reproduce", help="retrain a model from its card (README.md), "
+                                           "evaluate, and print each metric then and now")
+    rep.add_argument("model", help="saved model folder with its README.md (RUN/model)")
+    rep.add_argument("--out", required=True, help="new run directory")
+    rep.add_argument("--data", help="the data folder (default: the one on the card); its "
+                                    "fingerprint must match the card's")
+    rep.set_defaults(func=cmd_reproduce)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    ex = sub.add_parser("export", help="the image and text embedding paths and the ITM scorer "
+                                       "as ONNX, for torch-free serving")
+    ex.add_argument("model", help="saved model folder (RUN/model)")
+    ex.add_argument("--format", choices=["onnx"], default="onnx")
+    ex.add_argument("--out", required=True, help="export folder (created)")
+    ex.set_defaults(func=cmd_export)
 
 
 SERVE_LIMITS = {"max_batch": int, "max_wait_ms": float, "max_queue": int, "timeout_s": float,
@@ -522,6 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_inference(sub)
     _add_search(sub)
+    _add_export(sub)
+    _add_reproduce(sub)
     _add_serve(sub)
     _add_score(sub)
     _add_attention(sub)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tuwen.apps.training import record_training
 from tuwen.config import Config, packaged_config
 from tuwen.data.shapes import generate_shapes, shapes_manifest
 from tuwen.evaluation.evaluate import evaluate_run
@@ -36,6 +37,7 @@ def run_demo(out: Path, config: Config, *, data_seed: int = 0,
              counts: dict[str, int] | None = None, show_progress: bool = True) -> dict:
     ensure_shapes(Path(config.data.root), data_seed, counts, config.data.image_size)
     result = train(config, out, show_progress=show_progress)
+    record_training(config, result)
     print(f"trained {result.steps} steps in {result.elapsed_s / 60:.1f} min "
           f"({result.samples / max(result.elapsed_s, 1e-9):.0f} samples/s, "
           f"stopped by {result.stopped_by})")

@@ -13,9 +13,11 @@ from pathlib import Path
 from tuwen.config import Config
 from tuwen.data.prepare import read_split
 from tuwen.evaluation.evaluate import evaluate_split
+from tuwen.evaluation.model_card import write_training_card
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks.saved_model import load_text_assets
 from tuwen.tasks.table import TASKS
+from tuwen.training.loop import TrainResult, train
 
 METRIC_SECTIONS = tuple(t.metric for t in TASKS.values() if t.metric)
 
@@ -38,3 +40,23 @@ def validation_metrics(config: Config, run_dir: Path):
         return {k: metrics[k] for k in METRIC_SECTIONS if k in metrics}
 
     return evaluate
+
+
+def record_training(config: Config, result: TrainResult) -> None:
+    """The model card of a run that finished (not one stopped by a signal: it has no final
+    model yet)."""
+    if result.stopped_by not in ("SIGTERM", "SIGINT"):
+        write_training_card(config, result.model_dir, steps=result.steps,
+                            elapsed_s=result.elapsed_s, stopped_by=result.stopped_by)
+
+
+def run_training(config: Config, run_dir: str | Path, *, resume: bool = False,
+                 show_progress: bool = True) -> TrainResult:
+    """``train`` with validation metrics wired in, then the model card."""
+    run_dir = Path(run_dir)
+    evaluate = validation_metrics(config, run_dir) if config.train.eval_every else None
+    result = train(config, run_dir, resume=resume, show_progress=show_progress,
+                   evaluate=evaluate)
+    record_training(config, result)
+    return result
+

@@ -15,12 +15,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tuwen.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 # Transparent pixels become white, as in transformers' ``convert_to_rgb``, so a
 # transparent logo looks the same here as under a Hugging Face image processor.
@@ -131,10 +134,12 @@ class ImageTransform:
         _check_channels("std", self.std)
         if any(s <= 0 for s in self.std):
             raise ValueError(f"ImageTransform std must be positive, got {self.std!r}")
-        # (x / 255 - mean) / std folded into one multiply and one subtract per call
-        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-        object.__setattr__(self, "_scale", 1.0 / (255.0 * std))
+        # (x / 255 - mean) / std folded into one multiply and one subtract per call, in
+        # float32 as numpy arrays: to_tensor (torch) and to_array (numpy, for the torch-free
+        # ONNX backend) do the same float32 arithmetic, so their values are bitwise equal
+        std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
+        object.__setattr__(self, "_scale", np.float32(1.0) / (np.float32(255.0) * std))
         object.__setattr__(self, "_shift", mean / std)
 
     @classmethod
@@ -157,8 +162,20 @@ class ImageTransform:
         """An RGB image (already at its final size) -> normalised (3, H, W) float32."""
         # uint8 to channels-first before the float conversion: half the time of converting
         # first, and the result is contiguous; the arithmetic (and so every value) is the same
+        import torch  # here, not at the top: the ONNX backend reads images without torch
+
         pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()  # (3, H, W)
-        return pixels.float().mul_(self._scale).sub_(self._shift)
+        return pixels.float().mul_(torch.from_numpy(self._scale)).sub_(
+            torch.from_numpy(self._shift))
+
+    def to_array(self, image: Image.Image) -> np.ndarray:
+        """``to_tensor`` in numpy: the same (3, H, W) float32 values, without torch."""
+        pixels = np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))  # (3, H, W) uint8
+        return pixels.astype(np.float32) * self._scale - self._shift
+
+    def array(self, image: Image.Image) -> np.ndarray:
+        """``__call__`` in numpy (see ``to_array``)."""
+        return self.to_array(resize_and_crop(to_rgb(image), self.size))
 
 
 def _check_channels(name: str, values: Sequence[float]) -> None:

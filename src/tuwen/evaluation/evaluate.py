@@ -18,10 +18,11 @@ from typing import Any
 import torch
 
 from tuwen.config import EvalConfig, load_config
-from tuwen.errors import ConfigError
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform
 from tuwen.data.prepare import SplitData, read_split
+from tuwen.errors import ConfigError
+from tuwen.evaluation.model_card import add_eval_results
 from tuwen.evaluation.report import write_report
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks.base import Evaluation, TaskResult
@@ -108,4 +109,5 @@ def evaluate_run(run_dir: str | Path, split: str, *, tasks: list[str] | None = N
                              scenes=scenes, text_tokenizer=saved.text_tokenizer,
                              options=task_options(config))
     write_report(run_dir / "eval" / split, run_dir, show_progress=show_progress)
+    add_eval_results(run_dir / "model", split, metrics)  # the model card's results
     return metrics
