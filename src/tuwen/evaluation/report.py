@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tuwen.errors import DataError, TuwenError
+from tuwen.model_files import CONFIG_FILE
 from tuwen.evaluation import analysis, plots
 from tuwen.evaluation.attention import (
     attention_maps,
@@ -258,7 +259,7 @@ def attention_figures(loaded: SavedModel, records: Sequence[dict], out_dir: Path
 def attention_section(eval_dir: Path, run_dir: Path | None, records: Sequence[dict],
                       n: int, show: bool = False) -> str:
     model_dir = run_dir / "model" if run_dir is not None else None
-    if model_dir is None or not (model_dir / "config.json").is_file():
+    if model_dir is None or not (model_dir / CONFIG_FILE).is_file():
         return _note(f"no saved model ({model_dir or 'RUN/model'}) to draw attention maps from")
     loaded = load(model_dir)
     figures = attention_figures(loaded, records, eval_dir / "attention", n, show)
