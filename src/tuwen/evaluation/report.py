@@ -17,13 +17,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tuwen.errors import DataError, TuwenError
-from tuwen.model_files import CONFIG_FILE
 from tuwen.evaluation import analysis, plots
 from tuwen.evaluation.attention import (
     attention_maps,
     display_image,
     image_pixels,
 )
+from tuwen.model_files import CONFIG_FILE
 from tuwen.tasks.saved_model import SavedModel, load
 
 SECTIONS = {"metrics": "Metrics and protocol", "curves": "Training curves",
