@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 from tuwen.config import EvalConfig, load_config
-from tuwen.errors import ConfigError
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform
 from tuwen.data.prepare import SplitData, read_split
+from tuwen.errors import ConfigError
 from tuwen.evaluation.report import write_report
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks.base import Evaluation, TaskResult
