@@ -18,7 +18,6 @@ import torch
 
 from tuwen.config import load_config
 from tuwen.data.shapes import generate_shapes
-from tuwen.training.assets import with_tower_preprocessing
 from tuwen.training.determinism import configure_determinism
 from tuwen.training.distributed import make_accelerator
 from tuwen.training.loaders import build_loader
@@ -31,9 +30,8 @@ def setup(config_path: str, batch_size: int, work: Path):
     generate_shapes(root, seed=0, image_size=48, n_train=4 * batch_size, n_val=8, n_test=8,
                     n_test_novel=8, progress=False)
     config = load_config(config_path, [f"data.root={root}", f"train.batch_size={batch_size}"])
-    config = with_tower_preprocessing(config)
     accelerator = make_accelerator(config.train)
-    assets = setup_run(config, work / "run", accelerator, False)
+    config, assets = setup_run(config, work / "run", accelerator, False)  # the config as it runs
     parts = prepare(config, assets, accelerator, work / "run")
     batch = next(iter(build_loader(config, assets)))
     train_mode(parts)

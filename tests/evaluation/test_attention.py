@@ -259,8 +259,7 @@ def test_bad_requests_are_one_line_errors(tokenizer):
     with pytest.raises(TuwenError, match="without VQA"):
         attention_maps(loaded, PIXELS, question="what colour?", source="fusion")
     torch.manual_seed(0)
-    spec = tiny_spec(image_encoder={"type": "small_cnn", "patch_size": 8, "layers": 1,
-                                    "heads": 2})
+    spec = tiny_spec(image_encoder={"type": "small_cnn", "patch_size": 8, "layers": 1})
     spec.vocab_size = len(tokenizer)
     cnn = SavedModel(build_model(spec).eval(), tokenizer, None, None, loaded.transform,
                      TextNormalizer())

@@ -65,7 +65,7 @@ def test_load_errors_name_the_file(tmp_path, tiny_model):
 def test_small_cnn_builds_and_runs():
     torch.manual_seed(0)
     model = build_model(tiny_spec(image_encoder={"type": "small_cnn", "patch_size": 8,
-                                                 "layers": 1, "heads": 2}))
+                                                 "layers": 1}))
     feats = model.encode_image(torch.randn(2, 3, 32, 32))
     assert feats.tokens.shape == (2, 16, 32) and feats.grid == (4, 4)
 

@@ -17,7 +17,7 @@ from tuwen.data.images import ImageTransform, load_image
 from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import decode_text, train_tokenizer
 from tuwen.errors import TuwenError
-from tuwen.evaluation import caption_metrics
+from tuwen.tasks.metrics import caption_metrics
 from tuwen.tasks.metrics.caption_metrics import caption_scores
 from tuwen.tasks.metrics.ptb_tokenizer import ptb_tokenize
 from tuwen.tasks.metrics.vqa_accuracy import question_accuracy
