@@ -8,7 +8,6 @@ import torch
 from tuwen.models.generation import generate
 from tuwen.models.image_encoders import ImageFeatures
 from tuwen.models.image_text_model import ImageTextModel
-from tuwen.models.losses import caption_loss
 from tuwen.tasks.batching import chunk_starts, decode_until_eos, model_device
 
 
@@ -17,9 +16,9 @@ def training_step(model: ImageTextModel, batch: dict, image: ImageFeatures,
     if "caption_image" not in batch:
         return {}
     first = batch["caption_first"]  # one caption per image: the decoder is the costly part
-    out = model.decode(batch["decoder_input_ids"][first],
-                       image.tokens[batch["caption_image"][first]])
-    return {"caption": caption_loss(out.logits, batch["labels"][first], label_smoothing)}
+    return {"caption": model.decoder.loss(batch["decoder_input_ids"][first],
+                                          image.tokens[batch["caption_image"][first]],
+                                          batch["labels"][first], label_smoothing=label_smoothing)}
 
 
 @torch.no_grad()

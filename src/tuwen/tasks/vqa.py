@@ -18,7 +18,7 @@ from tuwen.errors import TuwenError
 from tuwen.models.generation import generate
 from tuwen.models.image_encoders import ImageFeatures
 from tuwen.models.image_text_model import ImageTextModel
-from tuwen.models.losses import caption_loss, soft_answer_loss
+from tuwen.models.losses import soft_answer_loss
 from tuwen.tasks.batching import chunk_starts, decode_until_eos, model_device
 
 
@@ -57,8 +57,8 @@ def answer_loss(model: ImageTextModel, batch: dict, image: ImageFeatures) -> tor
     if "answer_input_ids" not in batch:
         raise TuwenError("model.vqa.mode=generate needs answer sequences in the batch "
                          "(data.dataset.Collator(..., vqa_answers=True))")
-    out = model.decode(batch["answer_input_ids"], image.tokens[batch["question_image"]])
-    return caption_loss(out.logits, batch["answer_labels"])
+    return model.decoder.loss(batch["answer_input_ids"], image.tokens[batch["question_image"]],
+                              batch["answer_labels"])
 
 
 @torch.no_grad()
