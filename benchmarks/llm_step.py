@@ -3,7 +3,8 @@
 Each run is ``tuwen train`` with ``PYTHONPATH=TREE/src`` for ``--steps`` steps, logging every
 step; a step's time is the difference of consecutive ``elapsed_s`` in ``metrics.jsonl``, and a
 run's time is the median over its steps after the first two (start-up and the feature cache's
-first reads excluded). Variants (``--variant NAME='--set a=b --set c=d'``) run in turn, each
+first reads excluded); the fastest single step is reported beside it, as the least
+disturbed by other work on a shared machine. Variants (``--variant NAME='--set a=b --set c=d'``) run in turn, each
 round in the same order, so a slow minute on a shared machine hits every variant alike; the
 best run of each variant is reported.
 
@@ -61,21 +62,25 @@ def main() -> None:
         tree, _, extra = rest.partition(":")
         variants[name] = (Path(tree).resolve(), shlex.split(extra))
     times: dict[str, list[float]] = {name: [] for name in variants}
+    fastest: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as work:
         for r in range(args.rounds):
             for name, (tree, extra) in variants.items():
                 steps = run_once(tree, extra, args.data, args.pretrained, args.steps,
                                  args.threads, Path(work) / f"{name}-{r}")
                 times[name].append(statistics.median(steps))
+                fastest[name].append(min(steps))
                 load = os.getloadavg()[0]
                 print(json.dumps({"round": r, "variant": name,
                                   "s_per_step": round(times[name][-1], 3),
                                   "steps": [round(s, 2) for s in steps], "load1": load}),
                       flush=True)
     best = {name: min(ts) for name, ts in times.items()}
-    first = next(iter(best.values()))
+    quickest = {name: min(ts) for name, ts in fastest.items()}
+    first, first_quick = next(iter(best.values())), next(iter(quickest.values()))
     for name, value in best.items():
-        print(f"{name}: best {value:.3f} s/step ({value / first:.0%} of the first)")
+        print(f"{name}: best median {value:.3f} s/step ({value / first:.0%} of the first); "
+              f"fastest step {quickest[name]:.3f} s ({quickest[name] / first_quick:.0%})")
 
 
 if __name__ == "__main__":
