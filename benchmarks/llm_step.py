@@ -4,9 +4,9 @@ Each run is ``tuwen train`` with ``PYTHONPATH=TREE/src`` for ``--steps`` steps, 
 step; a step's time is the difference of consecutive ``elapsed_s`` in ``metrics.jsonl``, and a
 run's time is the median over its steps after the first two (start-up and the feature cache's
 first reads excluded); the fastest single step is reported beside it, as the least
-disturbed by other work on a shared machine. Variants (``--variant NAME='--set a=b --set c=d'``) run in turn, each
-round in the same order, so a slow minute on a shared machine hits every variant alike; the
-best run of each variant is reported.
+disturbed by other work on a shared machine. Variants (``--variant NAME=TREE:'--set a=b'``)
+run in turn, each round in the same order, so a slow minute on a shared machine hits every
+variant alike; the best run of each variant is reported.
 
   python benchmarks/llm_step.py --data /tmp/shapes64 --pretrained ~/.cache/tuwen-pretrained \\
       --variant base=/work/base: --variant new=.:'--set train.precision=bf16' --rounds 3

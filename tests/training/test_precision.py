@@ -129,3 +129,27 @@ def test_bf16_on_a_cpu_without_bf16_units_warns(tmp_path):
     assert precision_warning("fp32", cpu, {"avx2"}) is None
     assert precision_warning("bf16", torch.device("cuda"), {"avx2"}) is None
     assert cpu_flags(str(tmp_path / "missing")) == set()
+
+
+def test_auto_picks_bf16_where_the_hardware_computes_it_and_fp32_elsewhere():
+    from tuwen.training.precision import auto_precision
+    assert auto_precision("cpu", {"avx2", "amx_bf16"})[0] == "bf16"
+    assert auto_precision("cpu", {"avx512f", "avx512_bf16"}) == (
+        "bf16", "the CPU computes bf16 natively (avx512_bf16)")
+    assert auto_precision("cpu", {"avx2", "fma"})[0] == "fp32"
+    assert auto_precision("cuda", cuda_bf16=True)[0] == "bf16"
+    assert auto_precision("cuda", cuda_bf16=False)[0] == "fp32"
+    assert auto_precision("mps")[0] == "fp32"
+
+
+def test_a_run_with_auto_precision_prints_and_records_its_choice(tiny_shapes, tmp_path,
+                                                                  capsys):
+    from tuwen.training.loop import train
+    from tuwen.training.precision import auto_precision
+    config = load_config(None, tiny_overrides(tiny_shapes, max_steps=1, precision="auto",
+                                              task_grad_norm_every="null"))
+    train(config, tmp_path / "run", show_progress=False)
+    choice, reason = auto_precision("cpu")
+    assert f"train.precision: auto -> {choice} on cpu ({reason})" in capsys.readouterr().out
+    saved = load_config(str(tmp_path / "run" / "config.yaml"))
+    assert saved.train.precision == choice

@@ -86,8 +86,11 @@ class TrainConfig(Section):
         "The schedule ends at `lr` times this (0..1)."))
     grad_clip: float | None = Field(1.0, gt=0, description=(
         "Clip the global gradient norm to this; null: no clipping."))
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description=(
-        "`fp32`, or mixed precision `bf16` / `fp16` (fp16 with a gradient scaler)."))
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field("fp32", description=(
+        "`fp32`, or mixed precision `bf16` / `fp16` (fp16 with a gradient scaler), or `auto`: "
+        "bf16 autocast where the hardware computes bf16 natively (a GPU that supports it, a "
+        "CPU with AVX512-BF16 or AMX), fp32 elsewhere; the run prints its choice and "
+        "config.yaml records it."))
     log_every: int = Field(20, ge=1, description=(
         "Steps between lines of `RUN/metrics.jsonl` (and TensorBoard)."))
     save_every: int = Field(500, ge=1, description=(

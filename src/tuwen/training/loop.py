@@ -23,6 +23,7 @@ from tuwen.training.distributed import any_rank, make_accelerator, whole_model
 from tuwen.training.loaders import batches, build_loader, micro_batch_groups
 from tuwen.training.metrics_log import MetricsLog, Window
 from tuwen.training.parts import Parts, prepare, setup_run, train_mode
+from tuwen.training.precision import with_precision
 from tuwen.training.preemption import StopRequest
 from tuwen.training.progress import Progress
 from tuwen.training.resume import resume_state, save
@@ -46,9 +47,12 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_pro
           on_checkpoint: Callable[[int, ImageTextModel], None] | None = None,
           evaluate: Evaluate | None = None) -> TrainResult:
     config = with_tower_preprocessing(config)  # an hf image tower's size and normalisation
+    config, precision_note = with_precision(config)  # train.precision: auto -> bf16 or fp32
     run_dir, tcfg = Path(run_dir), config.train
     accelerator = make_accelerator(tcfg)
     main = accelerator.is_main_process
+    if precision_note is not None:
+        accelerator.print(precision_note)
 
     # prepare: assets, model and optimiser, batches, the validation subset, the log
     assets = setup_run(config, run_dir, accelerator, resume)
