@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers import CONFIG_MAPPING, AutoConfig
 
+from tuwen.apps.lm_tokens import LMTokens, lm_tokens
 from tuwen.config import Config, HFTowerConfig, ModelConfig
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.dataset import Collator
@@ -56,6 +57,7 @@ class DryRunReport:
     parameters: dict[str, int] = field(default_factory=dict)    # part -> parameter count
     losses: dict[str, float] = field(default_factory=dict)
     data_files: dict[str, bool] = field(default_factory=dict)   # path -> exists
+    lm_tokens: LMTokens | None = None  # the configured LM's tokens per sample, by part
 
     def lines(self) -> list[str]:
         out = ["dry run: the model below is a TINY STAND-IN built from the same architectures "
@@ -66,6 +68,8 @@ class DryRunReport:
         out += ["  forward+backward ok: " + ", ".join(f"{k}={v:.3f}" for k, v in
                                                      self.losses.items())]
         out += [f"  data {'found' if ok else 'MISSING'}: {p}" for p, ok in self.data_files.items()]
+        if self.lm_tokens is not None:  # the configured model's, not the stand-in's
+            out += self.lm_tokens.lines()
         return out
 
 
@@ -184,4 +188,5 @@ def dry_run(config: Config, seed: int = 0) -> DryRunReport:
                                                          model.vqa_head) for p in h.parameters())
     report.losses = {k: v.item() for k, v in losses.items()}
     report.data_files = data_files(config)
+    report.lm_tokens = lm_tokens(config)
     return report
