@@ -77,6 +77,7 @@ from tuwen.config.sources import (
     WebDatasetSource,
     shapes_sources,
 )
+from tuwen.config.stages import StageConfig
 from tuwen.config.train import TASK_LABELS, TASKS, TaskWeightPoint, TaskWeights, TrainConfig
 
 __all__ = [
@@ -90,7 +91,7 @@ __all__ = [
     "ModelConfig", "NoReductionConfig", "PixelShuffleConfig", "RandomResizedCropConfig", "Section",
     "SmallCNNConfig", "SmallViTConfig", "SourceConfig", "TaskWeightPoint", "TaskWeights",
     "TextConfig", "TextEncoderConfig", "TokenReductionConfig", "TokenizerConfig", "TowerConfig",
-    "TowerTrainingConfig", "TrainConfig", "TransformerDecoderConfig",
+    "StageConfig", "TowerTrainingConfig", "TrainConfig", "TransformerDecoderConfig",
     "TransformerTextEncoderConfig", "VQAModeConfig", "VQAv2Source", "WebDatasetSource",
     "WeightedSumFusionConfig", "apply_overrides", "config_from_dict", "load_config",
     "packaged_config", "parse_override", "save_config", "shapes_sources", "typed_union",

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from tuwen.config.base import Section
 from tuwen.config.sources import SOURCE_LABELS
+from tuwen.config.stages import StageConfig
 
 TASKS = ("caption", "itc", "itm", "vqa")
 # the label each task trains on: captions feed captioning, ITC and ITM; questions feed VQA
@@ -110,6 +111,10 @@ class TrainConfig(Section):
     task_schedule: list[TaskWeightPoint] = Field([], description=(
         "Task weights that change during training: each task a point names is interpolated "
         "linearly between its points and held after the last; other tasks keep `tasks`."))
+    stages: list[StageConfig] = Field([], description=(
+        "A recipe in stages, run in order, each with its own budget, trainable parts, task "
+        "weights and learning rate (the schedule restarts per stage); the run ends with the "
+        "last stage, and `max_steps` / `max_minutes` do not apply. Empty: one stage."))
     grad_accumulation: int = Field(1, ge=1, description=(
         "Micro-batches of `batch_size` per optimiser step."))
     gradient_checkpointing: bool = Field(False, description=(

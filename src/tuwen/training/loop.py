@@ -27,6 +27,7 @@ from tuwen.training.precision import with_precision
 from tuwen.training.preemption import StopRequest
 from tuwen.training.progress import Progress
 from tuwen.training.resume import resume_state, save
+from tuwen.training.stages import Stages
 from tuwen.training.state import TrainState
 from tuwen.training.step import optimisation_step
 from tuwen.training.validation import Evaluate, make_validation, validate
@@ -74,12 +75,14 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_pro
     window, started = Window(), time.perf_counter() - state.elapsed_s
     train_mode(parts)
     stream = batches(loader, state, config.data.max_bad_fraction)
+    stages = Stages(tcfg, accelerator.print)
     with StopRequest() as stop:
         for group in micro_batch_groups(stream, tcfg.grad_accumulation):
-            step = optimisation_step(parts, group, tcfg, state, started)
+            step_cfg = stages.before_step(parts.model, parts.schedule, state)  # train.stages
+            step = optimisation_step(parts, group, step_cfg, state, started)
             window.add(step)
             progress.update(state)
-            finished = any_rank(budget_spent(state, tcfg))  # all ranks agree
+            finished = any_rank(budget_spent(state, step_cfg))  # all ranks agree
             if state.step % tcfg.log_every == 0 or finished:
                 record = window.record(state, step.lr, accelerator.num_processes)
                 if parts.cache is not None:  # epochs after the first should only hit
@@ -101,7 +104,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_pro
     if not stopping:
         save_model(accelerator, parts, run_dir / "model")
     accelerator.wait_for_everyone()
-    stopped_by = budget_name(state, tcfg) if finished else (stop.name or "SIGTERM")
+    stopped_by = (budget_name(state, stages.current or tcfg) if finished
+                  else stop.name or "SIGTERM")
     return TrainResult(run_dir, run_dir / "model", state.step, state.elapsed_s, state.samples,
                        state.skipped, stopped_by)
 
