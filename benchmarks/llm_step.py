@@ -27,16 +27,17 @@ from pathlib import Path
 CONFIG = "configs/shapes_llm.yaml"
 
 
-def run_once(tree: Path, extra: list[str], data: Path, pretrained: Path, steps: int,
-             threads: int, out: Path) -> list[float]:
-    """Seconds per step of one short run of ``tree``'s code on the committed config."""
+def run_once(tree: Path, extra: list[str], data: Path, pretrained: Path | None, steps: int,
+             threads: int, out: Path, config: str = CONFIG) -> list[float]:
+    """Seconds per step of one short run of ``tree``'s code on its ``config``."""
     env = {**os.environ, "PYTHONPATH": str(tree / "src"), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "tuwen", "train", str(tree / CONFIG), "--out", str(out),
-           "--set", f"data.root={data}",
-           "--set", f"model.image_encoder.name_or_path={pretrained}/dinov2-small",
-           "--set", f"model.text_encoder.name_or_path={pretrained}/minilm",
-           "--set", f"model.decoder.name_or_path={pretrained}/smollm2-135m",
+    towers = [] if pretrained is None else [
+        "--set", f"model.image_encoder.name_or_path={pretrained}/dinov2-small",
+        "--set", f"model.text_encoder.name_or_path={pretrained}/minilm",
+        "--set", f"model.decoder.name_or_path={pretrained}/smollm2-135m"]
+    cmd = [sys.executable, "-m", "tuwen", "train", str(tree / config), "--out", str(out),
+           "--set", f"data.root={data}", *towers,
            "--set", f"train.max_steps={steps}", "--set", "train.log_every=1",
            "--set", "train.warmup_steps=2", "--set", "eval.splits=[]", *extra]
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL,
@@ -51,7 +52,9 @@ def main() -> None:
     parser.add_argument("--variant", action="append", required=True,
                         help="NAME=TREE:'--set k=v ...' (TREE: a checkout with src/ and configs/)")
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--pretrained", type=Path, required=True)
+    parser.add_argument("--pretrained", type=Path, default=None,
+                        help="folder of dinov2-small, minilm, smollm2-135m (the LLM config)")
+    parser.add_argument("--config", default=CONFIG, help="relative to each tree")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
@@ -67,7 +70,7 @@ def main() -> None:
         for r in range(args.rounds):
             for name, (tree, extra) in variants.items():
                 steps = run_once(tree, extra, args.data, args.pretrained, args.steps,
-                                 args.threads, Path(work) / f"{name}-{r}")
+                                 args.threads, Path(work) / f"{name}-{r}", args.config)
                 times[name].append(statistics.median(steps))
                 fastest[name].append(min(steps))
                 load = os.getloadavg()[0]
