@@ -134,3 +134,19 @@ def test_row_groups_that_do_not_cover_the_batch_are_an_error():
     hidden, labels = torch.randn(3, 4, 8), torch.zeros(3, 4, dtype=torch.long)
     with pytest.raises(ValueError, match="do not add up to 3 rows"):
         labelled_loss(hidden, labels, torch.nn.Linear(8, 5), row_groups=[1, 1])
+
+
+def test_under_cpu_bf16_autocast_the_lm_runs_eager_attention_and_matches_fp32():
+    decoder = hf_decoder("llama", "prefix").eval()
+    decoder.lm.set_attn_implementation("sdpa")  # PyTorch's fused kernel: slow in bf16 on CPUs
+    seen = []
+    layer = decoder.lm.model.layers[0].self_attn
+    layer.register_forward_pre_hook(lambda m, a: seen.append(m.config._attn_implementation))
+    g = torch.Generator().manual_seed(1)
+    ids, image = torch.randint(3, VOCAB, (3, 9), generator=g), torch.randn(3, 16, HIDDEN)
+    labels = labels_for(ids, prompt=2)
+    full = decoder.loss(ids, image, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = decoder.loss(ids, image, labels)
+    assert seen == ["sdpa", "eager"] and decoder.lm.config._attn_implementation == "sdpa"
+    assert torch.allclose(half, full, atol=0.05)

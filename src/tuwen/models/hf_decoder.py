@@ -62,9 +62,17 @@ class HFDecoderCache:
         self.past.reorder_cache(index)
 
 
+def cpu_bf16_autocast(device: torch.device) -> bool:
+    """Inside bf16 autocast on a CPU, where PyTorch's fused attention is slower than the eager
+    path (its backward most: docs/experiments/2026-12-07-llm-step.md)."""
+    return device.type == "cpu" and torch.is_autocast_enabled("cpu") and \
+        torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
 @contextmanager
 def eager_attention(lm: nn.Module, needed: bool) -> Iterator[None]:
-    """Fused attention kernels return no weights; switch to the eager path while asked."""
+    """Fused attention kernels return no weights, and are slow in bf16 on a CPU; switch to
+    the eager path while asked."""
     before = getattr(lm.config, "_attn_implementation", "eager")
     if not needed or before == "eager" or not hasattr(lm, "set_attn_implementation"):
         yield
@@ -128,12 +136,14 @@ class HFCausalLMDecoder(Tower):
         self._check_length(mask.shape[1])
         kwargs.update(inputs_embeds=embeds, attention_mask=mask,
                       position_ids=positions_from_mask(mask, embeds.shape[1]))
+        eager = output_attentions or cpu_bf16_autocast(embeds.device)
         if labels is not None:
-            return DecoderOutput(None, None, self._loss(kwargs, length, labels,
-                                                        label_smoothing, row_groups))
+            with eager_attention(self.lm, eager):
+                loss = self._loss(kwargs, length, labels, label_smoothing, row_groups)
+            return DecoderOutput(None, None, loss)
         if cache is not None:
             kwargs[self.cache_arg] = cache.past
-        with eager_attention(self.lm, output_attentions):
+        with eager_attention(self.lm, eager):
             out = self.lm(use_cache=cache is not None, output_attentions=output_attentions,
                           **kwargs)
         if cache is not None:
