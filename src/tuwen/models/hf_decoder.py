@@ -34,6 +34,7 @@ from tuwen.config import HFTowerConfig
 from tuwen.errors import ConfigError
 from tuwen.models.decoder import DecoderOutput, labelled_loss, positions_from_mask
 from tuwen.models.hf_backbone import adapt, config_from_dict
+from tuwen.models.layers import cpu_bf16_autocast
 from tuwen.models.token_reduction import expand_weights
 from tuwen.models.towers import Tower
 
@@ -60,13 +61,6 @@ class HFDecoderCache:
 
     def reorder(self, index: torch.Tensor) -> None:
         self.past.reorder_cache(index)
-
-
-def cpu_bf16_autocast(device: torch.device) -> bool:
-    """Inside bf16 autocast on a CPU, where PyTorch's fused attention is slower than the eager
-    path (its backward most: docs/experiments/2026-12-07-llm-step.md)."""
-    return device.type == "cpu" and torch.is_autocast_enabled("cpu") and \
-        torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 @contextmanager
