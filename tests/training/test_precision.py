@@ -153,3 +153,20 @@ def test_a_run_with_auto_precision_prints_and_records_its_choice(tiny_shapes, tm
     assert f"train.precision: auto -> {choice} on cpu ({reason})" in capsys.readouterr().out
     saved = load_config(str(tmp_path / "run" / "config.yaml"))
     assert saved.train.precision == choice
+
+
+def test_attention_takes_the_eager_path_under_cpu_bf16_autocast(monkeypatch):
+    from tuwen.models import layers
+    torch.manual_seed(0)
+    attention, x = layers.Attention(32, 2), torch.randn(2, 5, 32)
+    fused, _ = attention(x)
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    with autocast("bf16", torch.device("cpu")):
+        half, weights = attention(x)
+    assert calls == [] and weights is not None  # the eager path
+    torch.testing.assert_close(half.float(), fused, atol=0.05, rtol=0.05)
+    attention(x)
+    assert calls == [1]  # fp32: the fused kernel
