@@ -137,18 +137,27 @@ CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ '<|start|>' + m['role
                  "{{ '<|start|>assistant\n' }}{% endif %}")
 
 
-def chat_tokenizer() -> PreTrainedTokenizerFast:
+# The same with a default system turn when the messages bring none (as SmolLM2's template)
+DEFAULT_SYSTEM = "You are a helpful assistant."
+SYSTEM_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
+    "{{ '<|start|>system\n" + DEFAULT_SYSTEM + "<|eot|>' }}{% endif %}"
+    "{{ '<|start|>' + m['role'] + '\n' + m['content'] + '<|eot|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start|>assistant\n' }}{% endif %}")
+
+
+def chat_tokenizer(template: str = CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
     tok = bpe_tokenizer(LMS["llama"][1])
     tok.add_special_tokens({"additional_special_tokens": ["<|start|>", "<|eot|>"]})
-    tok.chat_template = CHAT_TEMPLATE
+    tok.chat_template = template
     return tok
 
 
-def save_chat_lm(directory: Path) -> Path:
+def save_chat_lm(directory: Path, template: str = CHAT_TEMPLATE) -> Path:
     """A random tiny Llama with a chat template (``CHAT_TEMPLATE``), saved like a hub
     instruct model."""
     raw, _ = LMS["llama"]
-    tok = chat_tokenizer()
+    tok = chat_tokenizer(template)
     raw = {**raw, "vocab_size": len(tok), "bos_token_id": tok.bos_token_id,
            "eos_token_id": tok.eos_token_id, "max_position_embeddings": 128}
     torch.manual_seed(5)

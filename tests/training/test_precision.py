@@ -130,3 +130,44 @@ def test_bf16_on_a_cpu_without_bf16_units_warns(tmp_path):
     assert precision_warning("fp32", cpu, {"avx2"}) is None
     assert precision_warning("bf16", torch.device("cuda"), {"avx2"}) is None
     assert cpu_flags(str(tmp_path / "missing")) == set()
+
+
+def test_auto_picks_bf16_where_the_hardware_computes_it_and_fp32_elsewhere():
+    from tuwen.training.precision import auto_precision
+    assert auto_precision("cpu", {"avx2", "amx_bf16"})[0] == "bf16"
+    assert auto_precision("cpu", {"avx512f", "avx512_bf16"}) == (
+        "bf16", "the CPU computes bf16 natively (avx512_bf16)")
+    assert auto_precision("cpu", {"avx2", "fma"})[0] == "fp32"
+    assert auto_precision("cuda", cuda_bf16=True)[0] == "bf16"
+    assert auto_precision("cuda", cuda_bf16=False)[0] == "fp32"
+    assert auto_precision("mps")[0] == "fp32"
+
+
+def test_a_run_with_auto_precision_prints_and_records_its_choice(tiny_shapes, tmp_path,
+                                                                  capsys):
+    from tuwen.training.loop import train
+    from tuwen.training.precision import auto_precision
+    config = load_config(None, tiny_overrides(tiny_shapes, max_steps=1, precision="auto",
+                                              task_grad_norm_every="null"))
+    train(config, tmp_path / "run", show_progress=False)
+    choice, reason = auto_precision("cpu")
+    assert f"train.precision: auto -> {choice} on cpu ({reason})" in capsys.readouterr().out
+    saved = load_config(str(tmp_path / "run" / "config.yaml"))
+    assert saved.train.precision == choice
+
+
+def test_attention_takes_the_eager_path_under_cpu_bf16_autocast(monkeypatch):
+    from tuwen.models import layers
+    torch.manual_seed(0)
+    attention, x = layers.Attention(32, 2), torch.randn(2, 5, 32)
+    fused, _ = attention(x)
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    with autocast("bf16", torch.device("cpu")):
+        half, weights = attention(x)
+    assert calls == [] and weights is not None  # the eager path
+    torch.testing.assert_close(half.float(), fused, atol=0.05, rtol=0.05)
+    attention(x)
+    assert calls == [1]  # fp32: the fused kernel

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers import CONFIG_MAPPING, AutoConfig
 
+from tuwen.apps.lm_tokens import LMTokens, lm_tokens
 from tuwen.config import Config, HFTowerConfig, ModelConfig
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.batch import Batch
@@ -29,6 +30,7 @@ from tuwen.models.hf_backbone import SUB_CONFIG
 from tuwen.models.image_text_model import ImageTextModel, build_model
 from tuwen.models.spec import ModelSpec
 from tuwen.tasks.table import joint_step, model_heads, part_collates, task_options, trained
+from tuwen.training.stages import plan_lines
 
 # The hub models the shipped configs name, so that no lookup is needed to know their type.
 HUB_MODEL_TYPES = {"google/vit-base-patch16-224": "vit", "gpt2": "gpt2",
@@ -58,6 +60,8 @@ class DryRunReport:
     parameters: dict[str, int] = field(default_factory=dict)    # part -> parameter count
     losses: dict[str, float] = field(default_factory=dict)
     data_files: dict[str, bool] = field(default_factory=dict)   # path -> exists
+    lm_tokens: LMTokens | None = None  # the configured LM's tokens per sample, by part
+    plan: list[str] = field(default_factory=list)  # train.stages, as lines
 
     def lines(self) -> list[str]:
         out = ["dry run: the model below is a TINY STAND-IN built from the same architectures "
@@ -68,7 +72,9 @@ class DryRunReport:
         out += ["  forward+backward ok: " + ", ".join(f"{k}={v:.3f}" for k, v in
                                                      self.losses.items())]
         out += [f"  data {'found' if ok else 'MISSING'}: {p}" for p, ok in self.data_files.items()]
-        return out
+        if self.lm_tokens is not None:  # the configured model's, not the stand-in's
+            out += self.lm_tokens.lines()
+        return out + self.plan
 
 
 def hub_model_type(name: str, where: str) -> str:
@@ -188,4 +194,6 @@ def dry_run(config: Config, seed: int = 0) -> DryRunReport:
                                      for p in getattr(model, name).parameters())
     report.losses = {k: v.item() for k, v in losses.items()}
     report.data_files = data_files(config)
+    report.lm_tokens = lm_tokens(config)
+    report.plan = plan_lines(config.train)
     return report

@@ -78,6 +78,7 @@ from tuwen.config.sources import (
     WebDatasetSource,
     shapes_sources,
 )
+from tuwen.config.stages import StageConfig
 from tuwen.config.tasks import NoOptions, TaskDeclaration
 from tuwen.config.train import TaskWeightPoint, TrainConfig
 
@@ -93,7 +94,7 @@ __all__ = [
     "NoOptions", "SmallCNNConfig", "SmallViTConfig", "SourceConfig", "TaskDeclaration",
     "TaskWeightPoint",
     "TextConfig", "TextEncoderConfig", "TokenReductionConfig", "TokenizerConfig", "TowerConfig",
-    "TowerTrainingConfig", "TrainConfig", "TransformerDecoderConfig",
+    "StageConfig", "TowerTrainingConfig", "TrainConfig", "TransformerDecoderConfig",
     "TransformerTextEncoderConfig", "VQAModeConfig", "VQAv2Source", "WebDatasetSource",
     "WeightedSumFusionConfig", "apply_overrides", "config_from_dict", "load_config",
     "packaged_config", "parse_override", "save_config", "shapes_sources", "typed_union",

@@ -7,6 +7,9 @@ trained, whatever its tokenizer's template says later:
     caption:  <before> caption_request <after> | caption <end>
     answer:   <before> question <after>        | answer <end>
 
+``<before>`` holds the system turn that ``model.decoder.system_prompt`` chose (none, the
+template's default, or a text) and the user's turn header.
+
 The part before ``|`` is the prompt (a user turn, then the assistant's header); the part after
 is the assistant's reply: the training target (the loss covers it only) and what generation
 writes, stopping at the template's end-of-turn token.
@@ -25,6 +28,8 @@ class ChatFormat:
     caption_request: str         # the user's message that asks for a caption
     caption_prompt: tuple[int, ...]  # token ids of the caption's prompt, as generation starts
     extra_length: int            # positions the template adds to a text at most
+    # model.decoder.system_prompt it was resolved with (`default` in models saved before it)
+    system_prompt: str = "default"
 
     def prompt(self, message: str) -> str:
         """The prompt text of one user message (the reply comes right after it)."""

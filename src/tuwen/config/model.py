@@ -251,6 +251,12 @@ class HFDecoderConfig(HFTowerConfig):
         "alike: the loss covers the reply, generation stops at the template's end of turn, "
         "and the resolved template is saved with the model. Tokenizers without one, and "
         "`none`, use the plain prompts ([BOS]; `question: ... answer:`)."))
+    system_prompt: str = Field("none", min_length=1, description=(
+        "The system turn of the chat template (`chat_template: auto`): `none` (no system "
+        "turn: shorter sequences, the default for image tasks), `default` (the turn the "
+        "template adds by itself, e.g. SmolLM2's \"You are a helpful AI assistant...\"), or "
+        "any other text, sent as the system message. Resolved once and saved with the model, "
+        "so training, generation and attention maps prompt alike."))
 
 
 DECODERS: dict[str, type[Section]] = {

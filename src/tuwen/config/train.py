@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationInfo, model_validator
 
 from tuwen.config.base import Section
+from tuwen.config.stages import StageConfig
 from tuwen.config.tasks import check_task_names, task_catalog
 
 # Moved keys: each task declares its own options (tuwen.tasks), set under train.task_options
@@ -69,8 +70,11 @@ class TrainConfig(Section):
         "The schedule ends at `lr` times this (0..1)."))
     grad_clip: float | None = Field(1.0, gt=0, description=(
         "Clip the global gradient norm to this; null: no clipping."))
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description=(
-        "`fp32`, or mixed precision `bf16` / `fp16` (fp16 with a gradient scaler)."))
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field("fp32", description=(
+        "`fp32`, or mixed precision `bf16` / `fp16` (fp16 with a gradient scaler), or `auto`: "
+        "bf16 autocast where the hardware computes bf16 natively (a GPU that supports it, a "
+        "CPU with AVX512-BF16 or AMX), fp32 elsewhere; the run prints its choice and "
+        "config.yaml records it."))
     log_every: int = Field(20, ge=1, description=(
         "Steps between lines of `RUN/metrics.jsonl` (and TensorBoard)."))
     save_every: int = Field(500, ge=1, description=(
@@ -89,6 +93,10 @@ class TrainConfig(Section):
     task_schedule: list[TaskWeightPoint] = Field([], description=(
         "Task weights that change during training: each task a point names is interpolated "
         "linearly between its points and held after the last; other tasks keep `tasks`."))
+    stages: list[StageConfig] = Field([], description=(
+        "A recipe in stages, run in order, each with its own budget, trainable parts, task "
+        "weights and learning rate (the schedule restarts per stage); the run ends with the "
+        "last stage, and `max_steps` / `max_minutes` do not apply. Empty: one stage."))
     grad_accumulation: int = Field(1, ge=1, description=(
         "Micro-batches of `batch_size` per optimiser step."))
     gradient_checkpointing: bool = Field(False, description=(
@@ -145,6 +153,8 @@ class TrainConfig(Section):
         check_task_names(catalog, "train.tasks", self.tasks)
         for i, point in enumerate(self.task_schedule):
             check_task_names(catalog, f"train.task_schedule[{i}]", point.weights)
+        for i, stage in enumerate(self.stages):
+            check_task_names(catalog, f"train.stages[{i}].tasks", stage.tasks or {})
         check_task_names(catalog, "train.task_options", self.task_options)
         for name, raw in self.task_options.items():
             catalog[name].options_from(raw, f"train.task_options.{name}")

@@ -5,6 +5,11 @@ it for a user (including any default system turn the template adds): the text be
 after the user's message, and the first token after the assistant's reply (its end of turn).
 A template whose generation prompt is not the start of its rendered reply cannot be split
 this way; that is a one-line error asking for ``chat_template: none``.
+
+``model.decoder.system_prompt`` picks the system turn: ``default`` renders the messages as a
+user would (SmolLM2's template then adds its own system turn), a text is sent as the system
+message, and ``none`` removes the system turn from the rendered prompt: the text before the
+user's turn header is cut back to what precedes the template's first turn (a BOS, or nothing).
 """
 
 from __future__ import annotations
@@ -15,14 +20,15 @@ from tuwen.errors import ConfigError
 
 # the user's message for a caption: an instruct LM is asked, as a person would ask it
 CAPTION_REQUEST = "Write a short caption for this image."
-_MESSAGE, _REPLY = "TUWENUSERMESSAGE", "TUWENASSISTANTREPLY"  # text no template contains
+# text no template contains
+_MESSAGE, _REPLY, _SYSTEM = "TUWENUSERMESSAGE", "TUWENASSISTANTREPLY", "TUWENSYSTEMPROMPT"
 
 
 def decoder_chat(model: ModelConfig, tokenizer) -> ChatFormat | None:
     """The chat format of a Hugging Face LM decoder's tokenizer (``model.decoder``)."""
     if model.decoder.type != "hf_causal_lm":
         return None
-    return chat_format(tokenizer, model.decoder.chat_template)
+    return chat_format(tokenizer, model.decoder.chat_template, model.decoder.system_prompt)
 
 
 def special_ids(tokenizer, chat: ChatFormat | None) -> dict[str, int]:
@@ -37,23 +43,56 @@ def has_chat_template(tok) -> bool:
     return bool(getattr(tok, "chat_template", None))
 
 
-def chat_format(tok, mode: str, where: str = "model.decoder") -> ChatFormat | None:
-    """The chat format of ``tok`` for ``model.decoder.chat_template`` = ``mode``; None for
-    ``none`` or a tokenizer without a chat template."""
+def chat_format(tok, mode: str, system_prompt: str = "none",
+                where: str = "model.decoder") -> ChatFormat | None:
+    """The chat format of ``tok`` for ``model.decoder.chat_template`` = ``mode`` and
+    ``system_prompt`` (``none``, ``default`` or a text); None for ``none`` or a tokenizer
+    without a chat template."""
     if mode == "none" or tok is None or not has_chat_template(tok):
         return None
-    prompt = _render(tok, [_turn("user", _MESSAGE)], True, where)
-    full = _render(tok, [_turn("user", _MESSAGE), _turn("assistant", _REPLY)], False, where)
+    system = [] if system_prompt in ("none", "default") else [_turn("system", system_prompt)]
+    prompt = _render(tok, [*system, _turn("user", _MESSAGE)], True, where)
+    full = _render(tok, [*system, _turn("user", _MESSAGE), _turn("assistant", _REPLY)], False,
+                   where)
     before, _, after = prompt.partition(_MESSAGE)
     if prompt.count(_MESSAGE) != 1 or not full.startswith(prompt + _REPLY):
         raise ConfigError(f"{where}: the tokenizer's chat template does not render a reply "
                           "right after its generation prompt; set "
                           f"{where}.chat_template: none")
     closing = full[len(prompt) + len(_REPLY):]
+    if system_prompt == "none":
+        before = without_system_turn(tok, before, closing, where)
     caption_prompt = _ids(tok, before + CAPTION_REQUEST + after)
     extra = max(len(caption_prompt), len(_ids(tok, before + after))) + 1  # + end of turn
     return ChatFormat(before, after, end_of_turn(tok, closing), CAPTION_REQUEST,
-                      tuple(caption_prompt), extra)
+                      tuple(caption_prompt), extra, system_prompt)
+
+
+def without_system_turn(tok, before: str, closing: str, where: str) -> str:
+    """``before`` (the text ahead of the user's message) without any system turn: what
+    precedes the first turn, then the user's turn header.
+
+    The user's header is what a second user turn starts with after the assistant's
+    closing; what precedes the first turn is what comes before a system turn's header
+    (the user's header with ``user`` written ``system``). A template without a system role
+    adds no system turn: ``before`` stays as it is."""
+    second = _MESSAGE + "2"
+    chat = _render(tok, [_turn("user", _MESSAGE), _turn("assistant", _REPLY),
+                         _turn("user", second)], True, where)
+    between = chat.partition(_REPLY)[2].partition(second)[0]  # closing + the user's header
+    header = between[len(closing):]
+    try:
+        with_system = tok.apply_chat_template([_turn("system", _SYSTEM), _turn("user", _MESSAGE)],
+                                              tokenize=False, add_generation_prompt=True)
+    except Exception:  # no system role (Gemma-style templates): no system turn to remove
+        return before
+    opening = with_system.partition(_SYSTEM)[0]  # what precedes the turns + system header
+    system_header = header.replace("user", "system")
+    if not (between.startswith(closing) and header and before.endswith(header)
+            and _SYSTEM in with_system and opening.endswith(system_header)):
+        raise ConfigError(f"{where}.system_prompt: cannot tell where the chat template's "
+                          f"system turn ends; set {where}.system_prompt: default (or a text)")
+    return opening[: len(opening) - len(system_header)] + header
 
 
 def end_of_turn(tok, closing: str) -> int:

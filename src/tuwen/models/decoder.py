@@ -3,22 +3,31 @@
 Generation runs it with a KV cache (``new_cache()``): each step feeds only the new tokens,
 the self-attention keys/values of earlier positions are kept per layer, and the image's
 cross-attention keys/values are projected once.
+
+Training calls ``loss`` (both this decoder and ``hf_decoder.HFCausalLMDecoder`` have it):
+the LM head runs only where a label is set, and sequences of several tasks can share one
+forward (``join_sequences``, then ``row_groups``) with one loss per task.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from tuwen.models.layers import Block, LayerCache, causal_bias, padding_bias
+from tuwen.models.losses import caption_loss, head_cross_entropy
+
+IGNORE = -100  # the label of a position without a loss (prompt, image, padding)
 
 
 @dataclass
 class DecoderOutput:
-    logits: torch.Tensor                             # (B, L, V)
+    logits: torch.Tensor | None                      # (B, L, V); None when a loss was asked
     cross_attentions: tuple[torch.Tensor, ...] | None  # per layer (B, H, L, N_img)
+    loss: torch.Tensor | None = None                 # () or per row group (G,), given labels
 
 
 @dataclass
@@ -31,6 +40,45 @@ class DecoderCache:
     def reorder(self, index: torch.Tensor) -> None:
         for layer in self.layers:
             layer.reorder(index)
+
+
+def join_sequences(sequences: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                   pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Several tasks' ``(input_ids, labels)`` (B_i, L_i) as one right-padded batch
+    (sum B_i, max L_i) for one decoder forward, and the row groups (B_i) that give ``loss``
+    one value per task. Padding is labelled ``IGNORE`` and comes after every real token, so
+    a causal LM's outputs at the real positions do not see it."""
+    width = max(ids.shape[1] for ids, _ in sequences)
+    ids = torch.cat([nn.functional.pad(i, (0, width - i.shape[1]), value=pad_token_id)
+                     for i, _ in sequences])
+    labels = torch.cat([nn.functional.pad(lab, (0, width - lab.shape[1]), value=IGNORE)
+                        for _, lab in sequences])
+    return ids, labels, [len(i) for i, _ in sequences]
+
+
+def labelled_loss(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Linear | None,
+                  label_smoothing: float = 0.0,
+                  row_groups: Sequence[int] | None = None) -> torch.Tensor:
+    """Cross-entropy of ``head`` over the final hidden states (B, L, D) at the positions
+    whose label (B, L) is set: their mean (), or with ``row_groups`` (sizes of consecutive
+    row groups, summing to B) one mean per group (G,). ``head=None``: ``hidden`` are the
+    logits already."""
+    if row_groups is None:
+        row_groups = [len(labels)]
+    losses, start = [], 0
+    for size in row_groups:
+        rows = slice(start, start + size)
+        keep = labels[rows] != IGNORE  # (b, L)
+        if head is None:
+            losses.append(caption_loss(hidden[rows][keep][None], labels[rows][keep][None],
+                                       label_smoothing))
+        else:
+            losses.append(head_cross_entropy(hidden[rows][keep], head.weight,
+                                             labels[rows][keep], head.bias, label_smoothing))
+        start += size
+    if start != len(labels):
+        raise ValueError(f"row_groups {list(row_groups)} do not add up to {len(labels)} rows")
+    return losses[0] if len(losses) == 1 else torch.stack(losses)
 
 
 def positions_from_mask(attention_mask: torch.Tensor, new: int) -> torch.Tensor:
@@ -58,9 +106,32 @@ class CaptionDecoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, output_attentions: bool = False,
-                cache: DecoderCache | None = None) -> DecoderOutput:
+                cache: DecoderCache | None = None, labels: torch.Tensor | None = None,
+                label_smoothing: float = 0.0,
+                row_groups: Sequence[int] | None = None) -> DecoderOutput:
         """``attention_mask`` covers the cached and the new positions (B, past + L); with a
-        ``cache``, ``input_ids`` are only the new tokens."""
+        ``cache``, ``input_ids`` are only the new tokens. With ``labels`` the output is the
+        ``loss`` (``labelled_loss``), and no logits."""
+        x, weights = self._hidden(input_ids, image_tokens, attention_mask, output_attentions,
+                                  cache)
+        attentions = tuple(weights) if output_attentions else None
+        if labels is not None:
+            return DecoderOutput(None, attentions, labelled_loss(
+                x, labels, self.lm_head, label_smoothing, row_groups))
+        return DecoderOutput(logits=self.lm_head(x), cross_attentions=attentions)
+
+    def loss(self, input_ids: torch.Tensor, image_tokens: torch.Tensor, labels: torch.Tensor,
+             attention_mask: torch.Tensor | None = None, *, label_smoothing: float = 0.0,
+             row_groups: Sequence[int] | None = None) -> torch.Tensor:
+        """Teacher-forced cross-entropy of ``labels`` (B, L; ``IGNORE`` where no loss), the
+        head computed only where a label is set."""
+        return self(input_ids, image_tokens, attention_mask, labels=labels,
+                    label_smoothing=label_smoothing, row_groups=row_groups).loss
+
+    def _hidden(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
+                attention_mask: torch.Tensor | None, output_attentions: bool,
+                cache: DecoderCache | None) -> tuple[torch.Tensor, list]:
+        """The final normalised hidden states (B, L, D) and each layer's attention."""
         past, length = (cache.length if cache is not None else 0), input_ids.shape[1]
         if attention_mask is None:
             pos = self.pos[:, past: past + length]
@@ -78,6 +149,4 @@ class CaptionDecoder(nn.Module):
             weights.append(w)
         if cache is not None:
             cache.length += length
-        logits = self.lm_head(self.norm(x))
-        return DecoderOutput(logits=logits,
-                             cross_attentions=tuple(weights) if output_attentions else None)
+        return self.norm(x), weights

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -32,10 +32,17 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from tuwen.config import HFTowerConfig
 from tuwen.errors import ConfigError
-from tuwen.models.decoder import DecoderOutput, positions_from_mask
+from tuwen.models.decoder import DecoderOutput, labelled_loss, positions_from_mask
 from tuwen.models.hf_backbone import adapt, config_from_dict
+from tuwen.models.layers import cpu_bf16_autocast
 from tuwen.models.token_reduction import expand_weights
 from tuwen.models.towers import Tower
+
+# Causal LMs whose logits are exactly ``lm_head(body(...).last_hidden_state)``: training runs
+# the head at the labelled positions only. Others (logit soft-capping, scaled logits) compute
+# every position's logits, as generation does.
+PLAIN_HEAD = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "smollm3", "phi", "phi3",
+              "gpt_neox", "opt", "olmo", "olmo2", "stablelm", "gemma"}
 
 
 def build_projector(kind: str, dim_in: int, dim_out: int) -> nn.Module:
@@ -58,7 +65,8 @@ class HFDecoderCache:
 
 @contextmanager
 def eager_attention(lm: nn.Module, needed: bool) -> Iterator[None]:
-    """Fused attention kernels return no weights; switch to the eager path while asked."""
+    """Fused attention kernels return no weights, and are slow in bf16 on a CPU; switch to
+    the eager path while asked."""
     before = getattr(lm.config, "_attn_implementation", "eager")
     if not needed or before == "eager" or not hasattr(lm, "set_attn_implementation"):
         yield
@@ -97,9 +105,12 @@ class HFCausalLMDecoder(Tower):
 
     def forward(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, output_attentions: bool = False,
-                cache: HFDecoderCache | None = None) -> DecoderOutput:
+                cache: HFDecoderCache | None = None, labels: torch.Tensor | None = None,
+                label_smoothing: float = 0.0,
+                row_groups: Sequence[int] | None = None) -> DecoderOutput:
         """``attention_mask`` covers the text positions, cached and new (B, past + L); with a
-        ``cache``, ``input_ids`` are only the new tokens."""
+        ``cache``, ``input_ids`` are only the new tokens. With ``labels`` (B, L) the output
+        is their ``loss`` and no logits: the LM head runs only where a label is set."""
         batch, length = input_ids.shape
         past = 0 if cache is None else cache.length
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, L, W)
@@ -117,18 +128,44 @@ class HFCausalLMDecoder(Tower):
             attention_mask = input_ids.new_ones(batch, past + length)
         mask = torch.cat([attention_mask.new_ones(batch, prefix), attention_mask], dim=1)
         self._check_length(mask.shape[1])
+        kwargs.update(inputs_embeds=embeds, attention_mask=mask,
+                      position_ids=positions_from_mask(mask, embeds.shape[1]))
+        eager = output_attentions or cpu_bf16_autocast(embeds.device)
+        if labels is not None:
+            with eager_attention(self.lm, eager):
+                loss = self._loss(kwargs, length, labels, label_smoothing, row_groups)
+            return DecoderOutput(None, None, loss)
         if cache is not None:
             kwargs[self.cache_arg] = cache.past
-        with eager_attention(self.lm, output_attentions):
-            out = self.lm(inputs_embeds=embeds, attention_mask=mask,
-                          position_ids=positions_from_mask(mask, embeds.shape[1]),
-                          use_cache=cache is not None, output_attentions=output_attentions,
+        with eager_attention(self.lm, eager):
+            out = self.lm(use_cache=cache is not None, output_attentions=output_attentions,
                           **kwargs)
         if cache is not None:
             cache.length, cache.prefix = past + length, prefix
         weights = self._image_attentions(out, prefix, length, full) if output_attentions \
             else None
         return DecoderOutput(logits=out.logits[:, -length:], cross_attentions=weights)
+
+    def loss(self, input_ids: torch.Tensor, image_tokens: torch.Tensor, labels: torch.Tensor,
+             attention_mask: torch.Tensor | None = None, *, label_smoothing: float = 0.0,
+             row_groups: Sequence[int] | None = None) -> torch.Tensor:
+        """Teacher-forced cross-entropy of ``labels`` (B, L; ``IGNORE`` where no loss):
+        the mean, or one per group of rows (``decoder.join_sequences``)."""
+        return self(input_ids, image_tokens, attention_mask, labels=labels,
+                    label_smoothing=label_smoothing, row_groups=row_groups).loss
+
+    def _loss(self, inputs: dict[str, Any], length: int, labels: torch.Tensor,
+              label_smoothing: float, row_groups: Sequence[int] | None) -> torch.Tensor:
+        """The LM's body, then its head at the labelled text positions only (an LM whose
+        logits are more than a linear head falls back to all of them)."""
+        causal = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        if causal.config.model_type not in PLAIN_HEAD:
+            logits = self.lm(use_cache=False, **inputs).logits[:, -length:]  # (B, L, V)
+            return labelled_loss(logits, labels, None, label_smoothing, row_groups)
+        body = getattr(causal, causal.base_model_prefix)
+        hidden = body(use_cache=False, **inputs).last_hidden_state[:, -length:]  # (B, L, W)
+        return labelled_loss(hidden, labels, causal.get_output_embeddings(), label_smoothing,
+                             row_groups)
 
     def _check_length(self, total: int) -> None:
         if self.positions is not None and total > self.positions:

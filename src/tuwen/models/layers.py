@@ -2,7 +2,9 @@
 
 Attention has two paths: PyTorch's fused ``scaled_dot_product_attention`` for speed, and
 an eager path that materialises the weights when ``output_attentions=True`` — fused
-kernels never expose them, and tuwen's attention maps need them.
+kernels never expose them, and tuwen's attention maps need them. Under bf16 autocast on a
+CPU the eager path is also the faster one (the fused kernel's bf16 backward is slow there:
+docs/experiments/2026-12-07-llm-step.md).
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def cpu_bf16_autocast(device: torch.device) -> bool:
+    """Inside bf16 autocast on a CPU, where the fused attention is slower than the eager one."""
+    return device.type == "cpu" and torch.is_autocast_enabled("cpu") and \
+        torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 def pad_to(x: torch.Tensor, length: int, dim: int, value: float = 0) -> torch.Tensor:
@@ -122,7 +130,7 @@ class Attention(nn.Module):
         q = self.q(x).view(b, lq, self.heads, self.head_dim).transpose(1, 2)  # (B, H, Lq, Dh)
         k, v = kv if kv is not None else self.project_kv(x if context is None else context)
         p = self.dropout if self.training else 0.0
-        if output_attentions:
+        if output_attentions or cpu_bf16_autocast(x.device):
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, Lq, Lk)
             if bias is not None:
                 scores = scores + bias

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
+
+# Logits per chunk of ``head_cross_entropy`` (rows x vocabulary): 64 MB in float32, so a
+# 49,152-wide head (SmolLM2) takes 341 rows at a time and the logits of a long batch never
+# exist all at once.
+CHUNK_LOGITS = 2 ** 24
 
 
 def caption_loss(logits: torch.Tensor, labels: torch.Tensor,
@@ -11,6 +17,36 @@ def caption_loss(logits: torch.Tensor, labels: torch.Tensor,
     """Token-level cross-entropy; positions labelled -100 are ignored."""
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
                            label_smoothing=label_smoothing)
+
+
+def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                       bias: torch.Tensor | None = None, label_smoothing: float = 0.0,
+                       chunk_logits: int = CHUNK_LOGITS) -> torch.Tensor:
+    """Mean cross-entropy of the LM head ``hidden @ weight.T + bias`` against ``targets``,
+    for the positions that carry a loss only: ``hidden`` (N, D), ``targets`` (N,).
+
+    Equal to ``caption_loss`` on the full logits at those positions. Rows go through the
+    head in chunks of ``chunk_logits // vocabulary`` rows; with more than one chunk each is
+    recomputed in the backward pass instead of keeping its logits (the memory of one chunk,
+    the cost of a second head matmul)."""
+    if len(targets) == 0:  # nothing to predict: a zero that still reaches the parameters
+        return hidden.sum() * 0.0
+    rows = max(1, chunk_logits // weight.shape[0])
+    if len(targets) <= rows:
+        return _summed_ce(hidden, targets, weight, bias, label_smoothing) / len(targets)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(targets), rows):
+        part = slice(start, start + rows)
+        total = total + torch.utils.checkpoint.checkpoint(
+            _summed_ce, hidden[part], targets[part], weight, bias, label_smoothing,
+            use_reentrant=False)
+    return total / len(targets)
+
+
+def _summed_ce(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor | None, label_smoothing: float) -> torch.Tensor:
+    logits = F.linear(hidden, weight, bias).float()  # (n, V)
+    return F.cross_entropy(logits, targets, reduction="sum", label_smoothing=label_smoothing)
 
 
 def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor,

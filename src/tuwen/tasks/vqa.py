@@ -24,7 +24,7 @@ from tuwen.errors import TuwenError
 from tuwen.models.generation import generate
 from tuwen.models.heads import head_spec
 from tuwen.models.image_text_model import ImageTextModel
-from tuwen.models.losses import caption_loss, soft_answer_loss
+from tuwen.models.losses import soft_answer_loss
 from tuwen.models.spec import ModelSpec
 from tuwen.tasks.base import Evaluation, StepInputs, Task, TaskResult
 from tuwen.tasks.batching import chunk_starts, decode_until_eos, model_device
@@ -142,8 +142,7 @@ def answer_loss(model: ImageTextModel, part: AnswerTargets,
     if part.answer_input_ids is None:
         raise TuwenError("model.vqa.mode=generate needs answer sequences in the batch (the "
                          "VQA task collates them for a generating model)")
-    out = model.decode(part.answer_input_ids, image_tokens)
-    return caption_loss(out.logits, part.answer_labels)
+    return model.decoder.loss(part.answer_input_ids, image_tokens, part.answer_labels)
 
 
 @torch.no_grad()

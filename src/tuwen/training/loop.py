@@ -21,9 +21,11 @@ from tuwen.training.distributed import any_rank, make_accelerator, whole_model
 from tuwen.training.loaders import batches, build_loader, micro_batch_groups
 from tuwen.training.metrics_log import MetricsLog, Window
 from tuwen.training.parts import Parts, prepare, setup_run, train_mode
+from tuwen.training.precision import with_precision
 from tuwen.training.preemption import StopRequest
 from tuwen.training.progress import Progress
 from tuwen.training.resume import resume_state, save
+from tuwen.training.stages import Stages
 from tuwen.training.state import TrainState
 from tuwen.training.step import optimisation_step
 from tuwen.training.validation import Evaluate, make_validation, validate
@@ -43,7 +45,10 @@ class TrainResult:
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_progress: bool = True,
           on_checkpoint: Callable[[int, ImageTextModel], None] | None = None,
           evaluate: Evaluate | None = None) -> TrainResult:
+    config, precision_note = with_precision(config)  # train.precision: auto -> bf16 or fp32
     run_dir, accelerator = Path(run_dir), make_accelerator(config.train)
+    if precision_note is not None:
+        accelerator.print(precision_note)
     # prepare: the config as it runs (checked against the tasks, an hf tower's preprocessing,
     # task weights from the data's labels), assets, model and optimiser, batches, the log
     config, assets = setup_run(config, run_dir, accelerator, resume)
@@ -64,12 +69,14 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_pro
     window, started = Window(), time.perf_counter() - state.elapsed_s
     train_mode(parts)
     stream = batches(loader, state, config.data.max_bad_fraction)
+    stages = Stages(tcfg, accelerator.print)
     with StopRequest() as stop:
         for group in micro_batch_groups(stream, tcfg.grad_accumulation):
-            step = optimisation_step(parts, group, tcfg, state, started)
+            step_cfg = stages.before_step(parts.model, parts.schedule, state)  # train.stages
+            step = optimisation_step(parts, group, step_cfg, state, started)
             window.add(step)
             progress.update(state)
-            finished = any_rank(budget_spent(state, tcfg))  # all ranks agree
+            finished = any_rank(budget_spent(state, step_cfg))  # all ranks agree
             if state.step % tcfg.log_every == 0 or finished:
                 record = window.record(state, step.lr, accelerator.num_processes)
                 if parts.cache is not None:  # epochs after the first should only hit
@@ -91,7 +98,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_pro
     if not stopping:
         save_model(accelerator, parts, run_dir / "model")
     accelerator.wait_for_everyone()
-    stopped_by = budget_name(state, tcfg) if finished else (stop.name or "SIGTERM")
+    stopped_by = (budget_name(state, stages.current or tcfg) if finished
+                  else stop.name or "SIGTERM")
     return TrainResult(run_dir, run_dir / "model", state.step, state.elapsed_s, state.samples,
                        state.skipped, stopped_by)
 

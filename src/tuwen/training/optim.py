@@ -67,18 +67,28 @@ def lr_factor(step: int, fraction_done: float, cfg: TrainConfig) -> float:
 
 class LRSchedule:
     """Sets each parameter group's lr to its initial lr (which may carry a per-group
-    multiplier) times ``lr_factor``; ``state_dict`` records where the schedule stands."""
+    multiplier) times ``lr_factor``; ``state_dict`` records where the schedule stands.
+
+    ``restart`` begins it again at a later step and time with another config (a stage of
+    ``train.stages``: its own lr, warmup and budget)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
         self.optimizer, self.cfg, self.factor = optimizer, cfg, 0.0
+        self.start_step, self.start_s, self.scale = 0, 0.0, 1.0
+        self.base_lr = cfg.lr  # the lr the groups' initial lr were made from
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
 
+    def restart(self, cfg: TrainConfig, step: int, elapsed_s: float) -> None:
+        self.cfg, self.start_step, self.start_s = cfg, step, elapsed_s
+        self.scale = cfg.lr / self.base_lr
+
     def step(self, step: int, elapsed_s: float) -> float:
         """Set the lr for optimiser step ``step``; returns the base lr (``train.lr`` scaled)."""
+        step, elapsed_s = step - self.start_step, elapsed_s - self.start_s
         self.factor = lr_factor(step, progress(step, elapsed_s, self.cfg), self.cfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * self.factor
+            group["lr"] = group["initial_lr"] * self.scale * self.factor
         return self.cfg.lr * self.factor
 
     def state_dict(self) -> dict:

@@ -16,3 +16,6 @@ class TrainState:
     samples: int = 0
     skipped: int = 0
     seen: int = 0
+    stage: int = 0              # train.stages: the current stage and where it began
+    stage_start_step: int = 0
+    stage_start_s: float = 0.0
