@@ -117,8 +117,9 @@ def test_training_generation_and_attention_maps_prompt_alike_after_save_and_load
     seen = []
     loaded.decoder.register_forward_pre_hook(lambda _, args: seen.append(args[0][0].tolist()))
     caption = tok("a red circle", add_special_tokens=False)["input_ids"]
-    maps = attention_maps(SavedModel(loaded, tok, None, None, None, None), torch.zeros(1, 3, 32, 32),
-                          text="a red circle", source="decoder")
+    saved = SavedModel(loaded, tok, None, None, None, None)
+    maps = attention_maps(saved, torch.zeros(1, 3, 32, 32), text="a red circle",
+                          source="decoder")
     assert len(maps.tokens) == len(caption) and seen == [request + caption]
 
 
