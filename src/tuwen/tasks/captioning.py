@@ -5,13 +5,20 @@ caption metrics papers report (BLEU, METEOR, ROUGE-L, CIDEr) as its evaluator.""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import torch
+from pydantic import Field
 
+from tuwen.config import Section
+from tuwen.data.batch import Batch
+from tuwen.data.dataset import TextTools
 from tuwen.data.records import ImageCaptions
+from tuwen.data.vqa_text import continuation_ids, end_id, right_padded, teacher_forcing
 from tuwen.models.generation import generate
 from tuwen.models.image_text_model import ImageTextModel
-from tuwen.tasks.base import Evaluation, TaskResult
+from tuwen.tasks.base import Evaluation, StepInputs, Task, TaskResult
 from tuwen.tasks.batching import chunk_starts, decode_until_eos, model_device
 from tuwen.tasks.eval_set import EvalSet, absolute
 from tuwen.tasks.metrics.caption_metrics import caption_scores
@@ -20,6 +27,60 @@ from tuwen.tasks.metrics.protocol import decoding_settings, references_per_image
 CAPTION_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
 
 
+@dataclass
+class DecoderRows:
+    """The caption task's part of a batch: each caption row as the decoder learns it."""
+
+    input_ids: torch.Tensor  # (R, T) [BOS] w1 .. wn, or the chat prompt then the caption
+    labels: torch.Tensor     # (R, T) the next tokens; -100 where no loss is taken
+
+
+def decoder_rows(tools: TextTools, batch: Batch) -> DecoderRows | None:
+    """[BOS] w1 .. wn  ->  w1 .. wn [EOS]; padding labelled -100. With a chat template the
+    prompt is its caption request and the caption the reply, closed by the end of turn:
+    <prompt> w1 .. wn -> w1 .. wn <end>, the prompt labelled -100."""
+    if batch.captions is None:
+        return None
+    tok, chat = tools.tokenizer, tools.chat
+    texts = [tools.normalize(c) for c in batch.captions.texts]
+    if chat is None:
+        prompt = [tok.bos_token_id]
+        ids = tok(texts, add_special_tokens=False)["input_ids"]
+    else:
+        prompt = list(chat.caption_prompt)
+        ids = continuation_ids(tok, [chat.prompt(chat.caption_request)] * len(texts), texts)
+    end = end_id(tok, chat)
+    rows = [teacher_forcing(prompt, seq[: tools.max_length - 1], end) for seq in ids]
+    return DecoderRows(*right_padded(rows, tok.pad_token_id))
+
+
+class CaptionOptions(Section):
+    """Options of the caption task (train.task_options.caption)."""
+
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description=(
+        "Label smoothing of the captioning cross-entropy (0..1)."))
+
+
+class CaptionTask(Task):
+    name = "caption"
+    labels = "caption"
+    metric = "caption"
+    description = "captioning, the language-model cross-entropy of each image's first caption"
+    Options = CaptionOptions
+
+    def collate(self, tools, options, spec, train):
+        return partial(decoder_rows, tools)
+
+    def loss(self, step: StepInputs, options: CaptionOptions) -> torch.Tensor | None:
+        rows, part = step.batch.captions, step.batch.part(self.name)
+        if rows is None or part is None:
+            return None
+        first = rows.first  # one caption per image: the decoder is the costly part
+        return step.model.decoder.loss(part.input_ids[first], step.image.tokens[rows.image[first]],
+                                       part.labels[first], label_smoothing=options.label_smoothing)
+
+    def evaluate(self, ev: Evaluation, data: EvalSet) -> TaskResult | None:
+        return evaluate_captions(ev, data) if data.captions else None
 
 
 @torch.no_grad()
