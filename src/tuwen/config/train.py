@@ -134,9 +134,14 @@ class TrainConfig(Section):
     wandb: bool = Field(False, description=(
         "Also log to Weights & Biases, offline (`wandb sync` uploads); needs `wandb`."))
     wandb_project: str = Field("tuwen", description="The Weights & Biases project name.")
-    feature_cache: bool = Field(False, description=(
-        "Cache a frozen image encoder's outputs on disk and read them after the first epoch "
-        "(needs `model.image_encoder.freeze: true` and `data.augment: null`)."))
+    feature_cache: bool | Literal["auto"] = Field("auto", description=(
+        "Cache a frozen tower's outputs on disk, so it runs once per image (and once per "
+        "distinct text) instead of every step: `auto` caches each tower that is frozen "
+        "(`model.*_encoder.freeze: true`) and turns `data.augment` off with a logged line "
+        "when the image tower is cached (a crop or jitter would be new pixels every epoch); "
+        "`true` does the same and fails without a frozen tower; `false` never caches. "
+        "Training images are encoded in one batched pass before the first step. "
+        "docs/pretrained.md says why augmentation is turned off rather than cached."))
     feature_cache_dir: str | None = Field(None, description=(
         "Where the feature cache lives. Default: `RUN/feature_cache`."))
 

@@ -20,6 +20,7 @@ from tuwen.data.prepare import with_train_tasks
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.training.assets import with_tower_preprocessing
 from tuwen.training.distributed import any_rank, make_accelerator, whole_model
+from tuwen.training.frozen import with_frozen_caches
 from tuwen.training.loaders import batches, build_loader, micro_batch_groups
 from tuwen.training.metrics_log import MetricsLog, Window
 from tuwen.training.parts import Parts, prepare, setup_run, train_mode
@@ -46,6 +47,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_pro
           on_checkpoint: Callable[[int, ImageTextModel], None] | None = None,
           evaluate: Evaluate | None = None) -> TrainResult:
     config = with_tower_preprocessing(config)  # an hf image tower's size and normalisation
+    config = with_frozen_caches(config)  # a frozen tower is cached (and augmentation off)
     run_dir, tcfg = Path(run_dir), config.train
     accelerator = make_accelerator(tcfg)
     main = accelerator.is_main_process
@@ -79,7 +81,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_pro
             if state.step % tcfg.log_every == 0 or finished:
                 record = window.record(state, step.lr, accelerator.num_processes)
                 if parts.cache is not None:  # epochs after the first should only hit
-                    record.update(parts.cache.take_counts())
+                    record.update(parts.cache.take_counts(state.epoch))
                 log.log(record)
                 progress.show(record)
             best = tcfg.eval_every is not None and state.step % tcfg.eval_every == 0 and \
