@@ -128,7 +128,8 @@ def test_training_with_the_image_cache_is_bitwise_training_without(tiny_shapes, 
     lines = _train_twice(tiny_shapes, tmp_path, ["image"])
     assert _losses(tmp_path / "cached") == _losses(tmp_path / "plain")
     index = (tmp_path / "cached" / "feature_cache").glob("*/index-0.txt")
-    assert len(next(index).read_text().splitlines()) == 64  # each image computed once
+    # each image computed once: 64 training images and the collapse check's 8 held-out ones
+    assert len(next(index).read_text().splitlines()) == 64 + 8
     # the pass before training encodes every image: training only reads them
     assert sum(r["cache_misses"] for r in lines) == 0
     assert sum(r["cache_hits"] for r in lines) == 5 * 16

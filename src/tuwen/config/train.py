@@ -131,6 +131,16 @@ class TrainConfig(Section):
     collapse_share: float = Field(0.9, gt=0, le=1, description=(
         "Warn when one generated caption covers at least this share of the validation "
         "images (0..1)."))
+    collapse_distinct: float = Field(0.2, ge=0, le=1, description=(
+        "Also warn when at most this share of the checked captions are distinct (0..1): a "
+        "model that names one of a few safe captions has collapsed too."))
+    caption_check_every: int | None = Field(50, ge=1, description=(
+        "Without `eval_every`: steps between cheap collapse checks (greedy captions for "
+        "`caption_check_images` held-out images, or training images when the validation "
+        "split has none) and at the last step; a collapse warns in the log, the progress "
+        "bar and metrics.jsonl (`check_*`, shown by the report). null: no check."))
+    caption_check_images: int = Field(16, ge=2, description=(
+        "Images captioned by each collapse check."))
     wandb: bool = Field(False, description=(
         "Also log to Weights & Biases, offline (`wandb sync` uploads); needs `wandb`."))
     wandb_project: str = Field("tuwen", description="The Weights & Biases project name.")
