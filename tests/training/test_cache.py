@@ -112,8 +112,8 @@ def _losses(run):
     return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").open())]
 
 
-def _train_twice(tiny_shapes, tmp_path, frozen):
-    sets = tiny_overrides(tiny_shapes, batch_size=16, max_steps=5, log_every=1) + [
+def _train_twice(tiny_shapes, tmp_path, frozen, log_every=1):
+    sets = tiny_overrides(tiny_shapes, batch_size=16, max_steps=5, log_every=log_every) + [
         f"model.{tower}_encoder.freeze=true" for tower in frozen] + ["data.augment=null"]
     train(load_config(None, sets + ["train.feature_cache=false"]), tmp_path / "plain",
           show_progress=False)
@@ -125,7 +125,7 @@ def test_training_with_the_image_cache_is_bitwise_training_without(tiny_shapes, 
                                                                    capsys):
     """Cached image features give exactly the losses and weights of the frozen tower run
     every step (4 batches an epoch: step 5 reads the second epoch from the cache)."""
-    lines = _train_twice(tiny_shapes, tmp_path, ["image"])
+    lines = _train_twice(tiny_shapes, tmp_path, ["image"], log_every=3)
     assert _losses(tmp_path / "cached") == _losses(tmp_path / "plain")
     index = (tmp_path / "cached" / "feature_cache").glob("*/index-0.txt")
     # each image computed once: 64 training images and the collapse check's 8 held-out ones
@@ -133,10 +133,13 @@ def test_training_with_the_image_cache_is_bitwise_training_without(tiny_shapes, 
     # the pass before training encodes every image: training only reads them
     assert sum(r["cache_misses"] for r in lines) == 0
     assert sum(r["cache_hits"] for r in lines) == 5 * 16
+    assert [r["step"] for r in lines] == [3, 5]
     assert "cache_hits" not in (tmp_path / "plain" / "metrics.jsonl").read_text()
     out = capsys.readouterr().out
     assert "64 of 64 training images encoded before training" in out
-    assert "feature cache, epoch 0: images: 64 read from the cache, 0 computed" in out
+    # steps 1-3 are logged in epoch 0, steps 4-5 (the epoch's last step, the next's first)
+    # when epoch 1 has begun: that window counts for epoch 0
+    assert "feature cache, epoch 0: images: 80 read from the cache, 0 computed" in out
     a = load_file(tmp_path / "plain" / "model" / "model.safetensors")
     b = load_file(tmp_path / "cached" / "model" / "model.safetensors")
     for name in a:

@@ -80,16 +80,17 @@ class Caches:
 
     def take_counts(self, epoch: int | None = None) -> dict[str, int]:
         """Entries read (hits) and computed (misses) since the last call, for metrics.jsonl;
-        at the first call of a new ``epoch``, one line on what the last epoch read."""
+        at the first call of a new ``epoch``, one line on what the last epoch read (counted
+        per log window: the window in which the epoch ended counts for it)."""
         counts: dict[str, int] = {}
         for cache in (self.image, self.text):
             if cache is not None:
                 counts.update(cache.take_counts())
+        for key, value in counts.items():  # a window across the boundary: the old epoch's
+            self.totals[key] = self.totals.get(key, 0) + value
         if epoch is not None and epoch != self.epoch:
             self.log_epoch()
             self.epoch = epoch
-        for key, value in counts.items():
-            self.totals[key] = self.totals.get(key, 0) + value
         return counts
 
     def log_epoch(self) -> None:
