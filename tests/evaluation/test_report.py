@@ -75,7 +75,7 @@ def test_eval_writes_a_report_with_every_section(smoke_run):
     assert count(page, "worst-captions", "tr") == 1 + 8  # header + all of them (< 20)
     assert count(page, "retrieval-failures", "table") >= 1
     assert count(page, "vqa", "img") == 2  # accuracy by question type and by answer type
-    assert count(page, "collapse", "table") == 2
+    assert count(page, "collapse", "table") == 3  # training's checks, statistics, most frequent
     figures = sorted(p.name for p in (smoke_run / "eval/test/attention").glob("*.png"))
     assert len(figures) == 4 and sum(f.startswith("caption_") for f in figures) == 2
     assert count(page, "attention", "img") == 4

@@ -113,7 +113,8 @@ def test_random_hf_config_tower_takes_the_data_image_size():
 def test_bert_tower_by_path_and_its_tokenizer(tmp_path):
     folder = save_bert(tmp_path / "bert")
     config = load_config(None, ["model.text_encoder.type=hf",
-                                f"model.text_encoder.name_or_path={folder}"])
+                                f"model.text_encoder.name_or_path={folder}",
+                                "data.tokenizer.share_text_encoder=true"])
     tok = choose_tokenizer(config, train=None)  # a named tower needs no training texts
     assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("[CLS]", "[SEP]", "[PAD]")
     assert len(tok) == len(WORDS)
@@ -192,7 +193,8 @@ def _minilm_path() -> Path | None:
 def test_pretrained_minilm_text_tower_keeps_its_weights():
     path = _minilm_path()
     config = load_config(None, ["model.text_encoder.type=hf",
-                                f"model.text_encoder.name_or_path={path}"])
+                                f"model.text_encoder.name_or_path={path}",
+                                "data.tokenizer.share_text_encoder=true"])
     tok = choose_tokenizer(config, train=None)
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, len(tok)) == (101, 102, 0,
                                                                                   30522)
@@ -232,7 +234,8 @@ def test_training_run_with_hf_towers_uses_their_preprocessing_and_tokenizer(tiny
     model_dir = tmp_path / "run" / "model"
     assert (model_dir / "preprocessor_config.json").is_file()
     pipe = Pipeline.from_pretrained(model_dir)
-    assert pipe.transform.size == 16 and pipe.tokenizer.bos_token == "[CLS]"
+    assert pipe.transform.size == 16 and pipe.text_tokenizer.bos_token == "[CLS]"
+    assert pipe.tokenizer.bos_token == "[BOS]"  # the decoder's own, trained on the captions
     image = next((tiny_shapes / "images").iterdir())
     assert isinstance(pipe.caption([image], decoding="greedy", max_length=4)[0], str)
 

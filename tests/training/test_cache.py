@@ -10,7 +10,8 @@ from tiny import tiny_overrides
 from tuwen.config import load_config
 from tuwen.errors import ConfigError
 from tuwen.models.image_encoders import SmallViT
-from tuwen.training.cache import FeatureCache, make_feature_cache
+from tuwen.training.cache import FeatureCache
+from tuwen.training.frozen import make_caches, with_frozen_caches
 from tuwen.training.loop import train
 
 
@@ -77,38 +78,90 @@ def test_a_half_written_index_line_is_ignored(tmp_path):
     assert again.hits == 5 and "deadbeef" not in again.store.index
 
 
-def test_cache_needs_a_frozen_encoder_and_fixed_pixels(tiny_shapes, tmp_path):
+def test_auto_caches_a_frozen_tower_and_turns_augmentation_off(tiny_shapes, caplog):
+    base = tiny_overrides(tiny_shapes)
+    plain = with_frozen_caches(load_config(None, base))
+    assert plain.train.feature_cache is False and plain.data.augment is not None
+    frozen = with_frozen_caches(load_config(None, base + ["model.image_encoder.freeze=true"]))
+    assert frozen.train.feature_cache is True and frozen.data.augment is None
+    assert "data.augment is off" in caplog.text
+    text = with_frozen_caches(load_config(None, base + ["model.text_encoder.freeze=true"]))
+    assert text.train.feature_cache is True and text.data.augment is not None  # pixels vary
+    off = load_config(None, base + ["model.image_encoder.freeze=true",
+                                    "train.feature_cache=false"])
+    assert with_frozen_caches(off) == off
+    with pytest.raises(ConfigError, match="needs a frozen tower"):
+        with_frozen_caches(load_config(None, base + ["train.feature_cache=true"]))
+
+
+def test_the_cache_needs_fixed_pixels(tiny_shapes, tmp_path):
     from tuwen.models.image_text_model import build_model
     from tuwen.training.assets import prepare_assets
 
-    base = tiny_overrides(tiny_shapes) + ["train.feature_cache=true"]
-    config = load_config(None, base + ["data.augment=null"])
+    config = load_config(None, tiny_overrides(tiny_shapes) + [
+        "model.image_encoder.freeze=true", "train.feature_cache=false"])
     model = build_model(prepare_assets(config, tmp_path / "m").spec)
-    with pytest.raises(ConfigError, match="frozen image encoder"):
-        make_feature_cache(config, model, tmp_path)
-    config = load_config(None, base + ["model.image_encoder.freeze=true"])
-    model = build_model(prepare_assets(config, tmp_path / "m").spec)
+    assert make_caches(config, model, tmp_path, 0) is None
+    forced = config.model_copy(update={"train": config.train.model_copy(
+        update={"feature_cache": True})})
     with pytest.raises(ConfigError, match="data.augment: null"):
-        make_feature_cache(config, model, tmp_path)
+        make_caches(forced, model, tmp_path, 0)
 
 
-def test_training_with_the_cache_matches_training_without(tiny_shapes, tmp_path):
-    sets = tiny_overrides(tiny_shapes, batch_size=16, max_steps=5) + [  # 4 batches an epoch
-        "model.image_encoder.freeze=true", "data.augment=null"]
-    train(load_config(None, sets), tmp_path / "plain", show_progress=False)
-    train(load_config(None, sets + ["train.feature_cache=true"]), tmp_path / "cached",
+def _losses(run):
+    return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").open())]
+
+
+def _train_twice(tiny_shapes, tmp_path, frozen, log_every=1):
+    sets = tiny_overrides(tiny_shapes, batch_size=16, max_steps=5, log_every=log_every) + [
+        f"model.{tower}_encoder.freeze=true" for tower in frozen] + ["data.augment=null"]
+    train(load_config(None, sets + ["train.feature_cache=false"]), tmp_path / "plain",
           show_progress=False)
+    train(load_config(None, sets), tmp_path / "cached", show_progress=False)  # auto: cached
+    return [json.loads(line) for line in (tmp_path / "cached" / "metrics.jsonl").open()]
+
+
+def test_training_with_the_image_cache_is_bitwise_training_without(tiny_shapes, tmp_path,
+                                                                   capsys):
+    """Cached image features give exactly the losses and weights of the frozen tower run
+    every step (4 batches an epoch: step 5 reads the second epoch from the cache)."""
+    lines = _train_twice(tiny_shapes, tmp_path, ["image"], log_every=3)
+    assert _losses(tmp_path / "cached") == _losses(tmp_path / "plain")
     index = (tmp_path / "cached" / "feature_cache").glob("*/index-0.txt")
-    assert len(next(index).read_text().splitlines()) == 64  # each image computed once
-    # metrics.jsonl says so: the first epoch computes every image, the second reads them all
-    lines = [json.loads(line) for line in (tmp_path / "cached" / "metrics.jsonl").open()]
-    assert sum(r["cache_misses"] for r in lines) == 64 and lines[0]["cache_misses"] == 32
-    assert (lines[-1]["step"], lines[-1]["cache_misses"], lines[-1]["cache_hits"]) == (5, 0, 16)
+    # each image computed once: 64 training images and the collapse check's 8 held-out ones
+    assert len(next(index).read_text().splitlines()) == 64 + 8
+    # the pass before training encodes every image: training only reads them
+    assert sum(r["cache_misses"] for r in lines) == 0
+    assert sum(r["cache_hits"] for r in lines) == 5 * 16
+    assert [r["step"] for r in lines] == [3, 5]
     assert "cache_hits" not in (tmp_path / "plain" / "metrics.jsonl").read_text()
+    out = capsys.readouterr().out
+    assert "64 of 64 training images encoded before training" in out
+    # steps 1-3 are logged in epoch 0, steps 4-5 (the epoch's last step, the next's first)
+    # when epoch 1 has begun: that window counts for epoch 0
+    assert "feature cache, epoch 0: images: 80 read from the cache, 0 computed" in out
     a = load_file(tmp_path / "plain" / "model" / "model.safetensors")
     b = load_file(tmp_path / "cached" / "model" / "model.safetensors")
     for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+        assert torch.equal(b[name], a[name]), name
+
+
+def test_a_frozen_text_tower_is_cached_per_distinct_text(tiny_shapes, tmp_path, capsys):
+    """One entry per distinct text, read again in later epochs. A text is stored as computed
+    at the longest padding; the tower's own outputs differ by float rounding between
+    paddings, so the losses agree to rounding, not bitwise."""
+    lines = _train_twice(tiny_shapes, tmp_path, ["text"])
+    assert "cache_hits" not in lines[0]  # the image tower trains: not cached
+    assert sum(r["text_cache_misses"] for r in lines[:4]) > 0
+    assert lines[4]["text_cache_hits"] > lines[4]["text_cache_misses"]
+    entries = len(next((tmp_path / "cached" / "feature_cache").glob("text-*/index-0.txt"))
+                  .read_text().splitlines())
+    assert entries == sum(r["text_cache_misses"] for r in lines)
+    assert "feature cache, epoch 0: texts:" in capsys.readouterr().out
+    cached, plain = _losses(tmp_path / "cached"), _losses(tmp_path / "plain")
+    assert [s for s, _ in cached] == [s for s, _ in plain]
+    torch.testing.assert_close([x for _, x in cached], [x for _, x in plain],
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_a_frozen_dinov2_tower_is_served_by_the_cache(tmp_path):

@@ -83,8 +83,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
     tasks = args.tasks.split(",") if args.tasks else None
     metrics = evaluate_run(args.run, args.split, tasks=tasks, overrides=args.set)
     print(results_table({args.split: metrics}))
+    if (collapse := eval_collapse(Path(args.run) / "eval" / args.split)) is not None:
+        print(f"\nwarning: {collapse}: the model says much the same for every image")
     print(f"\nwrote {Path(args.run) / 'eval' / args.split}/metrics.json, predictions.jsonl, "
           "report.html and attention/*.png")
+
+
+def eval_collapse(eval_dir: Path) -> str | None:
+    """The collapse verdict on an evaluation's captions, or None."""
+    from tuwen.evaluation.analysis import collapse_note, read_jsonl
+
+    predictions = eval_dir / "predictions.jsonl"
+    if not predictions.is_file():
+        return None
+    return collapse_note(read_jsonl(predictions, required=("task",)))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -18,6 +18,11 @@ class TokenizerConfig(Section):
         "`wordpiece`: a BERT-style WordPiece trained on the training captions, questions and "
         "answers."))
     vocab_size: int = Field(1000, ge=16, description="Vocabulary size, special tokens included.")
+    share_text_encoder: bool = Field(False, description=(
+        "A decoder trained from scratch beside a named text tower writes in the text "
+        "tower's tokenizer (BERT's 30,522 pieces: a wide softmax for the few thousand a "
+        "caption set uses) instead of its own WordPiece trained on the training captions. "
+        "A named causal LM always keeps its own."))
 
 
 class RandomResizedCropConfig(Section):

@@ -121,12 +121,27 @@ class TrainConfig(Section):
     collapse_share: float = Field(0.9, gt=0, le=1, description=(
         "Warn when one generated caption covers at least this share of the validation "
         "images (0..1)."))
+    collapse_distinct: float = Field(0.2, ge=0, le=1, description=(
+        "Also warn when at most this share of the checked captions are distinct (0..1): a "
+        "model that names one of a few safe captions has collapsed too."))
+    caption_check_every: int | None = Field(50, ge=1, description=(
+        "Without `eval_every`: steps between cheap collapse checks (greedy captions for "
+        "`caption_check_images` held-out images, or training images when the validation "
+        "split has none) and at the last step; a collapse warns in the log, the progress "
+        "bar and metrics.jsonl (`check_*`, shown by the report). null: no check."))
+    caption_check_images: int = Field(16, ge=2, description=(
+        "Images captioned by each collapse check."))
     wandb: bool = Field(False, description=(
         "Also log to Weights & Biases, offline (`wandb sync` uploads); needs `wandb`."))
     wandb_project: str = Field("tuwen", description="The Weights & Biases project name.")
-    feature_cache: bool = Field(False, description=(
-        "Cache a frozen image encoder's outputs on disk and read them after the first epoch "
-        "(needs `model.image_encoder.freeze: true` and `data.augment: null`)."))
+    feature_cache: bool | Literal["auto"] = Field("auto", description=(
+        "Cache a frozen tower's outputs on disk, so it runs once per image (and once per "
+        "distinct text) instead of every step: `auto` caches each tower that is frozen "
+        "(`model.*_encoder.freeze: true`) and turns `data.augment` off with a logged line "
+        "when the image tower is cached (a crop or jitter would be new pixels every epoch); "
+        "`true` does the same and fails without a frozen tower; `false` never caches. "
+        "Training images are encoded in one batched pass before the first step. "
+        "docs/pretrained.md says why augmentation is turned off rather than cached."))
     feature_cache_dir: str | None = Field(None, description=(
         "Where the feature cache lives. Default: `RUN/feature_cache`."))
 

@@ -12,7 +12,10 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from tuwen.config import TrainConfig
 from tuwen.errors import DataError
+from tuwen.training.caption_check import CHECKS_FILE
+from tuwen.training.monitor import collapse_verdict
 
 
 def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
@@ -91,3 +94,19 @@ def confused_answers(records: Sequence[dict], n: int = 10) -> list[tuple[str, st
 def type_counts(records: Sequence[dict], key: str) -> dict[str, int]:
     """Number of VQA questions per ``question_type`` / ``answer_type``."""
     return dict(Counter(r.get(key, "?") for r in of_task(records, "vqa")))
+
+
+def collapse_note(records: Sequence[dict], config: TrainConfig | None = None) -> str | None:
+    """``monitor.collapse_verdict`` on the evaluated captions (thresholds: the run's
+    ``train.collapse_share`` and ``train.collapse_distinct``), or None."""
+    config = config or TrainConfig()
+    captions = [r["caption"] for r in of_task(records, "caption")]
+    return collapse_verdict(captions, config.collapse_share, config.collapse_distinct)
+
+
+def training_checks(run_dir: Path) -> list[dict]:
+    """The collapse checks training wrote (RUN/caption_checks.jsonl)."""
+    log = Path(run_dir) / CHECKS_FILE
+    if not log.is_file():
+        return []
+    return read_jsonl(log, required=("step", "check_distinct_share", "check_most_common_share"))

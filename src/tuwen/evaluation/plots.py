@@ -97,6 +97,8 @@ PANELS: tuple[tuple[str, str, str], ...] = (
     (r"val_retrieval\..+", "validation: retrieval recall", "recall %"),
     (r"val_vqa\..+", "validation: VQA accuracy", "accuracy %"),
     (r"val_.+", "validation: other metrics", "value"),
+    (r"(text_)?cache_(hits|misses)", "feature cache reads (hits) and encodes (misses)",
+     "entries"),
     (r".+", "other logged values", "value"),
 )
 # Keys of metrics.jsonl that are bookkeeping, not curves of training.

@@ -269,16 +269,26 @@ def attention_section(eval_dir: Path, run_dir: Path | None, records: Sequence[di
                    if path is not None else _note(text) for path, text in figures)
 
 
-def collapse_section(records: Sequence[dict]) -> str:
+def collapse_section(records: Sequence[dict], run_dir: Path | None = None) -> str:
     captions = [r["caption"] for r in analysis.of_task(records, "caption")]
     if not captions:
         return _note("captioning was not evaluated")
     stats = analysis.collapse_stats(captions)
+    verdict = analysis.collapse_note(records)
+    head = _note(f"warning: {verdict}") if verdict else ""
+    checks = analysis.training_checks(run_dir) if run_dir is not None else []
+    if checks:
+        head += "<h3>Checks during training</h3>" + _table(
+            ["step", "distinct", "most common", "collapsed", "first caption"],
+            [[str(c["step"]), f"{c['check_distinct_share']:.0%}",
+              f"{c['check_most_common_share']:.0%}",
+              "yes" if c.get("check_collapsed") else "no", _esc(str(c.get("check_example", "")))]
+             for c in checks])
     rows = [[_esc(k), f'<span class="num">{_fmt(stats[k])}</span>']
             for k in ("n_captions", "distinct_captions", "identical_share", "most_common_share",
                       "distinct_1", "distinct_2", "vocabulary")]
     common = [[_esc(c), f'<span class="num">{n}</span>'] for c, n in stats["most_common"]]
-    return (_table(["statistic", "value"], rows) + "<h3>Most frequent captions</h3>"
+    return (head + _table(["statistic", "value"], rows) + "<h3>Most frequent captions</h3>"
             + _table(["caption", "images"], common))
 
 
@@ -316,7 +326,7 @@ def write_report(eval_dir: str | Path, run_dir: str | Path | None = None, *,
         "vqa": vqa_section(metrics, records),
         "classify": classify_section(metrics),
         "attention": attention_section(eval_dir, run_dir, records, n_attention, show_progress),
-        "collapse": collapse_section(records)}
+        "collapse": collapse_section(records, run_dir)}
     title = f"tuwen evaluation: {run_dir.name}, split {metrics.get('split', eval_dir.name)}"
     out = eval_dir / REPORT_FILE
     out.write_text(_page(title, sections), encoding="utf-8")

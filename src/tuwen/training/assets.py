@@ -66,16 +66,18 @@ def tokenizer_sources(model: ModelConfig) -> dict[str, str]:
 def choose_tokenizers(config: Config, train: SplitData) -> tuple[object, object | None]:
     """(the decoder's tokenizer, the text encoder's own or None when it shares it).
 
-    The decoder's is a named causal LM's tokenizer, else a named text tower's (BERT's: BOS/EOS
-    mapped to CLS/SEP), else a WordPiece trained on the training texts (towers built from an
-    ``hf_config`` are sized to it). A named text tower whose tokenizer is not the decoder's
-    keeps its own (BLIP-2's BERT Q-Former beside OPT): two tokenizers.
+    The decoder's is a named causal LM's tokenizer, else a WordPiece trained on the training
+    texts, whatever the text tower uses: a from-scratch decoder's softmax then spans the
+    words its captions use, not BERT's 30k pieces (``data.tokenizer.share_text_encoder``
+    shares a named text tower's instead, BOS/EOS mapped to CLS/SEP). A named text tower
+    whose tokenizer is not the decoder's keeps its own (BLIP-2's BERT Q-Former beside OPT):
+    two tokenizers. Towers built from an ``hf_config`` are sized to the decoder's.
     """
     sources = tokenizer_sources(config.model)
     text_name, lm_name = sources.get("model.text_encoder"), sources.get("model.decoder")
     if lm_name is not None:
         lm = hf_tokenizer(lm_name, "model.decoder")
-    elif text_name is not None:
+    elif text_name is not None and config.data.tokenizer.share_text_encoder:
         return hf_tokenizer(text_name, "model.text_encoder"), None
     else:
         lm = build_tokenizer(train, config.data.tokenizer.vocab_size)

@@ -1,8 +1,10 @@
 """Frozen-feature cache: a frozen image encoder's outputs, computed once, memory-mapped.
 
 When the image encoder's body is frozen (``model.image_encoder.freeze: true``) and the
-training images are not augmented (``data.augment: null``), its output for an image never
-changes, so ``train.feature_cache: true`` computes it once and reads it from disk after.
+training images are not augmented, its output for an image never changes, so it is computed
+once and read from disk after (``train.feature_cache``, on by default for a frozen tower:
+``training.frozen`` decides, fills the cache before the first step and logs its reads;
+``training.text_cache`` does the same for a frozen text tower).
 
 The key of an entry is the sha256 of the encoder's *fingerprint* (class, every parameter and
 buffer, the autocast precision) and of the preprocessed ``pixel_values`` row it was given.
@@ -31,7 +33,6 @@ from torch import nn
 
 from tuwen import fsio
 from tuwen.config import Config
-from tuwen.errors import ConfigError
 
 
 def fingerprint(module: nn.Module, extra: str = "") -> str:
@@ -211,19 +212,3 @@ def augmented(config: Config) -> bool:
     augment = config.data.augment
     return augment is not None and (augment.random_resized_crop is not None or
                                     augment.color_jitter is not None or augment.hflip)
-
-
-def make_feature_cache(config: Config, model: nn.Module, run_dir: Path,
-                       writer: str = "0") -> FeatureCache | None:
-    tcfg = config.train
-    if not tcfg.feature_cache:
-        return None
-    body = frozen_body(model)
-    if body is None:
-        raise ConfigError("train.feature_cache needs a frozen image encoder "
-                          "(model.image_encoder.freeze: true)")
-    if augmented(config):
-        raise ConfigError("train.feature_cache needs the same pixels every epoch; "
-                          "set data.augment: null (augmentation changes them)")
-    return FeatureCache(body, Path(tcfg.feature_cache_dir or run_dir / "feature_cache"),
-                        tcfg.precision, writer)

@@ -17,6 +17,7 @@ from accelerate import Accelerator
 
 from tuwen.config import Config, TrainConfig
 from tuwen.models.image_text_model import ImageTextModel
+from tuwen.training.caption_check import check_captions, make_caption_check
 from tuwen.training.distributed import any_rank, make_accelerator, whole_model
 from tuwen.training.loaders import batches, build_loader, micro_batch_groups
 from tuwen.training.metrics_log import MetricsLog, Window
@@ -56,6 +57,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_pro
     parts = prepare(config, assets, accelerator, run_dir)
     loader = build_loader(config, assets, accelerator.process_index, accelerator.num_processes)
     validation = make_validation(config, assets, evaluate) if main else None
+    check = make_caption_check(config, assets, run_dir) if main else None  # collapse watch
     ckpt_dir = run_dir / "checkpoints"
     log = MetricsLog(run_dir, enabled=main, config=config.model_dump(mode="json"),
                      wandb_project=tcfg.wandb_project if tcfg.wandb else None)
@@ -80,9 +82,10 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_pro
             if state.step % tcfg.log_every == 0 or finished:
                 record = window.record(state, step.lr, accelerator.num_processes)
                 if parts.cache is not None:  # epochs after the first should only hit
-                    record.update(parts.cache.take_counts())
+                    record.update(parts.cache.take_counts(state.epoch))
                 log.log(record)
                 progress.show(record)
+            check_captions(check, parts.model, accelerator.device, state.step, finished, progress)
             best = tcfg.eval_every is not None and state.step % tcfg.eval_every == 0 and \
                 validate(parts, validation, state, tcfg, log, ckpt_dir)
             stopping = any_rank(stop.signal is not None)

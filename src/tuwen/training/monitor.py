@@ -3,7 +3,9 @@
 A captioner that collapses to one safe sentence ("a red circle") keeps a tolerable loss
 while its captions stop depending on the image. Logged at each validation:
 ``identical_share`` (share of the most common caption), ``distinct_1``/``distinct_2``
-(distinct unigrams/bigrams over all unigrams/bigrams, Li et al. 2016).
+(distinct unigrams/bigrams over all unigrams/bigrams, Li et al. 2016). Without validation,
+``training.caption_check`` runs the same check on a few images every
+``train.caption_check_every`` steps; ``tuwen eval`` judges its captions with ``collapse_verdict``.
 """
 
 from __future__ import annotations
@@ -35,3 +37,21 @@ def collapse_warning(stats: dict[str, float], n_images: int, share: float) -> st
         return f"caption collapse: the model says the same caption for all {n_images} images"
     return (f"caption collapse: one caption for {stats['identical_share']:.0%} of "
             f"{n_images} validation images (train.collapse_share={share})")
+
+
+def distinct_share(captions: list[str]) -> float:
+    """Distinct captions over captions (1: every image its own caption)."""
+    return len(set(captions)) / len(captions) if captions else 1.0
+
+
+def collapse_verdict(captions: list[str], share: float, distinct: float) -> str | None:
+    """A message when the captions collapse: one caption covers at least ``share`` of them,
+    or at most ``distinct`` of them are distinct; else None."""
+    if len(captions) < 2:
+        return None
+    top_caption, top = Counter(captions).most_common(1)[0]
+    unique = distinct_share(captions)
+    if top / len(captions) < share and unique > distinct:
+        return None
+    return (f"caption collapse: {unique:.0%} of {len(captions)} captions distinct, the most "
+            f"common ({top_caption!r}) for {top / len(captions):.0%}")

@@ -20,9 +20,9 @@ from tuwen.training.assets import (
     prepare_assets,
     with_tower_preprocessing,
 )
-from tuwen.training.cache import FeatureCache, make_feature_cache
 from tuwen.training.determinism import configure_determinism
 from tuwen.training.distributed import is_fsdp
+from tuwen.training.frozen import Caches, make_caches, precompute_images, with_frozen_caches
 from tuwen.training.objective import JointObjective
 from tuwen.training.optim import LRSchedule, build_optimizer
 from tuwen.training.precision import (
@@ -41,7 +41,7 @@ class Parts:
     model: ImageTextModel           # the bare model inside it
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
-    cache: FeatureCache | None
+    cache: Caches | None            # the frozen towers' feature caches
     best: tuple[str, float] | None = None  # (metric, value) of the last improvement
     task_grad_norm_every: int | None = None  # None where it cannot be measured (FSDP)
 
@@ -51,7 +51,8 @@ def setup_run(config: Config, run_dir: Path, accelerator: Accelerator,
     """The config as the run runs it (checked against the table of tasks, an hf image tower's
     preprocessing, unset task weights decided by the training data's labels), the run
     directory, its config.yaml, the seed, and the assets (tokenizers, answer vocabulary)."""
-    config = with_tower_preprocessing(checked(config))
+    # a frozen tower is cached, and augmentation the cache cannot serve is off (logged)
+    config = with_frozen_caches(with_tower_preprocessing(checked(config)))
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         check_resume_config(config, run_dir)
@@ -73,7 +74,8 @@ def prepare(config: Config, assets: Assets, accelerator: Accelerator, run_dir: P
     model = build_model(assets.spec)
     if tcfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    cache = make_feature_cache(config, model, run_dir, str(accelerator.process_index))
+    cache = make_caches(config, model, run_dir, assets.spec.text_vocab[1],
+                        str(accelerator.process_index), log=accelerator.print)
     if tcfg.compile:
         compile_towers(model)
     objective = JointObjective(model, task_options(config),
@@ -81,6 +83,10 @@ def prepare(config: Config, assets: Assets, accelerator: Accelerator, run_dir: P
     optimizer = build_optimizer(model, tcfg, lr_multipliers(model, config.model))
     objective, optimizer = accelerator.prepare(objective, optimizer)
     model = accelerator.unwrap_model(objective).model
+    if cache is not None:  # the frozen image tower runs once per training image, here
+        precompute_images(cache, model, config, assets.spec, assets.train, accelerator.device,
+                          accelerator.process_index, accelerator.num_processes,
+                          show_progress=accelerator.is_main_process)
     every = tcfg.task_grad_norm_every
     if every is not None and is_fsdp(accelerator):
         accelerator.print("train.task_grad_norm_every: per-task gradient norms are not measured "
@@ -93,5 +99,5 @@ def prepare(config: Config, assets: Assets, accelerator: Accelerator, run_dir: P
 
 def train_mode(parts: Parts) -> None:
     parts.objective.train()
-    if parts.cache is not None:  # a frozen, cached encoder runs as it did when cached
-        parts.model.image_encoder.eval()
+    if parts.cache is not None and parts.cache.image is not None:
+        parts.model.image_encoder.eval()  # a frozen, cached encoder runs as it did when cached

@@ -47,5 +47,10 @@ class Progress:
         self.fields.update(loss=f"{record['loss']:.3f}", sps=f"{record['samples_per_sec']:.0f}")
         self.bar.set_postfix(self.fields)
 
+    def note(self, key: str, text: str) -> None:
+        """A field of the postfix that stays until replaced (e.g. the collapse check's)."""
+        self.fields[key] = text
+        self.bar.set_postfix(self.fields)
+
     def close(self) -> None:
         self.bar.close()
