@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 from pydantic import Field, ValidationInfo, model_validator
 
 from tuwen.config.base import Section
@@ -10,7 +13,8 @@ from tuwen.config.eval import EvalConfig
 from tuwen.config.model import ModelConfig, SmallCNNConfig, SmallViTConfig
 from tuwen.config.sources import WebDatasetSource
 from tuwen.config.tasks import check_task_names, task_catalog
-from tuwen.config.train import TrainConfig
+from tuwen.config.train import MOVED, TrainConfig
+from tuwen.errors import TuwenWarning
 
 
 class Config(Section):
@@ -20,6 +24,27 @@ class Config(Section):
     model: ModelConfig = Field(ModelConfig(), description="The model's parts and sizes.")
     train: TrainConfig = Field(TrainConfig(), description="The training run.")
     eval: EvalConfig = Field(EvalConfig(), description="What `tuwen eval` scores and how.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, raw: Any) -> Any:
+        """Keys that moved into a task's options (a run directory written before) are read
+        there, with a note naming the new place; a value already set there wins."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+        for (section, key), to in MOVED.items():
+            if not isinstance(raw.get(section), dict) or key not in raw[section]:
+                continue
+            value = raw[section].pop(key)
+            _, _, task, option = to.split(".")
+            train = raw.setdefault("train", {})
+            options = train.setdefault("task_options", {})
+            options = {**options, task: {option: value, **(options.get(task) or {})}}
+            train["task_options"] = options
+            warnings.warn(f"{section}.{key} is now {to}; read as such", TuwenWarning,
+                          stacklevel=2)
+        return raw
 
     @model_validator(mode="after")
     def _image_fits_patches(self) -> Config:

@@ -149,6 +149,9 @@ class TrainConfig(Section):
     @classmethod
     def _moved_keys(cls, raw: Any) -> Any:
         refuse_moved("train", raw)
+        if isinstance(raw, dict) and isinstance(raw.get("tasks"), dict):
+            # saved before weights were a mapping: an unset weight was written as null
+            raw = {**raw, "tasks": {k: v for k, v in raw["tasks"].items() if v is not None}}
         return raw
 
     @model_validator(mode="after")
