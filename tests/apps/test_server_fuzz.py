@@ -69,7 +69,7 @@ def fuzz(url: str, out: Path, examples: int, steps: int, seed: int = 1) -> dict:
                "--request-timeout", str(TIMEOUT_S + 10), "-n", str(examples), "--seed", str(seed),
                "--workers", "1", "--continue-on-failure", "--generation-database", "none",
                "--no-color", "--report", "ndjson,json", "--report-dir", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600,
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=out,
                           env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"})
     return summary(out, done.returncode, done.stdout)
 
