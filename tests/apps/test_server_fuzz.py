@@ -6,7 +6,8 @@ the schema says, invalid input refused (4xx), the key not ignored, no answer slo
 server's timeout. A short run here; ``-m slow`` runs at least 1,000 cases per operation.
 
 ``positive_data_acceptance`` is left out: random bytes are "a binary string" to the schema
-but not an image, and no schema can say "a decodable PNG".
+but not an image, and no schema can say "a decodable PNG". ``negative_data_rejection`` is
+left out for the form-only operations (caption, answer, attention): see CONFIG.
 """
 
 import collections
@@ -27,28 +28,29 @@ from tuwen.apps.limits import ServeSettings  # noqa: E402
 from tuwen.apps.server import create_app  # noqa: E402
 
 KEY = "fuzz-key-0123456789abcdef"
-CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conformance",
-          "response_headers_conformance", "response_schema_conformance",
-          "negative_data_rejection", "missing_required_header", "unsupported_method",
-          "allow_header_conformance", "use_after_free", "ensure_resource_availability",
-          "ignored_auth"]
 OPERATIONS = {"GET /v1/health", "POST /v1/caption", "POST /v1/answer", "POST /v1/attention",
               "POST /v1/search", "GET /v1/images/{image_id}"}
 TIMEOUT_S = 30.0
+# Every check of schemathesis but positive_data_acceptance (see the docstring). Per-operation
+# settings only apply to checks chosen here, not to a --checks list on the command line.
 CONFIG = """
 [checks]
+positive_data_acceptance.enabled = false
 # refusals: bad input 400, no key 401, unknown id 404, past a limit 413, wrong type 415/422
 negative_data_rejection.expected-statuses = [400, 401, 404, 413, 415, 422]
+# the server's timeout; a 504 is a 5xx (a failure) and takes the timeout plus its delivery
+max_response_time = {max_response_time}
+
 [phases.stateful]
 max-steps = {steps}
 
-# A multipart body carries text: a question or a caption "of another type" (false, 12, null)
-# arrives as the text "false", "12", "null", a valid question. The type mutations of these
-# text fields cannot be refused, so negative_data_rejection is off for the two operations
-# whose forms have free-text fields (their lengths and blanks are still fuzzed, and every
-# other check holds).
+# A multipart form carries only text parts: a question "of another type" (false, 12, null)
+# arrives as the text "false", "12", "null", a valid question, and an image_id "of type
+# array" [] arrives as no part at all. Such type mutations cannot be refused, so
+# negative_data_rejection is off for the three operations that take only forms (search keeps
+# it: its JSON body has types; every other check holds for all).
 [[operations]]
-include-name = ["POST /v1/answer", "POST /v1/attention"]
+include-name = ["POST /v1/answer", "POST /v1/attention", "POST /v1/caption"]
 checks.negative_data_rejection.enabled = false
 """
 
@@ -61,16 +63,14 @@ def st_command() -> list[str]:
 def fuzz(url: str, out: Path, examples: int, steps: int, seed: int = 1) -> dict:
     """Run schemathesis against ``url``; the run's cases per operation and its failures."""
     config = out / "schemathesis.toml"
-    config.write_text(CONFIG.format(steps=steps))
+    config.write_text(CONFIG.format(steps=steps, max_response_time=TIMEOUT_S + 1))
     command = [*st_command(), "--config-file", str(config), "run", f"{url}/openapi.json",
-               "-H", f"Authorization: Bearer {KEY}", "--checks", ",".join(CHECKS),
-               # the client waits past the server's timeout, for its 504 if it comes; a 504
-               # is a 5xx (a failure) and takes the timeout plus its delivery (1 s allowed)
-               "--request-timeout", str(TIMEOUT_S + 10), "--max-response-time",
-               str(TIMEOUT_S + 1), "-n", str(examples), "--seed", str(seed),
+               "-H", f"Authorization: Bearer {KEY}",
+               # the client waits past the server's timeout, for its 504 if one comes
+               "--request-timeout", str(TIMEOUT_S + 10), "-n", str(examples), "--seed", str(seed),
                "--workers", "1", "--continue-on-failure", "--generation-database", "none",
                "--no-color", "--report", "ndjson,json", "--report-dir", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600,
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=out,
                           env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"})
     return summary(out, done.returncode, done.stdout)
 

@@ -140,7 +140,8 @@ class RefuseWhenFull:
         return self.KINDS.get(path)
 
     async def __call__(self, scope, receive, send) -> None:
-        kind = self.kind(scope) if scope["type"] == "http" else None
+        post = scope["type"] == "http" and scope["method"] == "POST"
+        kind = self.kind(scope) if post else None
         try:
             if kind is not None:
                 self.batchers[kind].admit()
