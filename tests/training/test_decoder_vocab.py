@@ -7,7 +7,7 @@ from hf_tiny import WORDS, save_bert
 from tiny import tiny_overrides
 from tuwen.apps.pipeline import Pipeline
 from tuwen.config import load_config
-from tuwen.evaluation.attention import LoadedModel
+from tuwen.tasks.saved_model import load
 from tuwen.training.loop import train
 
 
@@ -21,7 +21,7 @@ def _run(tiny_shapes, tmp_path, *extra):
 
 def test_a_scratch_decoder_beside_bert_writes_in_its_own_wordpiece(tiny_shapes, tmp_path):
     model_dir = _run(tiny_shapes, tmp_path)
-    loaded = LoadedModel.load(model_dir)
+    loaded = load(model_dir)
     own, bert = loaded.tokenizer, loaded.text_tokenizer
     assert bert is not None and len(bert) == len(WORDS)  # the text tower's, for ITC/ITM
     assert len(own) != len(WORDS) and "purple" in own.get_vocab()  # a shapes caption word
@@ -39,5 +39,5 @@ def test_a_scratch_decoder_beside_bert_writes_in_its_own_wordpiece(tiny_shapes, 
 
 def test_share_text_encoder_keeps_the_old_single_tokenizer(tiny_shapes, tmp_path):
     model_dir = _run(tiny_shapes, tmp_path, "data.tokenizer.share_text_encoder=true")
-    loaded = LoadedModel.load(model_dir)
+    loaded = load(model_dir)
     assert loaded.text_tokenizer is None and len(loaded.tokenizer) == len(WORDS)
