@@ -90,7 +90,7 @@ def make_caption_check(config: Config, assets: Assets, run_dir: Path) -> Caption
     tcfg = config.train
     if tcfg.eval_every is not None or tcfg.caption_check_every is None:
         return None
-    if tcfg.tasks.weights().get("caption", 0) <= 0 and not tcfg.task_schedule:
+    if tcfg.tasks.get("caption", 0) <= 0 and not tcfg.task_schedule:  # resolved by the run
         return None
     paths, source = check_images(config, assets)
     transform = ImageTransform.for_model(assets.spec)
