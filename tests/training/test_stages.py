@@ -11,6 +11,7 @@ from tiny import tiny_overrides
 from tuwen.apps.dry_run import dry_run
 from tuwen.config import load_config
 from tuwen.errors import ConfigError
+from tuwen.tasks.table import load_run_config
 from tuwen.training.loop import train
 from tuwen.training.optim import lr_factor
 
@@ -89,8 +90,8 @@ def test_stage_config_errors_name_the_key(tiny_shapes):
         load_config(None, ["train.stages=[{lr: 0.1}]"])
     with pytest.raises(ConfigError, match="trainable"):
         load_config(None, ["train.stages=[{max_steps: 2, trainable: [wings]}]"])
-    with pytest.raises(ConfigError, match="tasks"):
-        load_config(None, ["train.stages=[{max_steps: 2, tasks: {colour: 1}}]"])
+    with pytest.raises(ConfigError, match=r"train\.stages\[0\]\.tasks\.colour: unknown task"):
+        load_run_config(None, ["train.stages=[{max_steps: 2, tasks: {colour: 1}}]"])
     lora_only = load_config(None, tiny_overrides(tiny_shapes) +
                             ["train.stages=[{max_steps: 2, trainable: [lora]}]"])
     with pytest.raises(ConfigError, match="stage 1 trains nothing"):

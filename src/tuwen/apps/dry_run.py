@@ -195,5 +195,5 @@ def dry_run(config: Config, seed: int = 0) -> DryRunReport:
     report.losses = {k: v.item() for k, v in losses.items()}
     report.data_files = data_files(config)
     report.lm_tokens = lm_tokens(config)
-    report.plan = plan_lines(config.train)
+    report.plan = plan_lines(config.train, weights)
     return report

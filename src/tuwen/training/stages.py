@@ -129,8 +129,9 @@ def set_trainable(model: nn.Module, held: list[nn.Parameter], parts: list[str] |
     return sorted(trains)
 
 
-def plan_lines(train: TrainConfig) -> list[str]:
-    """The stages as ``--dry-run`` prints them."""
+def plan_lines(train: TrainConfig, weights: dict[str, float] | None = None) -> list[str]:
+    """The stages as ``--dry-run`` prints them; ``weights``: the task weights the run would
+    resolve from its data (default: ``train.tasks`` as set)."""
     if not train.stages:
         return []
     out = [f"  plan: {len(train.stages)} stages (the learning-rate schedule restarts in each)"]
@@ -138,8 +139,9 @@ def plan_lines(train: TrainConfig) -> list[str]:
         budget = " or ".join(b for b in (stage.max_steps and f"{stage.max_steps} steps",
                                          stage.max_minutes and f"{stage.max_minutes:g} min")
                              if b)
-        weights = {**train.tasks, **(stage.tasks or {})}  # unset tasks follow the data
-        tasks = ", ".join(f"{t}={w:g}" for t, w in weights.items()) or "as the data's labels"
+        merged = {**(weights or train.tasks), **(stage.tasks or {})}
+        tasks = ", ".join(f"{t}={w:g}" for t, w in merged.items() if w > 0) or \
+            "as the data's labels"
         parts = "every trained part" if stage.trainable is None else ", ".join(stage.trainable)
         warmup = train.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
         out.append(f"    {i + 1}. {stage_name(train.stages, i)}: {budget}; trains {parts}; "
