@@ -8,6 +8,7 @@ that the previous version is intact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -109,3 +110,12 @@ def atomic_dir(path: str | Path, errors: tuple[type[Exception], ...] = ()) -> It
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

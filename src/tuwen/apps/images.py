@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tuwen.data.images import to_rgb
+from tuwen.data.images import load_image, to_rgb
 from tuwen.errors import TuwenError
 
 # Pillow's names for the formats a person uploads; every other decoder stays unused
@@ -73,3 +73,13 @@ def _open(data: bytes, limits: ImageLimits, name: str) -> Image.Image:
         raise ImageRejected(f"{name}: {width} x {height} pixels is more than the limit of "
                             f"{limits.max_pixels:,} pixels", too_large=True)
     return image
+
+
+def open_image(image, limits: ImageLimits, min_side: int) -> Image.Image:
+    """A path, bytes or a PIL image -> RGB PIL image (bytes checked against ``limits``; a
+    file read at least ``min_side`` pixels on its short side)."""
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(image), limits)
+    return load_image(image, min_side)

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tuwen.apps.images import ImageLimits, decode_image
+from tuwen.apps.images import ImageLimits, open_image
 from tuwen.config import TextConfig
-from tuwen.data.images import ImageTransform, load_image
+from tuwen.data.images import ImageTransform
 from tuwen.data.text import TextNormalizer
 from tuwen.errors import TuwenError
 
@@ -157,11 +157,7 @@ class OnnxPipeline:
 
     def load(self, image: ImageInput) -> Image.Image:
         """A path, bytes or a PIL image -> RGB PIL image, as ``Pipeline.load`` does."""
-        if isinstance(image, Image.Image):
-            return image
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            return decode_image(bytes(image), self.image_limits)
-        return load_image(image, self.transform.min_side)
+        return open_image(image, self.image_limits, self.transform.min_side)
 
     def pixels(self, images: Sequence[ImageInput]) -> np.ndarray:
         if not len(images):

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tuwen.apps.images import ImageLimits, decode_image
+from tuwen.apps.images import ImageLimits, open_image
 from tuwen.data.answers import AnswerVocab
-from tuwen.data.images import ImageTransform, load_image
+from tuwen.data.images import ImageTransform
 from tuwen.data.text import TextNormalizer
 from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.errors import TuwenError
@@ -121,11 +121,7 @@ class Pipeline:
 
     def load(self, image: ImageInput) -> Image.Image:
         """A path, bytes or a PIL image -> RGB PIL image (bytes are checked, see apps.images)."""
-        if isinstance(image, Image.Image):
-            return image
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            return decode_image(bytes(image), self.image_limits)
-        return load_image(image, self.transform.min_side)
+        return open_image(image, self.image_limits, self.transform.min_side)
 
     def pixels(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """(B, 3, H, W) model input on the model's device and dtype."""

@@ -10,10 +10,10 @@ deterministic run on the same machine and the same code gives equal weights).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tuwen import fsio
 from tuwen.apps.training import run_training
 from tuwen.config import Config, config_from_dict
 from tuwen.errors import TuwenError
@@ -58,14 +58,6 @@ class Reproduction:
         equal = "bitwise equal" if self.weights_equal else "different"
         lines.append(f"weights (model.safetensors): {equal}")
         return "\n".join([*(f"note: {n}" for n in self.notes), *lines])
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_data(card: dict, config: Config, where: Path) -> None:
@@ -132,5 +124,5 @@ def reproduce(model_dir: str | Path, out: str | Path, *, data_root: str | Path |
             s == t.metric or s.startswith(f"{t.metric}_") for s in sections)]
         now = flat_metrics(evaluate_run(out, split, tasks=tasks, show_progress=show_progress))
         rows += [MetricRow(split, name, value, now.get(name)) for name, value in then.items()]
-    equal = _file_sha256(model_dir / WEIGHTS_FILE) == _file_sha256(result.model_dir / WEIGHTS_FILE)
+    equal = fsio.sha256(model_dir / WEIGHTS_FILE) == fsio.sha256(result.model_dir / WEIGHTS_FILE)
     return Reproduction(out, rows, equal, notes)

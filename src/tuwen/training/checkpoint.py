@@ -18,7 +18,6 @@ manifest is missing, or whose files are missing or do not match their hash, is s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import random
@@ -32,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from tuwen.errors import TuwenError
-from tuwen.fsio import atomic_dir, write_json
+from tuwen.fsio import atomic_dir, sha256, write_json
 
 MANIFEST = "manifest.json"
 FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "state.json")
@@ -68,14 +67,6 @@ def restore_rng(tensors: dict, plain: dict) -> None:
 
 
 # ---------------------------------------------------------------- writing
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _torch_save(obj, path: Path) -> None:
     with path.open("wb") as f:  # a file object: a full disk is an OSError, not torch's own
