@@ -165,3 +165,19 @@ def save_chat_lm(directory: Path, template: str = CHAT_TEMPLATE) -> Path:
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
+
+
+def chat_lm_model(hub: dict, max_length: int, **decoder):
+    """A tiny model of a saved ViT, BERT and chat LM (``hub``: their folders), generating its
+    VQA answers; ``decoder``: more keys of the LM's section (chat_template, system_prompt)."""
+    import torch
+
+    from tuwen.models.image_text_model import ImageTextModel
+
+    torch.manual_seed(0)
+    return ImageTextModel.from_encoders(
+        str(hub["vit"]), str(hub["bert"]), hidden_size=32, embed_dim=16,
+        max_text_length=max_length, num_answers=3,
+        fusion={"type": "cross_attention", "layers": 1, "heads": 2},
+        decoder={"type": "hf_causal_lm", "name_or_path": str(hub["lm"]), **decoder},
+        vqa={"mode": "generate"})

@@ -8,7 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from hf_tiny import LMS, bpe_tokenizer, chat_tokenizer, save_bert, save_chat_lm, save_image_model
+from hf_tiny import (
+    LMS,
+    bpe_tokenizer,
+    chat_lm_model,
+    chat_tokenizer,
+    save_bert,
+    save_chat_lm,
+    save_image_model,
+)
 from tiny import task_collator, tiny_spec
 from tuwen.config import load_config
 from tuwen.data.records import VQAItem
@@ -112,14 +120,7 @@ def hub(tmp_path_factory) -> dict[str, Path]:
 
 
 def chat_model(hub: dict, template: str = "auto") -> ImageTextModel:
-    torch.manual_seed(0)
-    return ImageTextModel.from_encoders(
-        str(hub["vit"]), str(hub["bert"]), hidden_size=32, embed_dim=16,
-        max_text_length=MAX_LENGTH, num_answers=3,
-        fusion={"type": "cross_attention", "layers": 1, "heads": 2},
-        decoder={"type": "hf_causal_lm", "name_or_path": str(hub["lm"]),
-                 "chat_template": template},
-        vqa={"mode": "generate"})
+    return chat_lm_model(hub, MAX_LENGTH, chat_template=template)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from hf_tiny import (
     CHAT_TEMPLATE,
     DEFAULT_SYSTEM,
     SYSTEM_CHAT_TEMPLATE,
+    chat_lm_model,
     chat_tokenizer,
     save_bert,
     save_chat_lm,
@@ -77,14 +78,7 @@ def hub(tmp_path_factory) -> dict[str, Path]:
 
 
 def model_with(hub: dict, system_prompt: str) -> ImageTextModel:
-    torch.manual_seed(0)
-    return ImageTextModel.from_encoders(
-        str(hub["vit"]), str(hub["bert"]), hidden_size=32, embed_dim=16,
-        max_text_length=MAX_LENGTH, num_answers=3,
-        fusion={"type": "cross_attention", "layers": 1, "heads": 2},
-        decoder={"type": "hf_causal_lm", "name_or_path": str(hub["lm"]),
-                 "system_prompt": system_prompt},
-        vqa={"mode": "generate"})
+    return chat_lm_model(hub, MAX_LENGTH, system_prompt=system_prompt)
 
 
 @pytest.mark.parametrize("system_prompt", ["none", "default"])
