@@ -25,7 +25,7 @@ from tuwen.training.parts import Parts, prepare, setup_run, train_mode
 from tuwen.training.precision import with_precision
 from tuwen.training.preemption import StopRequest
 from tuwen.training.progress import Progress
-from tuwen.training.resume import resume_state, save
+from tuwen.training.resume import check_resumable, resume_state, save
 from tuwen.training.stages import Stages
 from tuwen.training.state import TrainState
 from tuwen.training.step import optimisation_step
@@ -52,6 +52,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_pro
         accelerator.print(precision_note)
     # prepare: the config as it runs (checked against the tasks, an hf tower's preprocessing,
     # task weights from the data's labels), assets, model and optimiser, batches, the log
+    if resume:  # a checkpoint of another process count is refused before anything is written
+        check_resumable(run_dir / "checkpoints", accelerator.num_processes)
     config, assets = setup_run(config, run_dir, accelerator, resume)
     tcfg, main = config.train, accelerator.is_main_process
     parts = prepare(config, assets, accelerator, run_dir)

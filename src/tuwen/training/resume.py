@@ -4,6 +4,7 @@ The on-disk format and its atomic writes are ``checkpoint.py``'s."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tuwen.errors import TuwenError
@@ -19,6 +20,16 @@ from tuwen.training.checkpoint import (
 from tuwen.training.distributed import full_states, gather_rng_states, is_fsdp, load_full_states
 from tuwen.training.parts import Parts
 from tuwen.training.state import TrainState
+
+
+def check_resumable(ckpt_dir: Path, processes: int) -> None:
+    """Before a resumed run writes anything (its config.yaml first): the newest checkpoint
+    was written by ``processes`` processes, or the one-line refusal of
+    ``check_same_processes``. Its state.json holds one RNG entry per process."""
+    path = latest_checkpoint(ckpt_dir)
+    if path is not None:
+        saved = len(json.loads((path / "state.json").read_text())["rng"])
+        check_same_processes(path, saved, processes)
 
 
 def resume_state(parts: Parts, ckpt_dir: Path) -> TrainState | None:
