@@ -8,7 +8,6 @@ from pydantic import Field, model_validator
 
 from tuwen.config.base import Section
 from tuwen.config.sources import DataSource, shapes_sources
-from tuwen.config.train import refuse_moved
 
 
 class TokenizerConfig(Section):
@@ -130,12 +129,6 @@ class DataConfig(Section):
     augment: AugmentConfig | None = Field(AugmentConfig(), description=(
         "Training-only image augmentation; null: none."))
     text: TextConfig = Field(TextConfig(), description="Text normalisation.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _moved_keys(cls, raw: object) -> object:
-        refuse_moved("data", raw)
-        return raw
 
     @model_validator(mode="after")
     def _name_sources(self) -> DataConfig:

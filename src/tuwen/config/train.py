@@ -11,19 +11,11 @@ from tuwen.config.base import Section
 from tuwen.config.stages import StageConfig
 from tuwen.config.tasks import check_task_names, task_catalog
 
-# Moved keys: each task declares its own options (tuwen.tasks), set under train.task_options
+# Keys that moved into a task's options (tuwen.tasks), under train.task_options; the root
+# Config reads a config written before in the new place (config.root)
 MOVED = {("train", "label_smoothing"): "train.task_options.caption.label_smoothing",
          ("train", "itc_specific_captions"): "train.task_options.itc.specific_captions",
          ("data", "spatial_negatives"): "train.task_options.itm.spatial_negatives"}
-
-
-def refuse_moved(section: str, raw: Any) -> None:
-    """A key that moved to a task's options is an error that says where it went."""
-    if not isinstance(raw, dict):
-        return
-    for (where, key), to in MOVED.items():
-        if where == section and key in raw:
-            raise ValueError(f"{section}.{key} moved to {to}")
 
 
 Weight = Annotated[float, Field(ge=0)]
@@ -147,8 +139,7 @@ class TrainConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _moved_keys(cls, raw: Any) -> Any:
-        refuse_moved("train", raw)
+    def _unset_weights_written_as_null(cls, raw: Any) -> Any:
         if isinstance(raw, dict) and isinstance(raw.get("tasks"), dict):
             # saved before weights were a mapping: an unset weight was written as null
             raw = {**raw, "tasks": {k: v for k, v in raw["tasks"].items() if v is not None}}

@@ -27,6 +27,7 @@ class CaptionRows:
     input_ids: torch.Tensor       # (R, L) the retrieval text, in the text encoder's tokens
     attention_mask: torch.Tensor  # (R, L)
     texts: list[str] = field(default_factory=list)  # the raw captions, row by row
+    retrieval_texts: list[str] = field(default_factory=list)  # as input_ids hold them
 
 
 @dataclass

@@ -261,10 +261,11 @@ class Collator:
 
     def captions(self, rows: list[tuple[int, int, str]]) -> CaptionRows:
         # the ITC/ITM text may also drop stop words; the decoder learns the whole caption
-        ids, mask = self.tools.encode([self.tools.normalize.retrieval(c) for _, _, c in rows])
+        retrieval = [self.tools.normalize.retrieval(c) for _, _, c in rows]
+        ids, mask = self.tools.encode(retrieval)
         return CaptionRows(torch.tensor([i for i, _, _ in rows]),
                            torch.tensor([j == 0 for _, j, _ in rows]), ids, mask,
-                           [c for _, _, c in rows])
+                           [c for _, _, c in rows], retrieval)
 
     def questions(self, rows: list[tuple[int, VQAItem]]) -> QuestionRows:
         ids, mask = self.tools.encode([self.tools.normalize(q.question) for _, q in rows])

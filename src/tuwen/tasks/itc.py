@@ -13,7 +13,7 @@ from pydantic import Field
 
 from tuwen.config import Section
 from tuwen.data.batch import Batch
-from tuwen.data.dataset import TextTools, caption_image_counts
+from tuwen.data.dataset import caption_image_counts
 from tuwen.data.records import ImageCaptions
 from tuwen.models.heads import head_spec
 from tuwen.models.losses import contrastive_loss
@@ -40,11 +40,11 @@ class ItcOptions(Section):
         "caption): an image's rarer, more specific captions count more."))
 
 
-def caption_weights(tools: TextTools, counts, batch: Batch) -> CaptionWeights | None:
+def caption_weights(counts, batch: Batch) -> CaptionWeights | None:
     if batch.captions is None:
         return None
-    texts = [tools.normalize.retrieval(c) for c in batch.captions.texts]
-    return CaptionWeights(torch.tensor([1.0 / counts.get(t, 1) for t in texts]))
+    return CaptionWeights(torch.tensor([1.0 / counts.get(t, 1)
+                                        for t in batch.captions.retrieval_texts]))
 
 
 class ItcTask(Task):
@@ -61,8 +61,7 @@ class ItcTask(Task):
     def collate(self, tools, options: ItcOptions, spec, train):
         if not options.specific_captions or train is None:
             return None
-        return partial(caption_weights, tools, caption_image_counts(train.captions,
-                                                                    tools.normalize))
+        return partial(caption_weights, caption_image_counts(train.captions, tools.normalize))
 
     def loss(self, step: StepInputs, options: ItcOptions) -> torch.Tensor | None:
         shared = step.shared(retrieval.caption_embeddings)
