@@ -68,3 +68,64 @@ def test_an_axis_can_switch_a_typed_section_inside_another():
     with pytest.raises(ConfigError, match=r"--axis model\.decoder\.reduce\.tokens=15: .*not a "
                                           r"square number"):
         pooled.check("model.decoder.reduce.tokens", [15], "--axis")
+
+
+def _overlay(path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_named_variants_overlay_several_keys_and_switch_types(tmp_path):
+    from tuwen.apps.ablate import plan
+
+    small = _overlay(tmp_path / "small.yaml", "model:\n  decoder: {type: transformer, layers: 3}\n")
+    llm = _overlay(tmp_path / "llm.yaml", (
+        "model:\n  decoder:\n    name_or_path: some/lm\n    type: hf_causal_lm\n"
+        "    projector: linear\n  vqa: {mode: generate}\ntrain: {batch_size: 4}\n"))
+    base = BaseConfig("configs/shapes.yaml", [])
+    variants = plan(base, ["train.lr=0.001,0.002"], 1, [f"small={small}", f"llm={llm}"])
+    assert [v.label for v in variants] == ["variant=small, train.lr=0.001",
+                                           "variant=small, train.lr=0.002",
+                                           "variant=llm, train.lr=0.001",
+                                           "variant=llm, train.lr=0.002"]
+    small_cfg, llm_cfg = variants[0].config, variants[3].config
+    assert small_cfg.model.decoder.type == "transformer" and small_cfg.model.decoder.layers == 3
+    assert llm_cfg.model.decoder.type == "hf_causal_lm"
+    assert llm_cfg.model.decoder.name_or_path == "some/lm" and llm_cfg.model.vqa.mode == "generate"
+    assert (llm_cfg.train.batch_size, llm_cfg.train.lr) == (4, 0.002)
+    # the old type's keys that the LM decoder lacks were dropped, and said so
+    assert "model.decoder.layers" in variants[2].dropped
+    only = plan(base, [], 1, [f"small={small}", f"llm={llm}"])
+    assert [v.label for v in only] == ["small", "llm"]
+
+
+@pytest.mark.parametrize("overlays, axes, message", [
+    (["a=A"], [], "two --variant"),
+    (["a=A", "a=A"], [], "a name is given twice"),
+    (["a=missing.yaml", "b=A"], [], "missing.yaml not found"),
+    (["a", "b=A"], [], "expected NAME=FILE.yaml"),
+    (["a=A", "b=B"], ["train.lr=0.1,0.2"], "sets train.lr, which an --axis varies"),
+    (["a=A", "b=TYPO"], [], r"--variant b .*model.fusion.typo: unknown key"),
+])
+def test_bad_variants_are_one_error_before_any_run(tmp_path, overlays, axes, message):
+    from tuwen.apps.ablate import plan
+
+    files = {"A": _overlay(tmp_path / "a.yaml", "train: {lr: 0.01}\n"),
+             "B": _overlay(tmp_path / "b.yaml", "train: {warmup_steps: 3}\n"),
+             "TYPO": _overlay(tmp_path / "t.yaml", "model: {fusion: {typo: 1}}\n")}
+    overlays = [o.replace("=A", f"={files['A']}").replace("=B", f"={files['B']}")
+                .replace("=TYPO", f"={files['TYPO']}") for o in overlays]
+    with pytest.raises(ConfigError, match=message):
+        plan(BaseConfig("configs/shapes.yaml", []), axes, 1, overlays)
+
+
+@pytest.mark.parametrize("config", ["configs/shapes_llm.yaml", "configs/real_pretrained.yaml"])
+def test_the_shipped_decoder_overlays_apply_to_both_comparison_configs(config):
+    from tuwen.apps.ablate import plan
+
+    small, llm = plan(BaseConfig(config, []), [], 1, [
+        "small=configs/decoders/small.yaml", "smollm2=configs/decoders/smollm2.yaml"])
+    assert small.config.model.decoder.type == "transformer"
+    assert small.config.model.vqa.mode == "classify"
+    assert llm.config.model.decoder.type == "hf_causal_lm"
+    assert llm.config.model.decoder.lora is not None and llm.config.train.batch_size == 8

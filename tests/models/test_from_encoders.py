@@ -64,7 +64,7 @@ def test_round_trip_is_identical_offline_and_needs_no_source_folder(image, text,
         assert loaded.tokenizer.bos_token == "[CLS]" and len(loaded.tokenizer) == len(WORDS)
     saved = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert set(saved["hf_configs"]) == ({"image_encoder"} if image in IMAGE_CONFIGS else set()) | (
-        {"text_encoder"} if text == "bert" else set())
+        {"text_encoder", "text_encoder_pooling"} if text == "bert" else set())
 
 
 def test_from_encoders_takes_hf_config_objects_and_dicts(tmp_path):

@@ -129,6 +129,76 @@ def test_bert_tower_by_path_and_its_tokenizer(tmp_path):
     assert torch.allclose(text.pooled, model.text_encoder.pooled_proj(hidden[:, 0]), atol=1e-5)
 
 
+def _sentence_transformers_folder(folder: Path, mean: bool) -> Path:
+    """A tiny BERT laid out as a sentence-transformers model: modules.json and a pooling
+    module that pools by mean (or by [CLS])."""
+    save_bert(folder)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_cls_token": not mean, "pooling_mode_mean_tokens": mean}))
+    return folder
+
+
+@pytest.mark.parametrize(("mean", "pooling", "expected"), [
+    (True, "auto", "mean"), (False, "auto", "cls"), (True, "cls", "cls"), (False, "mean", "mean")])
+def test_text_pooling_follows_the_sentence_transformers_module_unless_set(
+        tmp_path, mean, pooling, expected):
+    folder = _sentence_transformers_folder(tmp_path / "st", mean)
+    spec = hf_spec(text={"type": "hf", "name_or_path": str(folder), "pooling": pooling},
+                   vocab_size=len(WORDS))
+    model = build_model(spec).eval()
+    assert model.spec.hf_configs["text_encoder_pooling"] == {"mode": expected}
+    ids, mask = text_batch(len(WORDS))
+    hidden = AutoModel.from_pretrained(folder).eval()(input_ids=ids,
+                                                      attention_mask=mask).last_hidden_state
+    real = mask.unsqueeze(-1).float()
+    want = (hidden * real).sum(1) / real.sum(1) if expected == "mean" else hidden[:, 0]
+    pooled = model.encode_text(ids, mask).pooled
+    assert torch.allclose(pooled, model.text_encoder.pooled_proj(want), atol=1e-5)
+    # the second text's padding does not move its mean
+    if expected == "mean":
+        ids2 = ids.clone()
+        ids2[1, 3:] = 7
+        assert torch.allclose(model.encode_text(ids2, mask).pooled[1], pooled[1], atol=1e-5)
+
+
+def test_text_pooling_is_saved_with_the_model_and_old_models_keep_cls(tmp_path):
+    folder = _sentence_transformers_folder(tmp_path / "st", mean=True)
+    model = build_model(hf_spec(text={"type": "hf", "name_or_path": str(folder)},
+                                vocab_size=len(WORDS))).eval()
+    model.save_pretrained(tmp_path / "saved")
+    (folder / "modules.json").unlink()  # the reload does not read the folder again
+    again = type(model).from_pretrained(tmp_path / "saved").eval()
+    assert again.text_encoder.pooling == "mean"
+    ids, mask = text_batch(len(WORDS))
+    assert torch.equal(again.encode_text(ids, mask).pooled, model.encode_text(ids, mask).pooled)
+    # a model saved before pooling was recorded was trained on [CLS]
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert "text_encoder_pooling" in json.dumps(config)
+    _drop_key(config, "text_encoder_pooling")
+    (tmp_path / "saved" / "config.json").write_text(json.dumps(config))
+    assert type(model).from_pretrained(tmp_path / "saved").text_encoder.pooling == "cls"
+
+
+def _drop_key(tree, key: str) -> None:
+    if isinstance(tree, dict):
+        tree.pop(key, None)
+        for value in tree.values():
+            _drop_key(value, key)
+
+
+def test_text_pooling_a_module_tuwen_lacks_is_a_clear_error(tmp_path):
+    folder = _sentence_transformers_folder(tmp_path / "st", mean=False)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    with pytest.raises(ConfigError, match=r"model.text_encoder.pooling: .* set cls or mean"):
+        build_model(hf_spec(text={"type": "hf", "name_or_path": str(folder)},
+                            vocab_size=len(WORDS)))
+
+
 def test_hf_config_text_tower_is_sized_to_the_trained_tokenizer():
     bert = {k: v for k, v in BERT.items() if k != "vocab_size"}
     model = build_model(hf_spec(text={"type": "hf", "hf_config": bert}, vocab_size=77))

@@ -1,6 +1,8 @@
 """``tuwen ablate``: one config, some keys varied, several seeds each, the same budget.
 
-Every combination of the ``--axis`` values is trained with seeds ``0..N-1`` (``train.seed``)
+A variant is a combination of ``--axis`` values (one key each) and, with ``--variant
+NAME=FILE.yaml``, one of several named overlays (partial configs: e.g. a small decoder against
+a pretrained LM, which differ in several keys at once). Every variant is trained with seeds ``0..N-1`` (``train.seed``)
 into ``OUT/runs/<variant>/seed-<s>/`` (a normal run directory) and evaluated on one split.
 A run already evaluated is reused, so an interrupted ablation continues where it stopped.
 The report (``ablate_report``) gives mean +- std over seeds and paired-bootstrap intervals
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuwen.apps.space import BaseConfig, parse_choices
+from tuwen.apps.space import BaseConfig, parse_choices, read_overlay
 from tuwen.apps.trial import Outcome, is_finished, read_outcome, train_and_evaluate
 from tuwen.config import Config
 from tuwen.errors import ConfigError
@@ -49,12 +51,19 @@ class Run:
     scores: Scores = field(default_factory=dict)
 
 
-def plan(base: BaseConfig, axes: list[str], seeds: int) -> list[Variant]:
-    """Every combination of the axes' values, each checked against the config."""
+def plan(base: BaseConfig, axes: list[str], seeds: int,
+         overlays: list[str] | None = None) -> list[Variant]:
+    """Every combination of the axes' values (and of the named overlays), each checked
+    against the config."""
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: need at least 1")
-    if not axes:
-        raise ConfigError("tuwen ablate: give at least one --axis KEY.PATH=V1,V2")
+    named = [read_overlay("--variant", text) for text in overlays or []]
+    if not axes and len(named) < 2:
+        raise ConfigError("tuwen ablate: give at least one --axis KEY.PATH=V1,V2 or two "
+                          "--variant NAME=FILE.yaml")
+    names = [n for n, _ in named]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--variant: a name is given twice ({', '.join(names)})")
     parsed = [parse_choices("--axis", text) for text in axes]
     paths = [p for p, _ in parsed]
     if len(set(paths)) != len(paths):
@@ -64,10 +73,20 @@ def plan(base: BaseConfig, axes: list[str], seeds: int) -> list[Variant]:
     for path, values in parsed:
         base.check(path, values, "--axis")
     variants = []
-    for combo in itertools.product(*(values for _, values in parsed)):
-        values = dict(zip(paths, combo))
-        config, dropped = base.with_values(values, "--axis")
-        variants.append(Variant(values, config, dropped))
+    for overlay in named or [None]:
+        for combo in itertools.product(*(values for _, values in parsed)):
+            values = dict(zip(paths, combo))
+            assigned = dict(values)
+            if overlay is not None:
+                clash = sorted(set(overlay[1]) & set(values))
+                if clash:
+                    raise ConfigError(f"--variant {overlay[0]} sets {', '.join(clash)}, "
+                                      "which an --axis varies")
+                assigned = {**overlay[1], **values}
+                values = {"variant": overlay[0], **values}
+            config, dropped = base.with_values(assigned, "--axis" if overlay is None
+                                               else f"--variant {overlay[0]}")
+            variants.append(Variant(values, config, dropped))
     return variants
 
 
@@ -95,17 +114,20 @@ def _run_one(job: tuple[Variant, int, Path, str]) -> Run:
 
 
 def ablate(base: BaseConfig, axes: list[str], seeds: int, out: str | Path,
-           split: str = "test", parallel: int = 1) -> list[Run]:
+           split: str = "test", parallel: int = 1,
+           overlays: list[str] | None = None) -> list[Run]:
     """Train and evaluate every variant and seed (``parallel`` runs at once, in processes)."""
     out = Path(out)
-    variants = plan(base, axes, seeds)
+    variants = plan(base, axes, seeds, overlays)
     if parallel < 1:
         raise ConfigError(f"--parallel {parallel}: need at least 1")
     out.mkdir(parents=True, exist_ok=True)
     print(f"ablation: {len(variants)} variants x {seeds} seeds = {len(variants) * seeds} runs, "
           f"budget train.max_steps={variants[0].config.train.max_steps}, "
           f"train.max_minutes={variants[0].config.train.max_minutes}", flush=True)
-    jobs = [(v, s, out, split) for v in variants for s in range(seeds)]
+    # seed by seed: with --parallel, the variants of one seed train side by side, so that a
+    # budget in minutes meets the same machine load in each variant
+    jobs = [(v, s, out, split) for s in range(seeds) for v in variants]
     if parallel == 1:
         return [run_variant(*job) for job in jobs]
     with multiprocessing.get_context("spawn").Pool(parallel, maxtasksperchild=1) as pool:

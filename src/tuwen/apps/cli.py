@@ -430,10 +430,11 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     from tuwen.apps.space import BaseConfig
 
     runs = ablate(BaseConfig(args.config, args.set), args.axis, args.seeds, args.out, args.split,
-                  args.parallel)
+                  args.parallel, args.variant)
     budget = runs[0].variant.config.train
     dropped = sorted({f"{k} ({r.variant.label})" for r in runs for k in r.variant.dropped})
-    command = " ".join(["tuwen ablate", args.config, *(f"--axis {a}" for a in args.axis),
+    command = " ".join(["tuwen ablate", args.config, *(f"--variant {v}" for v in args.variant),
+                        *(f"--axis {a}" for a in args.axis),
                         f"--seeds {args.seeds}", f"--out {args.out}",
                         *(f"--set {s}" for s in args.set)])
     header = ["# Ablation", "", "```", command, "```", "",
@@ -504,6 +505,9 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
     ab.add_argument("config")
     ab.add_argument("--axis", action="append", default=[], metavar="KEY.PATH=V1,V2",
                     help="values of one config key (several --axis make a grid)")
+    ab.add_argument("--variant", action="append", default=[], metavar="NAME=FILE.yaml",
+                    help="a named overlay of the config (a partial YAML config); several "
+                         "--variant are compared with each other (and crossed with --axis)")
     ab.add_argument("--seeds", type=int, default=3, help="seeds per value (default 3)")
     ab.add_argument("--out", required=True, help="folder for the runs and the report")
     ab.add_argument("--split", default="test", help="split to evaluate (default test)")

@@ -109,6 +109,34 @@ def assign(raw: dict, path: str, value: Any, option: str = "--param") -> list[st
     return set_key(raw, path.split("."), value, f"{option} {path}={value}")
 
 
+def overlay_values(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A partial config (a YAML overlay) as ``{dotted path: value}``, in an order that
+    ``assign`` can replay: a section's ``type`` before its other keys (so switching a typed
+    section's type drops the old type's keys first), lists and scalars whole."""
+    out: dict[str, Any] = {}
+    for key in sorted(tree, key=lambda k: k != "type"):
+        value, path = tree[key], f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(overlay_values(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def read_overlay(option: str, text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME=FILE.yaml`` -> (name, the file's keys as dotted paths)."""
+    name, _, file = text.partition("=")
+    if not name.strip() or not file.strip():
+        raise ConfigError(f"{option} {text!r}: expected NAME=FILE.yaml")
+    path = Path(file.strip())
+    if not path.is_file():
+        raise ConfigError(f"{option} {name}: {path} not found")
+    tree = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(tree, dict) or not tree:
+        raise ConfigError(f"{option} {name}: {path} holds no config keys (expected a mapping)")
+    return name.strip(), overlay_values(tree)
+
+
 @dataclass
 class BaseConfig:
     """The YAML config plus the ``--set`` overrides every trial shares."""

@@ -139,6 +139,11 @@ class HFTextEncoderConfig(HFTowerConfig):
     """Any Hugging Face text encoder (BERT family); its tokenizer becomes the run's."""
 
     type: Literal["hf"] = Field("hf", description="Picks this kind.")
+    pooling: Literal["auto", "cls", "mean"] = Field("auto", description=(
+        "How a text becomes one vector (retrieval, ITC): `cls`, the model's pooler output "
+        "(CLIP's end-of-text state) or else its first token ([CLS]); `mean`, the mean of its "
+        "real tokens' states. `auto`: what a sentence-transformers folder says in its pooling "
+        "module (all-MiniLM-L6-v2: mean), else `cls`. Saved with the model."))
 
 
 TEXT_ENCODERS: dict[str, type[Section]] = {

@@ -87,7 +87,7 @@ def _rnn_text(spec: ModelSpec, hf_configs: dict) -> Tower:
 
 def _hf_text(spec: ModelSpec, hf_configs: dict) -> Tower:
     from tuwen.models.hf_backbone import hf_tower, hidden_size_of
-    from tuwen.models.hf_text import HFTextEncoder
+    from tuwen.models.hf_text import HFTextEncoder, resolve_pooling
 
     where = "model.text_encoder"
     vocab_size, pad = spec.text_vocab
@@ -101,8 +101,17 @@ def _hf_text(spec: ModelSpec, hf_configs: dict) -> Tower:
     if positions is not None and positions < spec.max_text_length:
         raise ConfigError(f"{where}: {config.model_type!r} takes at most {positions} tokens, "
                           f"less than data.max_text_length={spec.max_text_length}")
+    saved = hf_configs.get("text_encoder_pooling")
+    if saved is not None:
+        pooling = saved["mode"]
+    elif "text_encoder" in hf_configs:  # saved before pooling was recorded: [CLS]
+        pooling = "cls"
+    else:
+        pooling = resolve_pooling(spec.model.text_encoder.pooling,
+                                  spec.model.text_encoder.name_or_path, where)
     hf_configs["text_encoder"] = config.to_dict()
-    return HFTextEncoder(backbone, hidden_size_of(config), spec.model.hidden_size)
+    hf_configs["text_encoder_pooling"] = {"mode": pooling}
+    return HFTextEncoder(backbone, hidden_size_of(config), spec.model.hidden_size, pooling)
 
 
 TEXT_ENCODERS = {"transformer": _transformer_text, "lstm": _rnn_text, "gru": _rnn_text,

@@ -6,6 +6,9 @@ at [CLS] and ends at [SEP] (PAD stays [PAD]) — the tokenizer is saved with tha
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -18,19 +21,67 @@ from tuwen.models.towers import Tower
 class HFTextEncoder(Tower):
     body_name = "backbone"
 
-    def __init__(self, backbone: nn.Module, feature_size: int, dim: int) -> None:
+    def __init__(self, backbone: nn.Module, feature_size: int, dim: int,
+                 pooling: str = "cls") -> None:
         super().__init__()
         self.backbone = backbone
+        self.pooling = pooling
         self.proj = nn.Linear(feature_size, dim)
         self.pooled_proj = nn.Linear(feature_size, dim)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
-        pooled = getattr(out, "pooler_output", None)  # CLIP text: its EOS state
-        if pooled is None:  # BERT built without its NSP pooler: the [CLS] position
-            pooled = out.last_hidden_state[:, 0]
-        return TextFeatures(tokens=self.proj(out.last_hidden_state),  # (B, L, D)
+        states = out.last_hidden_state  # (B, L, C)
+        if self.pooling == "mean":
+            weights = attention_mask.unsqueeze(-1).to(states.dtype)
+            pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+        else:
+            pooled = getattr(out, "pooler_output", None)  # CLIP text: its EOS state
+            if pooled is None:  # BERT built without its NSP pooler: the [CLS] position
+                pooled = states[:, 0]
+        return TextFeatures(tokens=self.proj(states),  # (B, L, D)
                             pooled=self.pooled_proj(pooled), attention_mask=attention_mask)
+
+
+def resolve_pooling(pooling: str, name_or_path: str | None, where: str) -> str:
+    """``cls`` or ``mean``: ``auto`` reads a sentence-transformers model's pooling module
+    (``modules.json`` and its folder's ``config.json``), locally or from the HF cache; a
+    model without one pools as ``cls``."""
+    if pooling != "auto":
+        return pooling
+    modules = _model_file(name_or_path, "modules.json")
+    if modules is None:
+        return "cls"
+    try:
+        entries = json.loads(modules.read_text())
+        folder = next(m["path"] for m in entries if m.get("type", "").endswith(".Pooling"))
+        config = json.loads(_model_file(name_or_path, f"{folder}/config.json").read_text())
+    except StopIteration:
+        return "cls"
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise ConfigError(f"{where}.pooling: auto could not read the pooling module of "
+                          f"{name_or_path!r} ({type(err).__name__}: {err}); set cls or mean"
+                          ) from None
+    for mode, key in (("mean", "pooling_mode_mean_tokens"), ("cls", "pooling_mode_cls_token")):
+        if config.get(key):
+            return mode
+    raise ConfigError(f"{where}.pooling: {name_or_path!r} pools in a way tuwen does not "
+                      f"offer ({folder}/config.json); set cls or mean")
+
+
+def _model_file(name_or_path: str | None, filename: str) -> Path | None:
+    """A file of a local model folder, or of a hub model already in the HF cache."""
+    if name_or_path is None:
+        return None
+    if Path(name_or_path).is_dir():
+        path = Path(name_or_path) / filename
+        return path if path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+    try:
+        found = try_to_load_from_cache(name_or_path, filename)
+    except ValueError:  # not a valid repo id
+        return None
+    return Path(found) if isinstance(found, str) else None
 
 
 def hf_tokenizer(name_or_path: str, where: str) -> PreTrainedTokenizerBase:
