@@ -45,3 +45,26 @@ def test_a_timed_run_shows_the_budget_in_minutes(tiny_shapes, tmp_path, capsys):
     text = capsys.readouterr().err
     assert re.search(r"\d+\.\d/5 min", text) and "step=2/2" in text
     assert "2/2 [" not in text  # no step bar
+
+
+def _stages(*budgets: dict) -> TrainConfig:
+    return TrainConfig(max_steps=100_000, stages=[{"name": f"s{i}", **b}
+                                                  for i, b in enumerate(budgets)])
+
+
+def test_with_stages_the_bar_counts_their_budget_together(capsys):
+    minutes = Progress(_stages({"max_minutes": 10}, {"max_minutes": 20}), TrainState())
+    assert (minutes.bar.total, minutes.bar.unit) == (30, "min")
+    minutes.close()
+    steps = Progress(_stages({"max_steps": 150}, {"max_steps": 450}), TrainState(step=20))
+    assert (steps.bar.total, steps.bar.unit, steps.bar.n) == (600, "step", 20)
+    steps.stage("s0")
+    steps.update(TrainState(step=21))
+    steps.close()
+    assert "21/600" in capsys.readouterr().err
+    # a stage by minutes and one by steps: no total to show, and not max_steps's 100000
+    mixed = Progress(_stages({"max_minutes": 10}, {"max_steps": 450}), TrainState())
+    assert mixed.bar.total is None
+    mixed.update(TrainState(step=3))
+    mixed.close()
+    assert "100000" not in capsys.readouterr().err

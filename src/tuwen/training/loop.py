@@ -26,7 +26,7 @@ from tuwen.training.precision import with_precision
 from tuwen.training.preemption import StopRequest
 from tuwen.training.progress import Progress
 from tuwen.training.resume import check_resumable, resume_state, save
-from tuwen.training.stages import Stages
+from tuwen.training.stages import Stages, stage_name
 from tuwen.training.state import TrainState
 from tuwen.training.step import optimisation_step
 from tuwen.training.validation import Evaluate, make_validation, validate
@@ -77,6 +77,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, show_pro
     with StopRequest() as stop:
         for group in micro_batch_groups(stream, tcfg.grad_accumulation):
             step_cfg = stages.before_step(parts.model, parts.schedule, state)  # train.stages
+            if tcfg.stages:
+                progress.stage(stage_name(tcfg.stages, state.stage))
             step = optimisation_step(parts, group, step_cfg, state, started)
             window.add(step)
             progress.update(state)
