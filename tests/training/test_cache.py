@@ -70,12 +70,35 @@ def test_a_half_written_index_line_is_ignored(tmp_path):
     vit, px = frozen_vit(), pixels()
     cache = FeatureCache(vit, tmp_path, "fp32")
     vit(px)
-    with (cache.store.dir / "index-0.txt").open("a") as f:
+    with (cache.store.dir / f"index-{cache.store.writer}.txt").open("a") as f:
         f.write("deadbeef 9")  # killed mid-line
     cache.close()
     again = FeatureCache(vit, tmp_path, "fp32")
     vit(px)
     assert again.hits == 5 and "deadbeef" not in again.store.index
+
+
+def test_two_runs_sharing_the_folder_at_once_keep_their_rows_apart(tmp_path):
+    """Two runs of rank 0 append to one cache folder in turns, each before seeing the
+    other's rows: every key still reads its own image's features."""
+    vit_a, vit_b = frozen_vit(), frozen_vit()
+    px = pixels(6)
+    expected = vit_a(px)
+    a = FeatureCache(vit_a, tmp_path, "fp32")
+    b = FeatureCache(vit_b, tmp_path, "fp32")
+    vit_a(px[:3])
+    # a race: b's look before it computes misses a's rows (its next look, after its own
+    # append, sees everything)
+    looks = iter([lambda: None])
+    real = b.store.refresh
+    b.store.refresh = lambda: next(looks, real)()
+    vit_b(px[3:])
+    del b.store.refresh
+    a.close(), b.close()
+    reader = FeatureCache(frozen_vit(), tmp_path, "fp32")
+    out = reader.module(px)
+    assert (reader.misses, reader.hits) == (0, 6)
+    torch.testing.assert_close(out.tokens, expected.tokens)
 
 
 def test_auto_caches_a_frozen_tower_and_turns_augmentation_off(tiny_shapes, caplog):
@@ -127,7 +150,7 @@ def test_training_with_the_image_cache_is_bitwise_training_without(tiny_shapes, 
     every step (4 batches an epoch: step 5 reads the second epoch from the cache)."""
     lines = _train_twice(tiny_shapes, tmp_path, ["image"], log_every=3)
     assert _losses(tmp_path / "cached") == _losses(tmp_path / "plain")
-    index = (tmp_path / "cached" / "feature_cache").glob("*/index-0.txt")
+    index = (tmp_path / "cached" / "feature_cache").glob("*/index-0-*.txt")
     # each image computed once: 64 training images and the collapse check's 8 held-out ones
     assert len(next(index).read_text().splitlines()) == 64 + 8
     # the pass before training encodes every image: training only reads them
@@ -154,7 +177,7 @@ def test_a_frozen_text_tower_is_cached_per_distinct_text(tiny_shapes, tmp_path, 
     assert "cache_hits" not in lines[0]  # the image tower trains: not cached
     assert sum(r["text_cache_misses"] for r in lines[:4]) > 0
     assert lines[4]["text_cache_hits"] > lines[4]["text_cache_misses"]
-    entries = len(next((tmp_path / "cached" / "feature_cache").glob("text-*/index-0.txt"))
+    entries = len(next((tmp_path / "cached" / "feature_cache").glob("text-*/index-0-*.txt"))
                   .read_text().splitlines())
     assert entries == sum(r["text_cache_misses"] for r in lines)
     assert "feature cache, epoch 0: texts:" in capsys.readouterr().out

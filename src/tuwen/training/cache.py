@@ -13,7 +13,9 @@ the image file, the resize/crop/normalisation or the weights gives a new key (a 
 nothing else does. Entries of one fingerprint live in ``DIR/<fingerprint>/``: one
 append-only float32 file per output tensor (read through ``numpy.memmap``) and an
 append-only index of ``key row`` lines, written after the rows, so a killed run leaves a
-usable cache. Each process appends to its own files and reads everyone's.
+usable cache. Each process appends to its own files (named by its rank and a random id,
+so runs that share ``train.feature_cache_dir`` at the same time do not collide) and reads
+everyone's.
 
 The cache replaces the ``forward`` of the frozen body (the whole small tower, or the
 Hugging Face model inside an ``hf`` tower, whose new projection keeps training), so the
@@ -25,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +62,9 @@ class _Store:
     """The files of one fingerprint: ``{field}-{writer}.f32`` rows and ``index-{writer}.txt``."""
 
     def __init__(self, directory: Path, writer: str) -> None:
-        self.dir, self.writer = directory, writer
+        # one writer per store object: two runs (or ranks) sharing the folder never append
+        # to one file, where each would number its rows without seeing the other's
+        self.dir, self.writer = directory, f"{writer}-{uuid.uuid4().hex[:12]}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.meta_path = self.dir / "meta.json"
         self.meta: dict | None = (json.loads(self.meta_path.read_text())
