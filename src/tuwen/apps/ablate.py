@@ -2,7 +2,8 @@
 
 A variant is a combination of ``--axis`` values (one key each) and, with ``--variant
 NAME=FILE.yaml``, one of several named overlays (partial configs: e.g. a small decoder against
-a pretrained LM, which differ in several keys at once). Every variant is trained with seeds ``0..N-1`` (``train.seed``)
+a pretrained LM, which differ in several keys at once; a key that ``--set`` also gives keeps
+the ``--set`` value). Every variant is trained with seeds ``0..N-1`` (``train.seed``)
 into ``OUT/runs/<variant>/seed-<s>/`` (a normal run directory) and evaluated on one split.
 A run already evaluated is reused, so an interrupted ablation continues where it stopped.
 The report (``ablate_report``) gives mean +- std over seeds and paired-bootstrap intervals
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuwen.apps.space import BaseConfig, parse_choices, read_overlay
+from tuwen.apps.space import BaseConfig, parse_choices, read_overlay, split_assignment
 from tuwen.apps.trial import Outcome, is_finished, read_outcome, train_and_evaluate
 from tuwen.config import Config
 from tuwen.errors import ConfigError
@@ -82,7 +83,11 @@ def plan(base: BaseConfig, axes: list[str], seeds: int,
                 if clash:
                     raise ConfigError(f"--variant {overlay[0]} sets {', '.join(clash)}, "
                                       "which an --axis varies")
-                assigned = {**overlay[1], **values}
+                # a key the command line --set also gives keeps the --set value (e.g. a
+                # local folder for the overlay's hub name)
+                given = {split_assignment("--set", o)[0] for o in base.overrides}
+                assigned = {**{p: v for p, v in overlay[1].items() if p not in given},
+                            **values}
                 values = {"variant": overlay[0], **values}
             config, dropped = base.with_values(assigned, "--axis" if overlay is None
                                                else f"--variant {overlay[0]}")
@@ -99,7 +104,11 @@ def run_variant(variant: Variant, seed: int, out: Path, split: str) -> Run:
         config = variant.config.model_copy(deep=True)
         config.train.seed = seed
         print(f"  {variant.label} seed {seed}: training into {run_dir}", flush=True)
-        outcome = train_and_evaluate(config, run_dir, split)
+        try:
+            outcome = train_and_evaluate(config, run_dir, split)
+        except Exception as err:  # said now: with --parallel the pool raises only at the end
+            print(f"  {variant.label} seed {seed}: failed: {err}", flush=True)
+            raise
         print(f"  {variant.label} seed {seed}: {outcome.steps} steps, "
               f"{outcome.wall_s / 60:.1f} min", flush=True)
     return Run(variant, seed, outcome, item_scores(run_dir / "eval" / split /
