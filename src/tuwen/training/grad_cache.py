@@ -18,9 +18,9 @@ micro-batch they see B candidates instead of K x B. With ``train.whole_batch_neg
 The RNG is one stream: the embed passes draw from it micro-batch after micro-batch, the
 whole-batch phase (ITM's sampling, the fusion's dropout) and the re-runs' per-sample losses
 continue it; a re-run replays only its towers' share. Every phase is a forward pass of the
-wrapped objective, all but the last re-run under ``no_sync``; with several processes the
-last re-run also touches the weights the whole-batch phase used (a zero term), so DDP
-averages their accumulated gradients with the rest.
+wrapped objective, all but the last re-run under ``no_sync``: DDP averages on the last
+backward what every phase accumulated (the heads of ITC and ITM included, which only the
+whole-batch phase uses; tests/training/test_grad_cache.py checks it on two processes).
 
 The cost: the towers run twice, and every micro-batch's tower outputs (and their gradients)
 are held without a graph. Measured: docs/training.md#gradient-accumulation.
@@ -133,13 +133,12 @@ def accumulate_whole_batch(parts: Parts, micro_batches: list[Batch], weights: di
     with parts.accelerator.no_sync(parts.objective):
         states, leaves = zip(*(_embed(parts, b, swaps, precision) for b in batches))
         whole = _whole_batch(parts, batches, list(leaves), weights, precision, acc, trainable)
-    several = parts.accelerator.num_processes > 1
     for i, (batch, state) in enumerate(zip(batches, states)):
         last = i == len(batches) - 1
         sync = contextlib.nullcontext() if last else parts.accelerator.no_sync(parts.objective)
         with sync:
-            _rerun(parts, Rerun(batch, state, whole, i, len(batches), swaps, last and several),
-                   weights, precision, acc, trainable)
+            _rerun(parts, Rerun(batch, state, whole, i, len(batches), swaps), weights,
+                   precision, acc, trainable)
     return dict(acc.sums), sum(b.size for b in batches), acc.finish_norms(weights)
 
 
@@ -204,7 +203,6 @@ class Rerun:
     index: int
     count: int
     swaps: bool
-    touch: bool      # touch every weight that has a gradient (the last re-run, with DDP)
 
 
 def _rerun(parts: Parts, run: Rerun, weights: dict[str, float], precision: str,
@@ -216,7 +214,7 @@ def _rerun(parts: Parts, run: Rerun, weights: dict[str, float], precision: str,
         next((p for p in run.whole.parts if p.batch is run.batch), None)
     scale = parts.accelerator.scaler.get_scale() if parts.accelerator.scaler is not None else 1.0
 
-    def phase(objective) -> tuple[torch.Tensor, dict, dict[str, torch.Tensor], torch.Tensor]:
+    def phase(objective) -> tuple[torch.Tensor, dict, dict[str, torch.Tensor]]:
         model = objective.model
         with replaying(run.state, device):
             out = encode_towers(model, run.batch, run.swaps)
@@ -225,26 +223,16 @@ def _rerun(parts: Parts, run: Rerun, weights: dict[str, float], precision: str,
         total = sum((per_sample[k] * v for k, v in losses.items()), out.image.pooled.new_zeros(()))
         pulls = {} if part is None else \
             _pulls(interface(out, run.batch), run.whole.cached_gradients(part, scale))
-        return total, losses, pulls, _zero_term(objective, run.touch, total)
+        return total, losses, pulls
 
     with autocast(precision, device):
-        total, losses, pulls, zero = parts.objective(run.batch, None, phase=phase)
+        total, losses, pulls = parts.objective(run.batch, None, phase=phase)
     if trainable:
         _measure(losses, pulls, per_sample, run.index, acc, trainable)
-    parts.accelerator.backward(total / run.count + sum(pulls.values(), zero))
+    parts.accelerator.backward(total / run.count + sum(pulls.values()))
     acc.sums["loss"] += total.item() / run.count
     for name, value in losses.items():
         acc.sums[name] += value.item() / run.count
-
-
-def _zero_term(objective: nn.Module, touch: bool, like: torch.Tensor) -> torch.Tensor:
-    """0, but through every weight that already has a gradient this step: DDP all-reduces
-    only the weights the synchronised backward reaches, and the heads of ITC and ITM got
-    theirs in the whole-batch phase."""
-    zero = like.new_zeros(())
-    if touch:
-        zero = sum((p.sum() * 0.0 for p in objective.parameters() if p.grad is not None), zero)
-    return zero
 
 
 def _pulls(tensors: dict[str, torch.Tensor],

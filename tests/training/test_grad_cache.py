@@ -1,0 +1,153 @@
+"""Accumulation with the whole batch's negatives (training.grad_cache): 4 x 16 gives the
+gradient of 1 x 64 with caption, ITC, ITM and VQA, on one process and on two; the re-run
+replays each micro-batch's dropout; the switch off keeps each micro-batch's negatives.
+
+The equality tests run without dropout: a (64, ...) dropout mask is not four (16, ...)
+masks, whatever the accumulation. The dropout test shows instead that each re-run computes
+bitwise the tower outputs its gradient was cached for; with the equality at p = 0 that makes
+the step the exact gradient of one batch of 64 under the masks drawn.
+"""
+
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from grad_cache_worker import WEIGHTS, fixed_batch, micro_batches, step_gradients, tiny_parts
+
+from tuwen.config import load_config
+from tuwen.tasks.table import joint_step
+from tuwen.training import grad_cache
+from tuwen.training.step import accumulate_gradients
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join([str(HERE.parents[1] / "src"),
+                                      os.environ.get("PYTHONPATH", "")])}
+
+
+def assert_same_gradients(got: dict, want: dict, rtol: float = 1e-5) -> None:
+    assert got.keys() == want.keys() and len(want) > 50
+    for name, grad in want.items():
+        error = float((got[name] - grad).norm() / grad.norm().clamp_min(1e-30))
+        assert error <= rtol, f"{name}: relative error {error:.2e}"
+
+
+@pytest.fixture(scope="module")
+def one_by_64():
+    """The reference: one process, one batch of 64 (no accumulation)."""
+    return step_gradients(tiny_parts(), micro_batches(fixed_batch(), 1))
+
+
+def test_4x16_gives_the_gradient_of_1x64_with_all_four_tasks(one_by_64):
+    losses, grads = step_gradients(tiny_parts(), micro_batches(fixed_batch(), 4))
+    want_losses, want = one_by_64
+    assert set(losses) == {"loss", *WEIGHTS}
+    for name in losses:
+        assert losses[name] == pytest.approx(want_losses[name], rel=1e-6), name
+    assert_same_gradients(grads, want)
+
+
+def test_two_processes_of_2x16_give_the_gradient_of_1x64(one_by_64, tmp_path):
+    """Rank r takes images 32r..32r+31 in two micro-batches of 16 (gloo, DDP)."""
+    out = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port",
+                          "29527", str(HERE / "grad_cache_worker.py"), str(tmp_path)],
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    want_losses, want = one_by_64
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank-{rank}.pt", weights_only=True)
+        assert got["losses"] == pytest.approx(want_losses, rel=1e-6)
+        assert_same_gradients(got["grads"], want)
+
+
+def recorded_towers(monkeypatch) -> list:
+    """Every ``encode_towers`` call's outputs, in call order (embed passes, then re-runs)."""
+    calls, original = [], grad_cache.encode_towers
+
+    def encode(model, batch, swaps):
+        out = original(model, batch, swaps)
+        calls.append([t.detach().clone() for t in
+                      (out.image.tokens, out.text.tokens, out.swapped.tokens)])
+        return out
+
+    monkeypatch.setattr(grad_cache, "encode_towers", encode)
+    return calls
+
+
+def test_each_rerun_replays_the_dropout_of_its_embed_pass(monkeypatch):
+    calls = recorded_towers(monkeypatch)
+    _, grads = step_gradients(tiny_parts(dropout=0.2), micro_batches(fixed_batch(), 4))
+    assert len(calls) == 8 and all(torch.isfinite(g).all() for g in grads.values())
+    for embed, rerun in zip(calls[:4], calls[4:]):
+        assert all(torch.equal(a, b) for a, b in zip(embed, rerun))
+    # the dropout is on: without the replay, the re-run draws other masks
+    calls.clear()
+    monkeypatch.setattr(grad_cache, "replaying", lambda *_: contextlib.nullcontext())
+    step_gradients(tiny_parts(dropout=0.2), micro_batches(fixed_batch(), 4))
+    assert not torch.equal(calls[0][0], calls[4][0])
+
+
+def test_switched_off_each_micro_batch_keeps_its_own_negatives():
+    """``whole_batch_negatives=False`` is the accumulation of before: each micro-batch's
+    joint loss on its own (ITC over its 16 images), the mean of their gradients."""
+    batches = micro_batches(fixed_batch(), 4)
+    losses, grads = step_gradients(tiny_parts(), batches, whole_batch_negatives=False)
+    parts = tiny_parts()
+    torch.manual_seed(1)
+    itc = 0.0
+    for batch in batches:
+        total, each = joint_step(parts.model, batch, WEIGHTS)
+        (total / 4).backward()
+        itc += each["itc"].item() / 4
+    want = {n: p.grad for n, p in parts.model.named_parameters() if p.grad is not None}
+    assert grads.keys() == want.keys()
+    assert all(torch.equal(grads[n], want[n]) for n in want)
+    assert losses["itc"] == pytest.approx(itc, rel=1e-6)
+    whole, _ = step_gradients(tiny_parts(), batches)
+    assert whole["itc"] > losses["itc"] + 1  # 63 negatives per image instead of 15
+
+
+def measured_norms(batches) -> dict:
+    torch.manual_seed(1)
+    parts = tiny_parts()
+    torch.manual_seed(1)
+    return accumulate_gradients(parts, batches, WEIGHTS, "fp32", measure_tasks=True)[2]
+
+
+def test_itc_and_itm_gradient_norms_cover_the_whole_batch():
+    """Their ``grad_norm_<task>`` is 1 x 64's (the per-sample tasks' stays the first
+    micro-batch's); measuring leaves the gradient bitwise as it is."""
+    want = measured_norms(micro_batches(fixed_batch(), 1))
+    got = measured_norms(micro_batches(fixed_batch(), 4))
+    assert set(got) == {f"grad_norm_{t}" for t in WEIGHTS}
+    for task in ("itc", "itm"):
+        assert got[f"grad_norm_{task}"] == pytest.approx(want[f"grad_norm_{task}"], rel=1e-5)
+    _, measured = step_gradients(tiny_parts(), micro_batches(fixed_batch(), 4),
+                                 measure_tasks=True)
+    _, plain = step_gradients(tiny_parts(), micro_batches(fixed_batch(), 4))
+    assert all(torch.equal(measured[n], plain[n]) for n in plain)
+
+
+def test_bf16_autocast_accumulates_with_the_whole_batch():
+    losses, _ = step_gradients(tiny_parts(), micro_batches(fixed_batch(), 4))
+    parts = tiny_parts()
+    torch.manual_seed(1)
+    half, _, _ = accumulate_gradients(parts, micro_batches(fixed_batch(), 4), WEIGHTS, "bf16")
+    assert half["itc"] == pytest.approx(losses["itc"], rel=0.05)
+    assert all(torch.isfinite(p.grad).all() for p in parts.model.parameters()
+               if p.grad is not None)
+
+
+def test_the_switch_is_on_by_default_and_typed():
+    assert load_config(None, []).train.whole_batch_negatives is True
+    assert load_config(None, ["train.whole_batch_negatives=false"]).train \
+        .whole_batch_negatives is False
+    assert grad_cache.applies(True, 2, {"itc": 1.0})
+    assert not grad_cache.applies(True, 1, {"itc": 1.0})
+    assert not grad_cache.applies(True, 2, {"caption": 1.0})
+    assert not grad_cache.applies(False, 2, {"itc": 1.0})
