@@ -9,6 +9,7 @@ the step the exact gradient of one batch of 64 under the masks drawn.
 """
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -17,10 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 from grad_cache_worker import WEIGHTS, fixed_batch, micro_batches, step_gradients, tiny_parts
+from safetensors.torch import load_file
+
+from tiny import tiny_overrides
 
 from tuwen.config import load_config
 from tuwen.tasks.table import joint_step
-from tuwen.training import grad_cache
+from tuwen.training import grad_cache, step
+from tuwen.training.loop import train
 from tuwen.training.step import accumulate_gradients
 
 HERE = Path(__file__).resolve().parent
@@ -151,3 +156,51 @@ def test_the_switch_is_on_by_default_and_typed():
     assert not grad_cache.applies(True, 1, {"itc": 1.0})
     assert not grad_cache.applies(True, 2, {"caption": 1.0})
     assert not grad_cache.applies(False, 2, {"itc": 1.0})
+
+
+def run_config(root, *sets, **train_overrides):
+    return load_config(None, tiny_overrides(root, grad_accumulation=2, **train_overrides)
+                       + ["model.dropout=0.1", *sets])
+
+
+def test_a_run_with_it_resumes_bitwise(tiny_shapes, tmp_path):
+    """Dropout on, 2 micro-batches per step, interrupted after step 2 (mid-epoch)."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(run_config(tiny_shapes, max_steps=5, save_every=2), full, show_progress=False)
+
+    class Preempted(Exception):
+        pass
+
+    def preempt(step, model):
+        if step == 2:
+            raise Preempted
+
+    with pytest.raises(Preempted):
+        train(run_config(tiny_shapes, max_steps=5, save_every=2), part, show_progress=False,
+              on_checkpoint=preempt)
+    train(run_config(tiny_shapes, max_steps=5, save_every=2), part, resume=True,
+          show_progress=False)
+    a = load_file(full / "model" / "model.safetensors")
+    b = load_file(part / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+    assert all(k in lines[-1] for k in ("loss_caption", "loss_itc", "loss_itm", "loss_vqa"))
+
+
+def test_a_frozen_cached_image_tower_trains_with_it(tiny_shapes, tmp_path, monkeypatch):
+    """The frozen tower's outputs come from the feature cache in both passes."""
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return grad_cache.accumulate_whole_batch(*args, **kwargs)
+
+    monkeypatch.setattr(step, "accumulate_whole_batch", counted)
+    config = run_config(tiny_shapes, "model.image_encoder.freeze=true", max_steps=2,
+                        task_grad_norm_every=1)
+    train(config, tmp_path / "run", show_progress=False)
+    assert len(calls) == 2
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text()
+             .splitlines()]
+    assert all(torch.isfinite(torch.tensor(x["loss"])) for x in lines)
+    assert lines[-1]["grad_norm_itc"] > 0 and lines[-1]["grad_norm_caption"] > 0
