@@ -21,7 +21,6 @@ from grad_cache_worker import WEIGHTS, fixed_batch, micro_batches, step_gradient
 from safetensors.torch import load_file
 
 from tiny import tiny_overrides
-
 from tuwen.config import load_config
 from tuwen.tasks.table import joint_step
 from tuwen.training import grad_cache, step

@@ -109,7 +109,7 @@ class Accumulated:
             if g is not None:
                 held[i] = g.detach().float() if held[i] is None else held[i] + g.detach()
 
-    def finish_norms(self, weights: dict[str, float]) -> dict[str, float]:
+    def finish_norms(self) -> dict[str, float]:
         for task, grads in self.grads.items():
             squares = [g.pow(2).sum() for g in grads if g is not None]
             self.norms[f"grad_norm_{task}"] = float(torch.stack(squares).sum().sqrt()) \
@@ -139,7 +139,7 @@ def accumulate_whole_batch(parts: Parts, micro_batches: list[Batch], weights: di
         with sync:
             _rerun(parts, Rerun(batch, state, whole, i, len(batches), swaps), weights,
                    precision, acc, trainable)
-    return dict(acc.sums), sum(b.size for b in batches), acc.finish_norms(weights)
+    return dict(acc.sums), sum(b.size for b in batches), acc.finish_norms()
 
 
 def _embed(parts: Parts, batch: Batch, swaps: bool,
@@ -175,9 +175,11 @@ def _whole_batch(parts: Parts, batches: list[Batch], leaves: list[dict], weights
         return whole
     whole.mine()
     for part in whole.parts:
+        def itm_phase(objective, part=part) -> torch.Tensor:
+            return whole.itm_loss(objective.model, part)
+
         with autocast(precision, device):
-            loss = parts.objective(None, None,
-                                   phase=lambda objective, p=part: whole.itm_loss(objective.model, p))
+            loss = parts.objective(None, None, phase=itm_phase)
         _backward(parts, "itm", weights["itm"] * loss / n, loss / n, acc, trainable)
     whole.itm_gradients()
     return whole
