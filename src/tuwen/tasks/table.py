@@ -120,16 +120,9 @@ def joint_step(model: ImageTextModel, batch: Batch, weights: Mapping[str, float]
     options = default_options() if options is None else options
     step = StepInputs(model, batch, gather)
     step.image  # noqa: B018 -- the image pass comes first, whichever task asks for it
-    losses = task_losses(step, weights, options)
+    losses = {name: loss for name, task in TASKS.items() if name in weights
+              if (loss := task.loss(step, options[name])) is not None}
     if not losses:
         raise ValueError("the batch has no labels for any active task")
     total = sum(weights[name] * loss for name, loss in losses.items())
     return total, losses
-
-
-def task_losses(step: StepInputs, weights: Mapping[str, float],
-                options: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Each task with a weight in ``weights``: its unweighted loss on ``step``'s batch (the
-    tasks that have nothing in the batch are left out)."""
-    return {name: loss for name, task in TASKS.items() if name in weights
-            if (loss := task.loss(step, options[name])) is not None}

@@ -38,7 +38,7 @@ from torch import nn
 
 from tuwen.data.batch import Batch
 from tuwen.tasks.base import StepInputs
-from tuwen.tasks.table import TASKS, task_losses
+from tuwen.tasks.table import TASKS
 from tuwen.tasks.whole_batch import TASK_KEYS, WholeBatch, as_leaves, encode_towers, interface
 from tuwen.training.grad_norms import task_gradient_norms
 from tuwen.training.parts import Parts
@@ -221,7 +221,9 @@ def _rerun(parts: Parts, run: Rerun, weights: dict[str, float], precision: str,
         with replaying(run.state, device):
             out = encode_towers(model, run.batch, run.swaps)
         step = StepInputs(model, run.batch, objective.gather, image=out.image)
-        losses = task_losses(step, per_sample, objective.task_options)
+        options = objective.task_options
+        losses = {name: loss for name, task in TASKS.items() if name in per_sample
+                  if (loss := task.loss(step, options[name])) is not None}
         total = sum((per_sample[k] * v for k, v in losses.items()), out.image.pooled.new_zeros(()))
         pulls = {} if part is None else \
             _pulls(interface(out, run.batch), run.whole.cached_gradients(part, scale))

@@ -41,20 +41,8 @@ def accumulate_gradients(parts: Parts, micro_batches: list[Batch], weights: dict
     number of samples and, with ``measure_tasks``, each task's gradient norm (mean over
     processes)."""
     if applies(whole_batch_negatives, len(micro_batches), weights):
-        sums, samples, norms = accumulate_whole_batch(parts, micro_batches, weights, precision,
-                                                      measure_tasks)
-    else:
-        sums, samples, norms = _per_micro_batch(parts, micro_batches, weights, precision,
-                                                measure_tasks)
-    if measure_tasks:  # a collective: every rank measures on the same steps
-        norms = mean_over_ranks(norms, tuple(f"grad_norm_{t}" for t in TASKS))
-    return mean_over_ranks(sums, ("loss", *TASKS)), samples, norms
-
-
-def _per_micro_batch(parts: Parts, micro_batches: list[Batch], weights: dict[str, float],
-                     precision: str, measure_tasks: bool,
-                     ) -> tuple[dict[str, float], int, dict[str, float]]:
-    """Each micro-batch's joint loss on its own; task norms on the first micro-batch."""
+        return _over_ranks(*accumulate_whole_batch(parts, micro_batches, weights, precision,
+                                                   measure_tasks), measure_tasks)
     accelerator, n = parts.accelerator, len(micro_batches)
     sums: dict[str, float] = defaultdict(float)
     norms: dict[str, float] = {}
@@ -73,7 +61,15 @@ def _per_micro_batch(parts: Parts, micro_batches: list[Batch], weights: dict[str
         for name, value in losses.items():
             sums[name] += value.item() / n
         samples += batch.size
-    return dict(sums), samples, norms
+    return _over_ranks(dict(sums), samples, norms, measure_tasks)
+
+
+def _over_ranks(sums: dict[str, float], samples: int, norms: dict[str, float],
+                measure_tasks: bool) -> tuple[dict[str, float], int, dict[str, float]]:
+    """The losses (and measured norms) as means over processes (collectives)."""
+    if measure_tasks:  # every rank measures on the same steps
+        norms = mean_over_ranks(norms, tuple(f"grad_norm_{t}" for t in TASKS))
+    return mean_over_ranks(sums, ("loss", *TASKS)), samples, norms
 
 
 def optimisation_step(parts: Parts, micro_batches: list[Batch], tcfg: TrainConfig,
