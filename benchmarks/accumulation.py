@@ -13,6 +13,7 @@ turn for ``--rounds`` rounds and each reports its best round.
 
   .venv/bin/python benchmarks/accumulation.py --threads 1   # benchmarks/results/accumulation.json
   .venv/bin/python benchmarks/accumulation.py --quick       # seconds: a smoke run
+  .venv/bin/python benchmarks/accumulation.py --set model.image_encoder.layers=6 ...
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def measure(sets: list[str], work: Path, warmup: int, steps: int, threads: int |
 
 def run_setup(name: str, args: argparse.Namespace, data: Path) -> dict:
     batch, accumulation, whole = SETUPS[name]
-    spec = {"sets": overrides(data, batch, accumulation, whole, args.quick),
+    spec = {"sets": overrides(data, batch, accumulation, whole, args.quick) + args.set,
             "work": str(Path(args.work) / name.replace(" ", "_")), "warmup": args.warmup,
             "steps": args.steps, "threads": args.threads}
     code = ("import json, sys; from benchmarks.accumulation import measure; "
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, help="timed steps (default 10; quick 2)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 2; quick 1)")
     parser.add_argument("--rounds", type=int, default=3, help="the setups in turn, this often")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every setup (repeatable)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--work", default="runs/bench_accumulation")
     parser.add_argument("--results", default="benchmarks/results/accumulation.json")

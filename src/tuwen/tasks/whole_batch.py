@@ -16,7 +16,7 @@ those one process would draw for the concatenated batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -79,11 +79,12 @@ def as_leaves(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @dataclass
 class Part:
     """One micro-batch with captions: its batch, its leaves, its first image row among this
-    process's rows."""
+    process's rows, and the gradients ITM left on its rows of the gathered fusion inputs."""
 
     batch: Batch
     leaves: dict[str, torch.Tensor]
     start: int
+    matched: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -145,16 +146,15 @@ class WholeBatch:
         return self._match.loss(model, self.world, part)
 
     def itm_gradients(self) -> None:
-        """Add the gradients the ITM losses left on the gathered fusion inputs to each
-        micro-batch's own leaf gradients (``cached_gradients`` reads them)."""
+        """Hand each micro-batch the gradients the ITM losses left on its rows of the
+        gathered fusion inputs (``cached_gradients`` reads them)."""
         self._match.scatter(self)
 
     def cached_gradients(self, part: Part, scale: float) -> dict[str, torch.Tensor]:
         """The gradient each of ``part``'s interface tensors gets from the whole-batch losses
         (divided by ``scale``, the loss scale fp16 backward multiplied them by)."""
         grads = {k: v.grad for k, v in part.leaves.items() if v.grad is not None}
-        grads.update(self._match.grads.get(id(part), {}) if self._match is not None else {})
-        return {k: g / scale for k, g in grads.items()}
+        return {k: g / scale for k, g in {**grads, **part.matched}.items()}
 
 
 @dataclass
@@ -164,7 +164,6 @@ class _MatchInputs:
     image_tokens: torch.Tensor     # (B_all, N, D) leaf
     text: TextFeatures             # (B_all, L, D) first captions; tokens a leaf
     negatives: retrieval.HardNegatives  # of every row
-    grads: dict                    # id(part) -> {key: gradient}, filled by ``scatter``
 
     @classmethod
     def of(cls, whole: WholeBatch) -> _MatchInputs:
@@ -188,7 +187,7 @@ class _MatchInputs:
             tokens = _gathered(torch.cat([p.leaves["image_tokens"] for p in parts]), sizes,
                                world.gather)
         text.tokens.requires_grad_()
-        return cls(tokens.requires_grad_(), text, negatives, {})
+        return cls(tokens.requires_grad_(), text, negatives)
 
     def loss(self, model: ImageTextModel, world: retrieval.World, part: Part) -> torch.Tensor:
         start = world.offset + part.start
@@ -213,8 +212,7 @@ class _MatchInputs:
         for part in whole.parts:
             rows = slice(world.offset + part.start, world.offset + part.start + part.n)
             width = part.leaves["first_tokens"].shape[1]
-            self.grads[id(part)] = {"image_tokens": image[rows],
-                                    "first_tokens": text[rows, :width]}
+            part.matched = {"image_tokens": image[rows], "first_tokens": text[rows, :width]}
 
 
 def _gathered(x: torch.Tensor, sizes: list[int], gather: bool) -> torch.Tensor:
