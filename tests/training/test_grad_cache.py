@@ -21,7 +21,8 @@ from grad_cache_worker import WEIGHTS, fixed_batch, micro_batches, step_gradient
 from safetensors.torch import load_file
 
 from tiny import tiny_overrides
-from tuwen.config import load_config
+from tuwen.config import load_config, save_config
+from tuwen.tasks.saved_model import load
 from tuwen.tasks.table import joint_step
 from tuwen.training import grad_cache, step
 from tuwen.training.loop import train
@@ -203,3 +204,45 @@ def test_a_frozen_cached_image_tower_trains_with_it(tiny_shapes, tmp_path, monke
              .splitlines()]
     assert all(torch.isfinite(torch.tensor(x["loss"])) for x in lines)
     assert lines[-1]["grad_norm_itc"] > 0 and lines[-1]["grad_norm_caption"] > 0
+
+
+@pytest.mark.slow  # a launch of 2 processes and a run of one
+def test_two_processes_train_like_one_accumulating_all_their_micro_batches(tiny_shapes,
+                                                                          tmp_path):
+    """Through torchrun and the loop: 2 ranks x 2 micro-batches of 4 == 1 process x 4, with
+    ITC over all 16 images either way (ITM off: its draws follow the row order, which differs
+    between the two: rank-major there, loader order here)."""
+    sets = tiny_overrides(tiny_shapes, batch_size=4, max_steps=3, save_every=3,
+                          log_every=1) + ["train.tasks.itm=0"]
+    save_config(load_config(None, sets + ["train.grad_accumulation=2"]), tmp_path / "two.yaml")
+    train(load_config(None, sets + ["train.grad_accumulation=4"]), tmp_path / "one",
+          show_progress=False)
+    out = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port",
+                          "29528", "-m", "tuwen", "train", str(tmp_path / "two.yaml"), "--out",
+                          str(tmp_path / "two")], env=ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    a = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    noise = before_batch_norm(load(tmp_path / "one" / "model").model)
+    assert noise and a.keys() == b.keys()
+    for name in a:
+        if "running_" in name or "num_batches" in name or name in noise:
+            continue  # BN buffers: DDP keeps rank 0's
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=5e-5, msg=name)
+    logged = [[json.loads(x)["loss_itc"] for x in (tmp_path / run / "metrics.jsonl")
+               .read_text().splitlines()] for run in ("one", "two")]
+    torch.testing.assert_close(logged[1], logged[0], rtol=1e-5, atol=1e-5)
+
+
+def before_batch_norm(model: torch.nn.Module) -> set[str]:
+    """The biases of convolutions a BatchNorm follows: their gradient is zero but for
+    rounding noise, which Adam's normalised step turns into updates of the learning rate's
+    size in both runs alike."""
+    names = set()
+    for prefix, module in model.named_modules():
+        children = list(module.named_children())
+        for (name, child), (_, after) in zip(children, children[1:]):
+            if isinstance(child, torch.nn.Conv2d) and isinstance(after, torch.nn.BatchNorm2d):
+                names.add(f"{prefix}.{name}.bias".lstrip("."))
+    return names
