@@ -85,9 +85,10 @@ def tiny_parts(dropout: float = 0.0) -> Parts:
     return Parts(accelerator, objective, model, optimizer, None, None)
 
 
-def step_gradients(parts: Parts, batches: list, **kwargs) -> tuple[dict, dict]:
+def step_gradients(parts: Parts, batches: list, weights: dict | None = None,
+                   **kwargs) -> tuple[dict, dict]:
     torch.manual_seed(1)  # ITM's negatives are drawn from the RNG
-    losses, _, _ = accumulate_gradients(parts, batches, WEIGHTS, "fp32", **kwargs)
+    losses, _, _ = accumulate_gradients(parts, batches, weights or WEIGHTS, "fp32", **kwargs)
     grads = {n: p.grad.clone() for n, p in parts.model.named_parameters() if p.grad is not None}
     return losses, grads
 

@@ -57,6 +57,13 @@ def test_4x16_gives_the_gradient_of_1x64_with_all_four_tasks(one_by_64):
     assert_same_gradients(grads, want)
 
 
+def test_4x16_gives_the_gradient_of_1x64_without_itm():
+    weights = {"caption": 1.0, "itc": 1.0, "vqa": 1.0}
+    _, want = step_gradients(tiny_parts(), micro_batches(fixed_batch(), 1), weights)
+    _, grads = step_gradients(tiny_parts(), micro_batches(fixed_batch(), 4), weights)
+    assert_same_gradients(grads, want)
+
+
 def test_two_processes_of_2x16_give_the_gradient_of_1x64(one_by_64, tmp_path):
     """Rank r takes images 32r..32r+31 in two micro-batches of 16 (gloo, DDP)."""
     out = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port",
@@ -74,8 +81,8 @@ def recorded_towers(monkeypatch) -> list:
     """Every ``encode_towers`` call's outputs, in call order (embed passes, then re-runs)."""
     calls, original = [], grad_cache.encode_towers
 
-    def encode(model, batch, swaps):
-        out = original(model, batch, swaps)
+    def encode(model, batch, itm):
+        out = original(model, batch, itm)
         calls.append([t.detach().clone() for t in
                       (out.image.tokens, out.text.tokens, out.swapped.tokens)])
         return out

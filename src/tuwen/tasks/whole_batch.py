@@ -43,11 +43,11 @@ class TowerOutputs:
     swapped: TextFeatures | None  # ITM's swapped captions (``spatial_negatives``), if any
 
 
-def encode_towers(model: ImageTextModel, batch: Batch, swaps: bool) -> TowerOutputs:
+def encode_towers(model: ImageTextModel, batch: Batch, itm: bool) -> TowerOutputs:
     """The towers on ``batch`` in one fixed order (image, captions, ITM's swapped captions
-    when ``swaps``): a re-run under the same RNG state draws the same dropout."""
+    when ``itm`` trains): a re-run under the same RNG state draws the same dropout."""
     image = model.encode_image(batch.pixel_values)
-    rows, part = batch.captions, batch.part("itm") if swaps else None
+    rows, part = batch.captions, batch.part("itm") if itm else None
     if rows is None:
         return TowerOutputs(image, None, None)
     text = model.encode_text(rows.input_ids, rows.attention_mask)
@@ -55,17 +55,20 @@ def encode_towers(model: ImageTextModel, batch: Batch, swaps: bool) -> TowerOutp
     return TowerOutputs(image, text, swapped)
 
 
-def interface(out: TowerOutputs, batch: Batch) -> dict[str, torch.Tensor]:
-    """What ITC and ITM read of the towers' outputs (empty without captions)."""
+def interface(out: TowerOutputs, batch: Batch, itm: bool) -> dict[str, torch.Tensor]:
+    """What ITC (and, when ``itm`` trains, ITM) read of the towers' outputs; empty without
+    captions."""
     rows = batch.captions
     if rows is None or out.text is None:
         return {}
     images = rows.image.unique()  # sorted, as the rows are
     tensors = {"image_pooled": out.image.pooled[images],        # (B_img, D)
-               "image_tokens": out.image.tokens[images],        # (B_img, N, D)
-               "text_pooled": out.text.pooled,                  # (R, D)
-               "first_tokens": out.text.tokens[rows.first],     # (B_img, L, D)
-               "first_pooled": out.text.pooled[rows.first]}     # unused by the fusion
+               "text_pooled": out.text.pooled}                  # (R, D)
+    if not itm:
+        return tensors
+    tensors.update({"image_tokens": out.image.tokens[images],   # (B_img, N, D)
+                    "first_tokens": out.text.tokens[rows.first],  # (B_img, L, D)
+                    "first_pooled": out.text.pooled[rows.first]})  # unused by the fusion
     if out.swapped is not None:
         tensors["swapped_tokens"] = out.swapped.tokens          # (S, L, D)
         tensors["swapped_pooled"] = out.swapped.pooled

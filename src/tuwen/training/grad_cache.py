@@ -126,23 +126,23 @@ def accumulate_whole_batch(parts: Parts, micro_batches: list[Batch], weights: di
     first micro-batch, as without this; whole-batch tasks over the step)."""
     device = parts.accelerator.device
     batches = [b.to(device) for b in micro_batches]
-    swaps = "itm" in weights
+    itm = "itm" in weights
     acc = Accumulated()
     trainable = [p for p in parts.objective.parameters() if p.requires_grad] \
         if measure_tasks else []
     with parts.accelerator.no_sync(parts.objective):
-        states, leaves = zip(*(_embed(parts, b, swaps, precision) for b in batches))
+        states, leaves = zip(*(_embed(parts, b, itm, precision) for b in batches))
         whole = _whole_batch(parts, batches, list(leaves), weights, precision, acc, trainable)
     for i, (batch, state) in enumerate(zip(batches, states)):
         last = i == len(batches) - 1
         sync = contextlib.nullcontext() if last else parts.accelerator.no_sync(parts.objective)
         with sync:
-            _rerun(parts, Rerun(batch, state, whole, i, len(batches), swaps), weights,
+            _rerun(parts, Rerun(batch, state, whole, i, len(batches), itm), weights,
                    precision, acc, trainable)
     return dict(acc.sums), sum(b.size for b in batches), acc.finish_norms()
 
 
-def _embed(parts: Parts, batch: Batch, swaps: bool,
+def _embed(parts: Parts, batch: Batch, itm: bool,
            precision: str) -> tuple[RngState, dict[str, torch.Tensor]]:
     """Phase 1 for one micro-batch: the RNG state it starts from, and its interface tensors
     as leaves."""
@@ -150,7 +150,7 @@ def _embed(parts: Parts, batch: Batch, swaps: bool,
 
     def phase(objective) -> dict[str, torch.Tensor]:
         with batch_statistics_kept(objective.model):
-            return interface(encode_towers(objective.model, batch, swaps), batch)
+            return interface(encode_towers(objective.model, batch, itm), batch, itm)
 
     with torch.no_grad(), autocast(precision, parts.accelerator.device):
         return state, as_leaves(parts.objective(batch, None, phase=phase))
@@ -204,7 +204,7 @@ class Rerun:
     whole: WholeBatch | None
     index: int
     count: int
-    swaps: bool
+    itm: bool  # ITM trains
 
 
 def _rerun(parts: Parts, run: Rerun, weights: dict[str, float], precision: str,
@@ -219,14 +219,14 @@ def _rerun(parts: Parts, run: Rerun, weights: dict[str, float], precision: str,
     def phase(objective) -> tuple[torch.Tensor, dict, dict[str, torch.Tensor]]:
         model = objective.model
         with replaying(run.state, device):
-            out = encode_towers(model, run.batch, run.swaps)
+            out = encode_towers(model, run.batch, run.itm)
         step = StepInputs(model, run.batch, objective.gather, image=out.image)
         options = objective.task_options
         losses = {name: loss for name, task in TASKS.items() if name in per_sample
                   if (loss := task.loss(step, options[name])) is not None}
         total = sum((per_sample[k] * v for k, v in losses.items()), out.image.pooled.new_zeros(()))
         pulls = {} if part is None else \
-            _pulls(interface(out, run.batch), run.whole.cached_gradients(part, scale))
+            _pulls(interface(out, run.batch, run.itm), run.whole.cached_gradients(part, scale))
         return total, losses, pulls
 
     with autocast(precision, device):
