@@ -91,6 +91,12 @@ class TrainConfig(Section):
         "last stage, and `max_steps` / `max_minutes` do not apply. Empty: one stage."))
     grad_accumulation: int = Field(1, ge=1, description=(
         "Micro-batches of `batch_size` per optimiser step."))
+    whole_batch_negatives: bool = Field(True, description=(
+        "With `grad_accumulation` > 1 and ITC on: ITC's negatives and ITM's hard negatives "
+        "come from every micro-batch of the step (and every process), as in one batch "
+        "`grad_accumulation` times larger (GradCache: the towers run twice, the memory stays "
+        "about one micro-batch's; docs/training.md). false: each micro-batch's own "
+        "negatives."))
     gradient_checkpointing: bool = Field(False, description=(
         "Recompute the small towers' blocks in the backward pass: less memory, more time."))
     compile: bool = Field(False, description="`torch.compile` the towers.")

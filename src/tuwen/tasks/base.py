@@ -36,9 +36,10 @@ from tuwen.tasks.eval_set import EvalSet
 class StepInputs:
     """One step's batch and what its tasks share, each computed on first use."""
 
-    def __init__(self, model: ImageTextModel, batch: Batch, gather: bool = False) -> None:
+    def __init__(self, model: ImageTextModel, batch: Batch, gather: bool = False,
+                 image: ImageFeatures | None = None) -> None:
         self.model, self.batch, self.gather = model, batch, gather
-        self._image: ImageFeatures | None = None
+        self._image = image  # None: encoded on first use
         self._shared: dict[Callable, Any] = {}
 
     @property
@@ -96,6 +97,9 @@ class Task:
     labels: ClassVar[str] = "caption"   # the label kind it needs: caption, vqa, class
     description: ClassVar[str] = ""
     trains: ClassVar[bool] = True       # False: an evaluator only (no loss, no weight)
+    # True: its loss couples the batch's samples (contrastive negatives), so accumulating
+    # micro-batches computes it over all of them at once (training.grad_cache)
+    whole_batch: ClassVar[bool] = False
     metric: ClassVar[str | None] = None  # its section of metrics.json and eval.tasks name
     Options: ClassVar[type[BaseModel]] = NoOptions
 

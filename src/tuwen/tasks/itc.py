@@ -53,6 +53,7 @@ class ItcTask(Task):
     metric = "retrieval"
     description = "image-text contrastive learning, InfoNCE"
     Options = ItcOptions
+    whole_batch = True  # its negatives are the batch's other samples
 
     def heads(self, spec: ModelSpec) -> dict[str, dict]:
         m = spec.model
@@ -67,14 +68,19 @@ class ItcTask(Task):
         shared = step.shared(retrieval.caption_embeddings)
         if shared is None:
             return None
-        world, part = shared.world, step.batch.part(self.name)
-        weights = None if part is None else world.cat(part.weight, world.text_sizes)
-        return contrastive_loss(world.image_embeds, world.text_embeds,
-                                step.model.itc_head.scale(), world.positives,
-                                text_weights=weights)
+        part = step.batch.part(self.name)
+        return world_loss(step.model, shared.world, None if part is None else part.weight)
 
     def evaluate(self, ev: Evaluation, data: EvalSet) -> TaskResult | None:
         return evaluate_retrieval(ev, data) if data.captions else None
+
+
+def world_loss(model, world: retrieval.World, weight: torch.Tensor | None) -> torch.Tensor:
+    """InfoNCE over every process's embeddings in ``world``; ``weight`` (R,): this process's
+    caption weights (``specific_captions``), or None."""
+    weights = None if weight is None else world.cat(weight, world.text_sizes)
+    return contrastive_loss(world.image_embeds, world.text_embeds, model.itc_head.scale(),
+                            world.positives, text_weights=weights)
 
 
 # ---- evaluation: recall@K both ways ------------------------------------------------------

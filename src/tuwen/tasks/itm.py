@@ -58,6 +58,7 @@ class ItmTask(Task):
     labels = "caption"
     description = "image-text matching with hard negatives"
     Options = ItmOptions
+    whole_batch = True  # its negatives are the batch's other samples
 
     def heads(self, spec: ModelSpec) -> dict[str, dict]:
         return {"itm_head": head_spec("matching", dim=spec.model.hidden_size)}

@@ -122,41 +122,82 @@ def _gather_text(world: World, text: TextFeatures) -> TextFeatures:
                         attention_mask=gather_cat(pad_to(text.attention_mask, width, 1), sizes))
 
 
-def matching(model: ImageTextModel, world: World, image_tokens: torch.Tensor,
-              text: TextFeatures, first: torch.Tensor,
-              extra: tuple[TextFeatures, torch.Tensor] | None = None) -> torch.Tensor:
-    """ITM over this process's positive pairs, one mined negative caption per image and one
-    mined negative image per caption (both drawn from every process's), plus ``extra``
-    negative (text, local image row) pairs if given."""
+@dataclass
+class HardNegatives:
+    """ITM's mined negatives for some image rows among every process's images (``World``)."""
+
+    rows: torch.Tensor   # (n,) the image rows, among all images
+    text: torch.Tensor   # (n,) per row a negative first caption (its image's row); -1: none
+    image: torch.Tensor  # (n,) per row's first caption a negative image row; -1: none
+
+    def subset(self, part: slice) -> HardNegatives:
+        return HardNegatives(self.rows[part], self.text[part], self.image[part])
+
+
+def first_caption_rows(world: World, first: torch.Tensor) -> torch.Tensor:
+    """(R_all,) True at every process's first caption rows (one per image, in image order);
+    ``first`` is this process's (R,) flag."""
     first_rows = world.text_offset + torch.nonzero(first).squeeze(1)
     all_first = torch.zeros(len(world.text_embeds), dtype=torch.bool, device=first.device)
     all_first[world.cat(first_rows, world.image_sizes)] = True
+    return all_first
+
+
+@torch.no_grad()
+def mine_negatives(world: World, all_first: torch.Tensor, rows: torch.Tensor) -> HardNegatives:
+    """For each image row of ``rows`` a caption the model finds confusingly similar, and for
+    its first caption such an image (ALBEF/BLIP), drawn from every process's; never a
+    positive."""
+    first_embeds = world.text_embeds[all_first]                    # (B_all, E)
+    i2t = world.image_embeds[rows] @ first_embeds.t()              # (n, B_all)
+    t2i = first_embeds[rows] @ world.image_embeds.t()              # (n, B_all)
+    positives = world.positives[:, all_first]                      # (B_all, B_all)
+    return HardNegatives(rows, sample_hard_negatives(i2t, positives[rows]),
+                         sample_hard_negatives(t2i, positives.t()[rows]))
+
+
+def matching(model: ImageTextModel, world: World, image_tokens: torch.Tensor,
+             text: TextFeatures, first: torch.Tensor,
+             extra: tuple[TextFeatures, torch.Tensor] | None = None) -> torch.Tensor:
+    """ITM over this process's positive pairs, one mined negative caption per image and one
+    mined negative image per caption (both drawn from every process's), plus ``extra``
+    negative (text, local image row) pairs if given."""
     n = len(image_tokens)
-    rows = world.offset + torch.arange(n, device=first.device)   # this process, among all
-    with torch.no_grad():
-        i2t = world.image_embeds[rows] @ world.text_embeds[all_first].t()  # (n, B_all)
-        t2i = world.text_embeds[first_rows] @ world.image_embeds.t()       # (n, B_all)
-    positives = world.positives[:, all_first]                              # (B_all, B_all)
-    neg_text = sample_hard_negatives(i2t, positives[rows])        # a caption per image
-    neg_image = sample_hard_negatives(t2i, positives.t()[rows])   # an image per caption
-    ok_t, ok_i = neg_text >= 0, neg_image >= 0
-    text_idx = torch.cat([rows, neg_text[ok_t], rows[ok_i]])
-    image_idx = torch.cat([rows, rows[ok_t], neg_image[ok_i]])
-    first_text = TextFeatures(tokens=text.tokens[first], pooled=text.pooled[first],
-                              attention_mask=text.attention_mask[first])
-    all_text = _gather_text(world, first_text)
+    all_first = first_caption_rows(world, first)
+    negatives = mine_negatives(world, all_first,
+                               world.offset + torch.arange(n, device=first.device))
+    all_text = _gather_text(world, _rows(text, first))
     image_tokens = world.cat(image_tokens, world.image_sizes)  # (B_all, N, D)
     if extra is not None:
+        extra = (extra[0], world.offset + extra[1])
+    return pair_loss(model, image_tokens, all_text, negatives, extra)
+
+
+def pair_loss(model: ImageTextModel, image_tokens: torch.Tensor, text: TextFeatures,
+              negatives: HardNegatives,
+              extra: tuple[TextFeatures, torch.Tensor] | None = None) -> torch.Tensor:
+    """ITM's cross-entropy over the positive pair of each of ``negatives.rows``, its mined
+    negatives and ``extra`` (text, image row) negatives; ``image_tokens`` (B_all, N, D) and
+    ``text`` (B_all first captions) are every process's, rows as in ``World``."""
+    rows, n = negatives.rows, len(negatives.rows)
+    ok_t, ok_i = negatives.text >= 0, negatives.image >= 0
+    text_idx = torch.cat([rows, negatives.text[ok_t], rows[ok_i]])
+    image_idx = torch.cat([rows, rows[ok_t], negatives.image[ok_i]])
+    if extra is not None:
         extra_text, extra_rows = extra
-        text_idx = torch.cat([text_idx, len(all_text.pooled) + torch.arange(len(extra_rows))])
-        image_idx = torch.cat([image_idx, world.offset + extra_rows])
-        all_text = _concat_text([all_text, extra_text])
+        text_idx = torch.cat([text_idx, len(text.pooled) + torch.arange(
+            len(extra_rows), device=text_idx.device)])
+        image_idx = torch.cat([image_idx, extra_rows])
+        text = _concat_text([text, extra_text])
     labels = torch.zeros(len(text_idx))
     labels[:n] = 1
-    pairs = TextFeatures(tokens=all_text.tokens[text_idx], pooled=all_text.pooled[text_idx],
-                         attention_mask=all_text.attention_mask[text_idx])
-    fused = model.fuse(pairs, image_tokens[image_idx])
-    return matching_loss(model.itm_head(fused.pooled), labels.to(i2t.device))
+    fused = model.fuse(_rows(text, text_idx), image_tokens[image_idx])
+    return matching_loss(model.itm_head(fused.pooled), labels.to(image_tokens.device))
+
+
+def _rows(text: TextFeatures, index: torch.Tensor) -> TextFeatures:
+    return TextFeatures(tokens=text.tokens[index], pooled=text.pooled[index],
+                        attention_mask=text.attention_mask[index])
 
 
 @torch.no_grad()

@@ -7,15 +7,14 @@ model + joint loss in this module and hands it to Accelerate.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
 from torch import nn
 
 from tuwen.data.batch import Batch
 from tuwen.models.image_text_model import ImageTextModel
-from tuwen.tasks.table import joint_step
+from tuwen.tasks.table import default_options, joint_step
 
 
 class JointObjective(nn.Module):
@@ -25,5 +24,15 @@ class JointObjective(nn.Module):
         self.model, self.gather = model, gather
         self.options = None if options is None else dict(options)  # None: the defaults
 
-    def forward(self, batch: Batch, weights: dict[str, float]) -> tuple[torch.Tensor, dict]:
+    @property
+    def task_options(self) -> dict[str, Any]:
+        return default_options() if self.options is None else self.options
+
+    def forward(self, batch: Batch | None, weights: dict[str, float] | None,
+                phase: Callable[[JointObjective], Any] | None = None) -> Any:
+        """The joint step; or, with ``phase``, ``phase(self)`` in its place: the phases of
+        accumulation with the whole batch's negatives (training.grad_cache) are forward
+        passes too, so that DDP and FSDP see every use of the weights."""
+        if phase is not None:
+            return phase(self)
         return joint_step(self.model, batch, weights, self.options, gather=self.gather)

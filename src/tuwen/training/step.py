@@ -11,6 +11,7 @@ from tuwen.config import TrainConfig
 from tuwen.data.batch import Batch
 from tuwen.tasks.table import TASKS
 from tuwen.training.distributed import mean_over_ranks
+from tuwen.training.grad_cache import accumulate_whole_batch, applies
 from tuwen.training.grad_norms import task_gradient_norms
 from tuwen.training.optim import task_weights
 from tuwen.training.parts import Parts
@@ -31,11 +32,17 @@ class StepResult:
 
 def accumulate_gradients(parts: Parts, micro_batches: list[Batch], weights: dict[str, float],
                          precision: str, measure_tasks: bool = False,
+                         whole_batch_negatives: bool = True,
                          ) -> tuple[dict[str, float], int, dict[str, float]]:
     """Forward and backward over the micro-batches of one step; the gradient is that of the
-    mean of their losses, synchronised across processes on the last one only. Returns the
-    mean losses, the number of samples and, with ``measure_tasks``, each task's gradient
-    norm on the first micro-batch (mean over processes)."""
+    mean of their losses, synchronised across processes on the last one only. With
+    ``whole_batch_negatives`` (and several micro-batches, ITC on) ITC and ITM take their
+    negatives from all micro-batches (training.grad_cache). Returns the mean losses, the
+    number of samples and, with ``measure_tasks``, each task's gradient norm (mean over
+    processes)."""
+    if applies(whole_batch_negatives, len(micro_batches), weights):
+        return _over_ranks(*accumulate_whole_batch(parts, micro_batches, weights, precision,
+                                                   measure_tasks), measure_tasks)
     accelerator, n = parts.accelerator, len(micro_batches)
     sums: dict[str, float] = defaultdict(float)
     norms: dict[str, float] = {}
@@ -54,9 +61,15 @@ def accumulate_gradients(parts: Parts, micro_batches: list[Batch], weights: dict
         for name, value in losses.items():
             sums[name] += value.item() / n
         samples += batch.size
-    if measure_tasks:  # a collective: every rank measures on the same steps
+    return _over_ranks(dict(sums), samples, norms, measure_tasks)
+
+
+def _over_ranks(sums: dict[str, float], samples: int, norms: dict[str, float],
+                measure_tasks: bool) -> tuple[dict[str, float], int, dict[str, float]]:
+    """The losses (and measured norms) as means over processes (collectives)."""
+    if measure_tasks:  # every rank measures on the same steps
         norms = mean_over_ranks(norms, tuple(f"grad_norm_{t}" for t in TASKS))
-    return mean_over_ranks(dict(sums), ("loss", *TASKS)), samples, norms
+    return mean_over_ranks(sums, ("loss", *TASKS)), samples, norms
 
 
 def optimisation_step(parts: Parts, micro_batches: list[Batch], tcfg: TrainConfig,
@@ -66,7 +79,8 @@ def optimisation_step(parts: Parts, micro_batches: list[Batch], tcfg: TrainConfi
     every = parts.task_grad_norm_every
     losses, samples, task_norms = accumulate_gradients(
         parts, micro_batches, weights, tcfg.precision,
-        measure_tasks=every is not None and (state.step + 1) % every == 0)
+        measure_tasks=every is not None and (state.step + 1) % every == 0,
+        whole_batch_negatives=tcfg.whole_batch_negatives)
     grad_norm = (parts.accelerator.clip_grad_norm_(parts.objective.parameters(), tcfg.grad_clip)
                  if tcfg.grad_clip else None)
     state.elapsed_s = time.perf_counter() - started
