@@ -101,8 +101,8 @@ def test_named_variants_overlay_several_keys_and_switch_types(tmp_path):
     local = BaseConfig("configs/shapes.yaml", ["model.decoder.name_or_path=/models/lm"])
     with pytest.raises(ConfigError, match="name_or_path"):  # not a key of the base decoder
         local.with_values({}, "--set")
-    small_v, llm_v = plan(BaseConfig("configs/shapes_llm.yaml", ["model.decoder.name_or_path=/models/lm"]),
-                          [], 1, [f"small={small}", f"llm={llm}"])
+    with_folder = BaseConfig("configs/shapes_llm.yaml", ["model.decoder.name_or_path=/models/lm"])
+    small_v, llm_v = plan(with_folder, [], 1, [f"small={small}", f"llm={llm}"])
     assert llm_v.config.model.decoder.name_or_path == "/models/lm"
     assert small_v.config.model.decoder.type == "transformer"
     assert "model.decoder.name_or_path" in small_v.dropped

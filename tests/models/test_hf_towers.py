@@ -341,3 +341,27 @@ def test_broken_preprocessor_config_names_the_file(tmp_path):
         with_tower_preprocessing(config)
     (folder / "preprocessor_config.json").unlink()  # none at all: the model config's size
     assert with_tower_preprocessing(config).data.image_size == 32
+
+
+def test_loading_says_in_one_line_what_the_checkpoint_lacks_not_the_pooler_left_out(
+        tmp_path, capsys):
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+
+    from tuwen.errors import TuwenWarning
+
+    folder = save_bert(tmp_path / "bert")  # saved with BERT's pooler, which tuwen leaves out
+    spec = hf_spec(text={"type": "hf", "name_or_path": str(folder)}, vocab_size=len(WORDS))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_model(spec)
+    assert not [w for w in caught if issubclass(w.category, TuwenWarning)]
+    assert "LOAD REPORT" not in capsys.readouterr().err
+    weights = load_file(folder / "model.safetensors")
+    gone = sorted(k for k in weights if "layer.0.attention.self.query" in k)
+    save_file({k: v for k, v in weights.items() if k not in gone}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.warns(TuwenWarning, match=r"model.text_encoder: 2 weights are not in the "
+                                          r"checkpoint and start random .*query"):
+        build_model(spec)

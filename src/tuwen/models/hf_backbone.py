@@ -8,7 +8,11 @@ tower was first loaded from.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
@@ -16,7 +20,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from tuwen.config import HFTowerConfig, LoraConfig
-from tuwen.errors import ConfigError
+from tuwen.errors import ConfigError, TuwenWarning
 
 # The key of each modality's sub-config inside two-tower configs (clip, siglip, ...)
 SUB_CONFIG = {"image": "vision_config", "text": "text_config"}
@@ -116,13 +120,40 @@ def build_backbone(cfg: HFTowerConfig, config: PretrainedConfig, pretrained: boo
               if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters else {})
     if pretrained and cfg.name_or_path is not None:
         try:
-            model = model_class.from_pretrained(cfg.name_or_path, config=config, **kwargs)
+            with quiet_load_report():
+                model, info = model_class.from_pretrained(
+                    cfg.name_or_path, config=config, output_loading_info=True, **kwargs)
         except (OSError, ValueError) as err:
             raise ConfigError(f"{where}.name_or_path: {cfg.name_or_path!r} could not be "
                               f"loaded ({_first_line(err)})") from None
+        warn_about_weights(info, where, cfg.name_or_path)
     else:
         model = model_class(config, **kwargs)
     return model.float()  # checkpoints may be stored in half precision; autocast does the rest
+
+
+@contextlib.contextmanager
+def quiet_load_report() -> Iterator[None]:
+    """transformers' table of unused and missing weights off: ``warn_about_weights`` says
+    what matters in one line."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def warn_about_weights(info: dict, where: str, name: str) -> None:
+    """One warning when the model has weights the checkpoint lacks (they start random).
+    Checkpoint weights left unused are not news: the pooler tuwen leaves out, the other tower
+    of a CLIP or SigLIP checkpoint."""
+    keys = sorted(info.get("missing_keys", []))
+    if keys:
+        shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+        warnings.warn(f"{where}: {len(keys)} weights are not in the checkpoint and start "
+                      f"random ({name}: {shown})", TuwenWarning, stacklevel=3)
 
 
 def adapt(model: PreTrainedModel, cfg: HFTowerConfig, where: str) -> nn.Module:

@@ -33,7 +33,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from tuwen.config import HFTowerConfig
 from tuwen.errors import ConfigError
 from tuwen.models.decoder import DecoderOutput, labelled_loss, positions_from_mask
-from tuwen.models.hf_backbone import adapt, config_from_dict
+from tuwen.models.hf_backbone import adapt, config_from_dict, quiet_load_report, warn_about_weights
 from tuwen.models.layers import cpu_bf16_autocast
 from tuwen.models.token_reduction import expand_weights
 from tuwen.models.towers import Tower
@@ -227,10 +227,13 @@ def causal_lm(cfg: HFTowerConfig, where: str, saved: dict[str, Any] | None,
         config.add_cross_attention = True
     if saved is None and cfg.name_or_path is not None:
         try:
-            lm = model_class.from_pretrained(cfg.name_or_path, config=config)
+            with quiet_load_report():
+                lm, info = model_class.from_pretrained(cfg.name_or_path, config=config,
+                                                       output_loading_info=True)
         except (OSError, ValueError) as err:
             raise ConfigError(f"{where}.name_or_path: {cfg.name_or_path!r} could not be "
                               f"loaded ({_first_line(err)})") from None
+        warn_about_weights(info, where, cfg.name_or_path)
     else:
         lm = model_class(config)
     return adapt(lm.float(), cfg, where), config
