@@ -48,16 +48,26 @@ class TrainConfig(Section):
         "same seed, thread count and hardware give bitwise-equal weights, also across a kill "
         "and `--resume`. Different thread counts may still differ. See docs/reliability.md."))
     batch_size: int = Field(64, ge=1, description=(
-        "Images per micro-batch on each process (each with its captions and questions)."))
+        "Images per micro-batch on each process (each with its captions and questions). The "
+        "default suits the from-scratch shapes demo; with frozen pretrained towers on a few "
+        "hundred images `configs/real_pretrained.yaml` uses 32, and a pretrained LM decoder "
+        "8 (docs/experiments/2026-12-07-pretrained-towers.md, docs/which-decoder.md)."))
     max_steps: int = Field(2000, ge=1, description="Optimiser steps to train.")
     max_minutes: float | None = Field(None, gt=0, description=(
         "Wall-clock budget in minutes: training stops when it is spent (before `max_steps`) "
         "and saves; null: none."))
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
+    lr: float = Field(1e-3, gt=0, description=(
+        "Peak learning rate (AdamW) of everything that trains: the heads, projections, "
+        "fusion and decoder, and the towers times their `lr_multiplier`. The default was "
+        "tuned on the shapes demo and kept by the sweep with frozen pretrained towers "
+        "(docs/experiments/2026-12-07-pretrained-towers.md)."))
     weight_decay: float = Field(0.05, ge=0, description=(
         "AdamW weight decay (not on biases, norms and embeddings)."))
     betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas.")
-    warmup_steps: int = Field(100, ge=0, description="Steps of linear warmup from 0 to `lr`.")
+    warmup_steps: int = Field(100, ge=0, description=(
+        "Steps of linear warmup from 0 to `lr`. With frozen pretrained towers a quarter of "
+        "a short run's steps learned best; a few steps only can diverge at a high `lr` "
+        "(docs/experiments/2026-12-07-pretrained-towers.md)."))
     min_lr_ratio: float = Field(0.05, ge=0, le=1, description=(
         "The schedule ends at `lr` times this (0..1)."))
     grad_clip: float | None = Field(1.0, gt=0, description=(
