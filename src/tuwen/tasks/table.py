@@ -25,13 +25,14 @@ from tuwen.models.image_text_model import ImageTextModel
 from tuwen.models.spec import ModelSpec
 from tuwen.tasks.base import StepInputs, Task
 from tuwen.tasks.captioning import CaptionTask
+from tuwen.tasks.chat import ChatTask
 from tuwen.tasks.classify import ClassifyTask
 from tuwen.tasks.itc import ItcTask
 from tuwen.tasks.itm import ItmTask
 from tuwen.tasks.vqa import VqaTask
 
 TASKS: dict[str, Task] = {"caption": CaptionTask(), "itc": ItcTask(), "itm": ItmTask(),
-                          "vqa": VqaTask(), "classify": ClassifyTask()}
+                          "vqa": VqaTask(), "classify": ClassifyTask(), "chat": ChatTask()}
 
 
 # ---- configs ---------------------------------------------------------------------------
@@ -119,7 +120,8 @@ def joint_step(model: ImageTextModel, batch: Batch, weights: Mapping[str, float]
     (see tasks.gather)."""
     options = default_options() if options is None else options
     step = StepInputs(model, batch, gather)
-    step.image  # noqa: B018 -- the image pass comes first, whichever task asks for it
+    if batch.pixel_values is not None:  # None: text-only conversations
+        step.image  # noqa: B018 -- the image pass comes first, whichever task asks for it
     losses = {name: loss for name, task in TASKS.items() if name in weights
               if (loss := task.loss(step, options[name])) is not None}
     if not losses:
