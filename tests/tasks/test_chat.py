@@ -206,7 +206,8 @@ def write_conversations(shapes: Path, path: Path) -> Path:
     follow-up) and a few text-only ones."""
     doc = json.loads((shapes / "captions.json").read_text())
     records = []
-    for image in doc["images"][:40]:
+    train = [image for image in doc["images"] if image["split"] == "train"][:24]
+    for image in train + [image for image in doc["images"] if image["split"] != "train"]:
         records.append({"id": f"c{image['imgid']}", "image": f"images/{image['filename']}",
                         "split": image["split"], "conversations": [
                             {"from": "human", "value": "<image>\ndescribe the picture."},
@@ -214,8 +215,8 @@ def write_conversations(shapes: Path, path: Path) -> Path:
                             {"from": "human", "value": "how many shapes?"},
                             {"from": "gpt", "value": str(len(image["sentences"][0]["raw"]
                                                              .split(" and ")))}]})
-    for split in ("train", "test"):
-        records += [{"id": f"t-{split}-{i}", "split": split, "conversations": [
+    for split in ("train", "test"):  # first: evaluation takes the first eval.max_images
+        records[:0] = [{"id": f"t-{split}-{i}", "split": split, "conversations": [
             {"from": "human", "value": "say hello"}, {"from": "gpt", "value": "hello"}]}
             for i in range(3)]
     path.write_text(json.dumps(records))
@@ -236,7 +237,7 @@ def train_run(shapes: Path, run: Path, conversations: Path, *extra: str) -> Path
 
 def logged_losses(run: Path) -> set[str]:
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {k for line in lines for k in line if k.startswith("loss_")}
+    return {k for line in lines for k in line if k.startswith(("loss_", "val_loss_"))}
 
 
 def check_ask(run: Path, image: Path, tmp_path: Path, capsys) -> list[dict]:
@@ -263,8 +264,9 @@ def check_ask(run: Path, image: Path, tmp_path: Path, capsys) -> list[dict]:
 def test_chat_trains_jointly_with_captioning_on_the_small_decoder(tiny_shapes, tmp_path,
                                                                  capsys):
     conversations = write_conversations(tiny_shapes, tmp_path / "chat.json")
-    run = train_run(tiny_shapes, tmp_path / "run", conversations)
-    assert {"loss_caption", "loss_itc", "loss_chat"} <= logged_losses(run)
+    run = train_run(tiny_shapes, tmp_path / "run", conversations, "train.eval_every=3",
+                    "train.val_max_images=60")
+    assert {"loss_caption", "loss_itc", "loss_chat", "val_loss_chat"} <= logged_losses(run)
     metrics = evaluate_run(run, "test", show_progress=False)
     assert metrics["chat"]["conversations"] > 0 and metrics["chat"]["text_only"] == 3
     assert {"bleu_4", "cider", "rouge_l", "exact_match"} <= set(metrics["chat"])

@@ -577,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run")
     ev.add_argument("--split", default="test")
     ev.add_argument("--tasks", help="comma-separated evaluators (caption, retrieval, vqa, "
-                                    "classify, ...; default: all the split has labels for)")
+                                    "classify, chat, ...; default: all the split has labels for)")
     ev.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     ev.set_defaults(func=cmd_eval)
 

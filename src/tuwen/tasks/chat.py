@@ -264,7 +264,7 @@ def evaluate_chat(ev: Evaluation, data: EvalSet, options: ChatOptions) -> TaskRe
                 "max_new_tokens": options.max_new_tokens,
                 "exact_match": "percent of replies equal to the reference after lowercasing "
                                "and removing punctuation"}
-    lines = [{"task": "chat", "conversation_id": c.conversation_id,
+    lines = [{"task": "chat", "conversation_id": c.conversation_id, "image_id": c.image_id,
               "image": None if c.image_path is None else absolute(c.image_path),
               "message": c.turns[-2][1], "reply": t, "reference": c.turns[-1][1],
               "exact_match": e} for c, t, e in zip(convs, texts, exact)]
