@@ -14,7 +14,7 @@ from hf_tiny import chat_lm_model, chat_tokenizer, save_bert, save_chat_lm, save
 from tiny import task_collator, tiny_overrides
 from tuwen.apps.cli import main
 from tuwen.apps.pipeline import Pipeline
-from tuwen.data.chat_text import IGNORE, generation_prompt, render, training_sequence
+from tuwen.data.chat_text import IGNORE, generation_prompt, training_sequence
 from tuwen.data.records import Conversation
 from tuwen.data.tokenizer import train_tokenizer
 from tuwen.data.vqa_text import prompt_ids

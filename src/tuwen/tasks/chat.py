@@ -24,8 +24,14 @@ from pydantic import Field
 
 from tuwen.config import Section
 from tuwen.data.batch import Batch
-from tuwen.data.chat_text import IGNORE, Rendered, Turns, generation_prompt, render, \
-    training_sequence
+from tuwen.data.chat_text import (
+    IGNORE,
+    Rendered,
+    Turns,
+    generation_prompt,
+    render,
+    training_sequence,
+)
 from tuwen.data.dataset import TextTools
 from tuwen.data.records import Conversation
 from tuwen.data.text import TextNormalizer
