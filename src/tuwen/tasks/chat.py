@@ -190,10 +190,11 @@ def greedy_replies(model: ImageTextModel, image_tokens: torch.Tensor,
                    prompts: Sequence[Rendered], max_new_tokens: int) -> torch.Tensor:
     """Greedy continuations (B, T) of ``prompts`` about ``image_tokens`` (B, N, D; N may be
     0), the image spliced in where each prompt's ``<image>`` was (prefix LMs); padded after
-    EOS."""
+    EOS. A prompt longer than the decoder's positions allow keeps its end, at least half of
+    them."""
     spec, device = model.spec, image_tokens.device
     room = _room(model, image_tokens.shape[1])
-    keep = max(1, room - max_new_tokens)
+    keep = max(1, room - min(max_new_tokens, room // 2))  # the reply gets at most half
     ids, mask, at = (t.to(device) for t in _left_padded(prompts, spec.pad_token_id, keep))
     steps = max(0, min(max_new_tokens, room - ids.shape[1]))
     banned = sorted({spec.pad_token_id, spec.bos_token_id} - {spec.eos_token_id})
