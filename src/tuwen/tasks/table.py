@@ -79,7 +79,9 @@ def with_train_tasks(config: Config, train: SplitData,
         raise DataError(train.split, "no task to train: the tasks with a weight > 0 have no "
                                      "labels in this split")
     line = "training tasks: " + ", ".join(f"{name} (weight {w:g})" for name, w in running.items())
-    if off := [name for name in weights if name not in config.train.tasks and name not in running]:
+    could = config.data.provides()  # tasks no source could feed go unmentioned
+    if off := [name for name in weights if name not in config.train.tasks
+               and name not in running and TASKS[name].labels in could]:
         line += f"; not {', '.join(off)}: split {train.split!r} has no " + " or ".join(
             sorted({f"{TASKS[n].labels} labels" for n in off}))
     log(line)
