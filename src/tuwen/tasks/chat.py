@@ -35,7 +35,6 @@ from tuwen.data.chat_text import (
 from tuwen.data.dataset import TextTools
 from tuwen.data.records import Conversation
 from tuwen.data.text import TextNormalizer
-from tuwen.models.hf_decoder import HFCausalLMDecoder
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.models.spec import ModelSpec
 from tuwen.tasks.base import Evaluation, StepInputs, Task, TaskResult
@@ -130,9 +129,17 @@ class ChatTask(Task):
         return evaluate_chat(ev, data, ev.options_of(self)) if data.conversations else None
 
 
+def _lm(model: ImageTextModel):
+    """The decoder's section when it is a Hugging Face LM, else None (read from the spec:
+    a small model never imports transformers' modelling code)."""
+    decoder = model.spec.model.decoder
+    return decoder if decoder.type == "hf_causal_lm" else None
+
+
 def splices_image(model: ImageTextModel) -> bool:
     """The decoder puts the image into the sequence (where ``<image>`` stands)."""
-    return isinstance(model.decoder, HFCausalLMDecoder) and model.decoder.conditioning == "prefix"
+    lm = _lm(model)
+    return lm is not None and lm.conditioning == "prefix"
 
 
 def no_image(model: ImageTextModel, rows: int, device: torch.device) -> torch.Tensor:
@@ -164,9 +171,9 @@ def _room(model: ImageTextModel, n_image: int) -> int:
     """Positions a prompt and its reply may fill: the small decoder's own; an LM's, less the
     image's tokens when they enter the sequence."""
     decoder = model.decoder
-    if isinstance(decoder, HFCausalLMDecoder):
+    if _lm(model) is not None:
         limit = decoder.positions or 1 << 30
-        return limit - (n_image if decoder.conditioning == "prefix" else 0)
+        return limit - (n_image if splices_image(model) else 0)
     return decoder.max_length
 
 
