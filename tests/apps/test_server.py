@@ -104,6 +104,41 @@ def test_answer_with_five_alternatives(client, pipeline, images):
     assert [a["answer"] for a in body["alternatives"]] == [a for a, _ in want.alternatives]
 
 
+HISTORY = [{"role": "user", "content": "What is in the picture?"},
+           {"role": "assistant", "content": "a red circle"}]
+
+
+def test_answer_with_history_is_the_conversations_next_turn(client, pipeline, images):
+    image = first_image(images)
+    body = client.post("/v1/answer", **upload(image, question="And its size?",
+                                              history=json.dumps(HISTORY))).json()
+    want = pipeline.answer([image], ["And its size?"], histories=[
+        [(t["role"], t["content"]) for t in HISTORY]])[0]
+    assert body == {"question": "And its size?", "answer": want.text, "alternatives": []}
+    # an empty history is none: the question is classified as before
+    plain = client.post("/v1/answer", **upload(image, question="And its size?", history="[]"))
+    assert len(plain.json()["alternatives"]) == 5
+
+
+@pytest.mark.parametrize("history, status, reason", [
+    ("not json", 400, "'history' is not valid JSON"),
+    ('{"role": "user"}', 400, "history: expected a list of turns"),
+    ('[{"role": "assistant", "content": "hi"}]', 400, "history[0].role: expected 'user'"),
+    ('[{"role": "user", "content": "hi"}]', 400, "the last turn must be the assistant's"),
+    ('[{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}]', 400,
+     "history[0].content: expected a non-empty text"),
+    ('[{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]', 400,
+     "history[1].role: expected 'user' or 'assistant', got 'bot'"),
+    (json.dumps(HISTORY * 9), 413, "'history' has 18 turns, more than the limit of 16"),
+    (json.dumps([{"role": "user", "content": "w" * 301}, HISTORY[1]]), 413,
+     "history[0].content is 301 characters, more than the limit of 300"),
+])
+def test_a_bad_history_is_refused_in_one_line(client, images, history, status, reason):
+    response = client.post("/v1/answer", **upload(first_image(images), question="and?",
+                                                  history=history))
+    assert reason in error_of(response, status)
+
+
 def test_search_by_text_and_image_returns_ids_and_thumbnails_not_paths(client, index, pipeline,
                                                                        images):
     response = client.post("/v1/search", json={"query": "a red circle", "k": 4})

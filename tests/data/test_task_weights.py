@@ -51,7 +51,7 @@ def test_the_log_names_the_tasks_that_run_and_why_one_does_not():
     resolved = with_train_tasks(config, split(True, False), lines.append)
     assert lines == ["training tasks: caption (weight 1), itc (weight 1), itm (weight 1); "
                      "not vqa: split 'train' has no vqa labels"]
-    assert resolved.train.tasks == {"caption": 1, "itc": 1, "itm": 1, "vqa": 0}
+    assert resolved.train.tasks == {"caption": 1, "itc": 1, "itm": 1, "vqa": 0, "chat": 0}
     assert config.train.tasks == {}  # the caller's config is left as it was
 
 

@@ -129,8 +129,15 @@ def cmd_caption(args: argparse.Namespace) -> None:
 
 
 def cmd_ask(args: argparse.Namespace) -> None:
-    answer = _pipeline(args).answer([args.image], [args.question], top_k=args.top)[0]
+    from tuwen.apps.conversation import read_history, write_history
+
+    history = read_history(args.history) if args.history else []
+    answer = _pipeline(args).answer([args.image], [args.question], top_k=args.top,
+                                    histories=[history])[0]
     print(answer.text)
+    if args.history:  # the next `tuwen ask --history FILE` continues the conversation
+        write_history(args.history, [*history, ("user", args.question.strip()),
+                                     ("assistant", answer.text)])
     if args.top > 1:
         for text, prob in answer.alternatives:
             print(f"  {prob:.3f}\t{text}")
@@ -171,6 +178,11 @@ def _add_inference(sub: argparse._SubParsersAction) -> None:
     ask.add_argument("question")
     ask.add_argument("--top", type=int, default=1,
                      help="also print the N most likely answers with their probabilities")
+    ask.add_argument("--history", metavar="FILE",
+                     help="a JSON file of the conversation's earlier turns ([{\"role\": "
+                          "\"user\"|\"assistant\", \"content\": ...}]; created when "
+                          "missing): the question is its next turn, and the question and "
+                          "answer are appended to it")
     ask.set_defaults(func=cmd_ask)
     cls = sub.add_parser("classify", help="zero-shot classification of images among labels")
     cls.add_argument("model")
@@ -294,7 +306,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 SERVE_LIMITS = {"max_batch": int, "max_wait_ms": float, "max_queue": int, "timeout_s": float,
-                "max_upload_bytes": int, "max_image_pixels": int, "max_text_chars": int}
+                "max_upload_bytes": int, "max_image_pixels": int, "max_text_chars": int,
+                "max_history_turns": int}
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -568,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run")
     ev.add_argument("--split", default="test")
     ev.add_argument("--tasks", help="comma-separated evaluators (caption, retrieval, vqa, "
-                                    "classify, ...; default: all the split has labels for)")
+                                    "classify, chat, ...; default: all the split has labels for)")
     ev.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     ev.set_defaults(func=cmd_eval)
 

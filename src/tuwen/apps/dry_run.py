@@ -22,7 +22,7 @@ from tuwen.config import Config, HFTowerConfig, ModelConfig
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.batch import Batch
 from tuwen.data.dataset import Collator, TextTools
-from tuwen.data.records import VQAItem
+from tuwen.data.records import Conversation, VQAItem
 from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import train_tokenizer
 from tuwen.errors import ConfigError
@@ -136,18 +136,27 @@ def tiny_model_config(model: ModelConfig) -> tuple[ModelConfig, dict[str, dict]]
 
 
 def synthetic_batch(tok, spec: ModelSpec, config: Config, seed: int = 0) -> Batch:
-    """Four random images with two captions and one question each, collated like training."""
+    """Four random images with two captions, one question and one conversation each, and a
+    text-only conversation, collated like training."""
     vqa_answers = spec.model.vqa.mode == "generate"
     g = torch.Generator().manual_seed(seed)
     vocab = AnswerVocab(ANSWERS[:spec.num_answers])
     items = [{"pixel_values": torch.randn(3, spec.image_size, spec.image_size, generator=g),
               "captions": [SENTENCES[i], SENTENCES[i + 1]],
               "questions": [VQAItem(i, i, Path(f"{i}.png"), SENTENCES[4 + i % 3],
-                                    (ANSWERS[i],) * 10, ANSWERS[i], "what", "other")]}
+                                    (ANSWERS[i],) * 10, ANSWERS[i], "what", "other")],
+              "conversations": [_conversation(i, f"<image>\n{SENTENCES[4 + i % 3]}")]}
              for i in range(4)]
+    items.append({"pixel_values": None, "captions": [], "questions": [],
+                  "conversations": [_conversation(4, SENTENCES[5], image=False)]})
     tools = TextTools(tok, tok, TextNormalizer(), spec.max_text_length,
                       vocab=None if vqa_answers else vocab)
     return Collator(tools, part_collates(tools, config, spec, None))(items)
+
+
+def _conversation(i: int, question: str, image: bool = True) -> Conversation:
+    return Conversation(i, i if image else None, Path(f"{i}.png") if image else None, "train",
+                        (("user", question), ("assistant", ANSWERS[i])))
 
 
 def data_files(config: Config) -> dict[str, bool]:

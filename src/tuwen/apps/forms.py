@@ -15,11 +15,12 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
+from tuwen.apps.conversation import parse_history
 from tuwen.apps.images import ImageRejected, decode_image
 from tuwen.apps.limits import ServeSettings
 from tuwen.apps.search import ImageIndex, UnknownImage
 from tuwen.data.images import load_image
-from tuwen.errors import DataError
+from tuwen.errors import DataError, TuwenError
 
 
 class RequestError(Exception):
@@ -78,7 +79,7 @@ async def read_form(request: Request, settings: ServeSettings) -> FormData:
     if content_type(request) not in FORM_TYPES:
         raise RequestError(415, f"expected multipart/form-data (an 'image' file and text "
                                 f"fields), got {content_type(request) or 'no content type'!r}")
-    part_limit = 4 * settings.max_text_chars + 1024
+    part_limit = history_bytes(settings)
     try:  # a text field longer than a few questions is refused while it is parsed
         return await request.form(max_files=1, max_fields=8, max_part_size=part_limit)
     except (MultiPartException, HTTPException) as err:  # starlette wraps the one in the other
@@ -100,6 +101,35 @@ async def read_json(request: Request) -> dict:
     if not isinstance(data, dict):
         raise RequestError(400, "expected a JSON object")
     return data
+
+
+def history_bytes(settings: ServeSettings) -> int:
+    """The longest form field: a history of ``max_history_turns`` texts (each at most
+    ``max_text_chars``, escaped), or one text."""
+    return 4 * settings.max_text_chars * max(1, settings.max_history_turns) + 1024
+
+
+def history_field(value, settings: ServeSettings) -> list[tuple[str, str]]:
+    """``/v1/answer``'s optional ``history``: a JSON list of earlier turns
+    (``apps.conversation``), each text within ``max_text_chars``."""
+    if value is None or value == "":
+        return []
+    if not isinstance(value, str):
+        raise RequestError(400, "'history' must be text (a JSON list of turns)")
+    try:
+        turns = parse_history(json.loads(value))
+    except json.JSONDecodeError as err:
+        raise RequestError(400, f"'history' is not valid JSON: {err}") from None
+    except TuwenError as err:
+        raise RequestError(400, str(err)) from None
+    if len(turns) > settings.max_history_turns:
+        raise RequestError(413, f"'history' has {len(turns)} turns, more than the limit of "
+                                f"{settings.max_history_turns}")
+    for i, (_, content) in enumerate(turns):
+        if len(content) > settings.max_text_chars:
+            raise RequestError(413, f"history[{i}].content is {len(content):,} characters, "
+                                    f"more than the limit of {settings.max_text_chars}")
+    return turns
 
 
 def text_field(value, name: str, settings: ServeSettings, required: bool = True) -> str | None:

@@ -16,6 +16,7 @@ class ServeSettings(BaseModel):
     max_image_pixels: int = Field(40_000_000, ge=1)  # refused from the header, before decoding
     image_formats: tuple[str, ...] = FORMATS          # decided by the bytes, not the name
     max_text_chars: int = Field(300, ge=1)            # a question or a search query
+    max_history_turns: int = Field(16, ge=0)          # earlier turns an answer may bring
     max_k: int = Field(100, ge=1)                     # search results per query
     max_batch: int = Field(16, ge=1)                  # requests per model call
     max_wait_ms: float = Field(5.0, ge=0)             # how long a batch waits to fill

@@ -78,6 +78,16 @@ def _by_id(operation_id: str, in_body: bool = False) -> dict:
     return {"operationId": operation_id, "parameters": {"image_id": first}}
 
 
+HISTORY = ("optional: the conversation's earlier turns, a JSON list of {\"role\": \"user\" | "
+           "\"assistant\", \"content\": text}, alternating from a user turn and ending "
+           "with the assistant's; the question is the next user turn")
+
+
+def history_chars(settings: ServeSettings) -> int:
+    """The longest ``history`` field the form parser takes (``forms.history_bytes``)."""
+    return 4 * settings.max_text_chars * max(1, settings.max_history_turns)
+
+
 def operations(settings: ServeSettings) -> dict[str, dict]:
     """``openapi_extra`` of each operation, by operation id."""
     k = {"type": "integer", "minimum": 1, "maximum": settings.max_k, "default": 10}
@@ -99,9 +109,12 @@ def operations(settings: ServeSettings) -> dict[str, dict]:
             _form({}, "An image; the answer is its caption and the caption's tokens."),
             _json(_object(caption=_STRING, tokens=_STRINGS)), MODEL_ERRORS),
         "answer": _operation(
-            _form({"question": _text(settings, "the question")},
-                  "An image and a question; the answer comes with its top-5 alternatives.",
-                  required=("question",)),
+            _form({"question": _text(settings, "the question"),
+                   "history": {"type": "string", "maxLength": history_chars(settings),
+                               "description": HISTORY}},
+                  "An image and a question; the answer comes with its top-5 alternatives "
+                  "(a classifying model), or as the next turn of a conversation when a "
+                  "history is given.", required=("question",)),
             _json(_object(question=_STRING, answer=_STRING, alternatives={
                 "type": "array", "items": _object(answer=_STRING,
                                                   probability={"type": "number"})})),

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tuwen.apps.conversation import parse_history
 from tuwen.apps.images import ImageLimits, open_image
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.images import ImageTransform
@@ -28,7 +29,7 @@ from tuwen.data.vqa_text import left_padded_prompts
 from tuwen.errors import TuwenError
 from tuwen.model_files import CONFIG_FILE, WEIGHTS_FILE
 from tuwen.models.image_text_model import ImageTextModel
-from tuwen.tasks import captioning, retrieval, vqa
+from tuwen.tasks import captioning, chat, retrieval, vqa
 from tuwen.tasks.batching import decode_until_eos
 from tuwen.tasks.classify import (
     DEFAULT_TEMPLATES,
@@ -94,6 +95,7 @@ class Pipeline:
     batch_size: int = 32
     image_limits: ImageLimits = ImageLimits()
     text_tokenizer: object | None = None  # the text encoder's own; None: `tokenizer` serves
+    max_reply_tokens: int = 64  # a reply in a conversation (``answer`` with history)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | None = None,
@@ -157,18 +159,48 @@ class Pipeline:
         return self._batched(run, list(images))
 
     def answer(self, images: Sequence[ImageInput], questions: Sequence[str],
-               top_k: int = 5) -> list[Answer]:
+               top_k: int = 5, histories: Sequence[Sequence] | None = None) -> list[Answer]:
         """One answer per (image, question) pair: classified over the answer vocabulary with
-        its ``top_k`` alternatives, or generated (``model.vqa.mode: generate``)."""
+        its ``top_k`` alternatives, or generated (``model.vqa.mode: generate``).
+
+        ``histories``: each question's earlier turns (``apps.conversation``; empty: none). A
+        question with history, or any question to a model without a VQA head (one trained
+        on conversations only), is answered as the next turn of its conversation: the
+        reply generated greedily after the turns rendered as the chat task renders them."""
         if len(images) != len(questions):
             raise TuwenError(f"{len(images)} images but {len(questions)} questions: "
                              "one question per image")
-        if not vqa.generates_answers(self.model) and self.vocab is None:
-            raise TuwenError("this model was trained without VQA data; it cannot answer")
-        texts = [self.normalize(q) for q in questions]
-        run = self._generated_answers if vqa.generates_answers(self.model) else \
-            (lambda px, qs: self._classified_answers(px, qs, top_k))
-        return self._batched(lambda im, qs: run(self.pixels(im), qs), list(images), texts)
+        histories = [parse_history(list(h or []), f"histories[{i}]")
+                     for i, h in enumerate(histories or [[]] * len(questions))]
+        if len(histories) != len(questions):
+            raise TuwenError(f"{len(histories)} histories but {len(questions)} questions: "
+                             "one history (possibly empty) per question")
+        answers_questions = vqa.generates_answers(self.model) or self.vocab is not None
+        turns = [i for i, h in enumerate(histories) if h or not answers_questions]
+        single = [i for i in range(len(questions)) if i not in set(turns)]
+        out: dict[int, Answer] = {}
+        if single:
+            run = self._generated_answers if vqa.generates_answers(self.model) else \
+                (lambda px, qs: self._classified_answers(px, qs, top_k))
+            texts = [self.normalize(questions[i]) for i in single]
+            out.update(zip(single, self._batched(lambda im, qs: run(self.pixels(im), qs),
+                                                 [images[i] for i in single], texts)))
+        if turns:
+            out.update(zip(turns, self._replies([images[i] for i in turns],
+                                                [questions[i].strip() for i in turns],
+                                                [histories[i] for i in turns])))
+        return [out[i] for i in range(len(questions))]
+
+    def _replies(self, images: list[ImageInput], messages: list[str],
+                 histories: list[list]) -> list[Answer]:
+        def run(ims, msgs, hists):
+            prompts = chat.reply_prompts(self.tokenizer, self.model, hists, msgs,
+                                         [True] * len(msgs))
+            texts = chat.replies(self.model, self.tokenizer, self.pixels(ims),
+                                 list(range(len(ims))), prompts,
+                                 max_new_tokens=self.max_reply_tokens, batch_size=len(ims))
+            return [Answer(t) for t in texts]
+        return self._batched(run, images, messages, histories)
 
     def _generated_answers(self, pixels: torch.Tensor, questions: list[str]) -> list[Answer]:
         spec = self.model.spec

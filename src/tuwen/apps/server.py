@@ -29,6 +29,7 @@ from tuwen.apps.forms import (
     RequestError,
     content_type,
     form_image,
+    history_field,
     int_field,
     read_form,
     read_json,
@@ -73,7 +74,8 @@ class Service:
                                  max_length=s.max_length)
 
     def _answers(self, items: list) -> list:
-        return self.pipe.answer([image for image, _ in items], [q for _, q in items])
+        return self.pipe.answer([image for image, _, _ in items], [q for _, q, _ in items],
+                                histories=[h for _, _, h in items])
 
     def _picture(self, image, maps, token) -> bytes:
         if token is None:
@@ -252,8 +254,9 @@ def _routes(app: FastAPI, service: Service) -> None:
     async def answer(request: Request):
         form = await read_form(request, settings)
         question = text_field(form.get("question"), "question", settings)
+        history = history_field(form.get("history"), settings)
         image = await form_image(form, settings, service.index)
-        result = await service.run("answer", (image, question))
+        result = await service.run("answer", (image, question, history))
         return {"question": question, "answer": result.text,
                 "alternatives": [{"answer": a, "probability": p} for a, p in result.alternatives]}
 

@@ -16,7 +16,7 @@ from tuwen.evaluation.evaluate import evaluate_split
 from tuwen.evaluation.model_card import write_training_card
 from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks.saved_model import load_text_assets
-from tuwen.tasks.table import TASKS
+from tuwen.tasks.table import TASKS, task_options
 from tuwen.training.loop import TrainResult, train
 
 METRIC_SECTIONS = tuple(t.metric for t in TASKS.values() if t.metric)
@@ -36,7 +36,8 @@ def validation_metrics(config: Config, run_dir: Path):
         metrics = evaluate_split(model, loaded["tokenizer"], loaded["vocab"], loaded["data"], cfg,
                                  run_dir / "eval" / "val-during-training",
                                  config.data.max_text_length, show_progress=False,
-                                 text_tokenizer=loaded["text_tokenizer"])
+                                 text_tokenizer=loaded["text_tokenizer"],
+                                 options=task_options(config))
         return {k: metrics[k] for k in METRIC_SECTIONS if k in metrics}
 
     return evaluate

@@ -6,6 +6,7 @@ trained, whatever its tokenizer's template says later:
 
     caption:  <before> caption_request <after> | caption <end>
     answer:   <before> question <after>        | answer <end>
+    chat:     <before> message <after> | reply <end> <next_user> message <after> | reply <end> ...
 
 ``<before>`` holds the system turn that ``model.decoder.system_prompt`` chose (none, the
 template's default, or a text) and the user's turn header.
@@ -30,10 +31,18 @@ class ChatFormat:
     extra_length: int            # positions the template adds to a text at most
     # model.decoder.system_prompt it was resolved with (`default` in models saved before it)
     system_prompt: str = "default"
+    # between a reply's end-of-turn token and the next user message (a conversation's later
+    # turns); None in models saved before conversations: ``before`` serves
+    next_user: str | None = None
 
     def prompt(self, message: str) -> str:
         """The prompt text of one user message (the reply comes right after it)."""
         return f"{self.before}{message}{self.after}"
+
+    def later_prompt(self, message: str) -> str:
+        """The prompt text of a user message after a reply (a conversation's later turn)."""
+        before = self.before if self.next_user is None else self.next_user
+        return f"{before}{message}{self.after}"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "caption_prompt": list(self.caption_prompt)}

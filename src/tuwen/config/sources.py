@@ -9,7 +9,8 @@ from pydantic import Field, model_validator
 
 from tuwen.config.base import Section, typed_union
 
-SOURCE_LABELS = ("caption", "vqa", "class")  # captions feed caption/itc/itm; class: classify
+# captions feed caption/itc/itm; class: classify; chat: the chat task
+SOURCE_LABELS = ("caption", "vqa", "class", "chat")
 COCO_IMAGE_PATTERN = "COCO_{subtype}_{image_id:012d}.jpg"  # VQAv2's images, by COCO file name
 
 SPLIT_PATH = " `{split}` in the path becomes the source's name for the run's split."
@@ -27,10 +28,10 @@ class SourceConfig(Section):
     weight: float = Field(1.0, gt=0, description=(
         "Repeat factor: how many times each of its images is drawn per epoch (> 0; "
         "fractions draw a share)."))
-    tasks: list[Literal["caption", "vqa", "class"]] | None = Field(None, description=(
+    tasks: list[Literal["caption", "vqa", "class", "chat"]] | None = Field(None, description=(
         "The labels to use from this source: `caption` (captions, feeding caption/itc/itm), "
-        "`vqa` (questions), `class` (class names, for zero-shot classification). Default: "
-        "every label it has."))
+        "`vqa` (questions), `class` (class names, for zero-shot classification), `chat` "
+        "(conversations, for the chat task). Default: every label it has."))
     splits: list[str] | dict[str, str | list[str]] | None = Field(None, description=(
         "Which run splits this source serves. A list: only these splits, under the same "
         "names; a mapping: run split -> this source's split name(s); unset: every split, "
@@ -194,10 +195,23 @@ class ImageFolderSource(SourceConfig):
     LABELS: ClassVar[frozenset[str]] = frozenset({"class"})
 
 
+class LlavaSource(SourceConfig):
+    """LLaVA instruction data: a JSON list of ``{"id", "image", "conversations": [{"from":
+    "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...]}``; a sample
+    without ``image`` is a text-only conversation."""
+
+    format: Literal["llava"] = Field("llava", description="Picks this format.")
+    path: str = Field(description=(
+        "The JSON file (a list of conversations). Image paths are relative to `image_root`, "
+        "default this file's folder; a sample's optional `split` key keeps it out of other "
+        "splits." + SPLIT_PATH))
+    LABELS: ClassVar[frozenset[str]] = frozenset({"chat"})
+
+
 SOURCES: dict[str, type[SourceConfig]] = {
     "karpathy": KarpathySource, "coco": CocoSource, "vqav2": VQAv2Source, "jsonl": JsonlSource,
     "csv": CsvSource, "webdataset": WebDatasetSource, "hf": HFSource,
-    "imagefolder": ImageFolderSource,
+    "imagefolder": ImageFolderSource, "llava": LlavaSource,
 }
 DataSource = typed_union(SOURCES, default=None, key="format")
 

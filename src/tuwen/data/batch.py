@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from tuwen.data.records import VQAItem
+from tuwen.data.records import Conversation, VQAItem
 
 
 @dataclass
@@ -41,14 +41,26 @@ class QuestionRows:
 
 
 @dataclass
-class Batch:
-    """One (micro-)batch of images with their labels."""
+class ConversationRows:
+    """A batch's conversations (LLaVA-format instruction data), one drawn per sample."""
 
-    pixel_values: torch.Tensor | None  # (B, 3, H, W); None when every image failed to load
-    size: int                          # images that loaded (B)
+    image: torch.Tensor           # (C,) each conversation's image; -1: a text-only one
+    items: list[Conversation] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """One (micro-)batch of images with their labels.
+
+    A text-only conversation is a sample without an image: it counts in ``size`` and has a
+    row in ``conversations`` (image -1), and nothing in ``pixel_values``."""
+
+    pixel_values: torch.Tensor | None  # (B_img, 3, H, W); None when no sample has an image
+    size: int                          # samples that loaded (B_img with images, the rest text)
     skipped: list[str] = field(default_factory=list)  # why each failed image was dropped
     captions: CaptionRows | None = None
     questions: QuestionRows | None = None
+    conversations: ConversationRows | None = None
     parts: dict[str, Any] = field(default_factory=dict)  # task name -> its typed part
     positions: list | None = None      # streamed: (worker, epoch) of each item drawn
 

@@ -1,9 +1,10 @@
 """Joint image-text examples and batching.
 
-One example is one image with everything known about it: its captions and its
-questions. Each time it is drawn, one caption and one question are picked (seeded by
-seed, epoch and index, so a resumed run draws the same ones), and one image pass feeds
-every task.
+One example is one image with everything known about it: its captions, its questions and
+its conversations (LLaVA-format data). Each time it is drawn, one caption, one question and
+one conversation are picked (seeded by seed, epoch and index, so a resumed run draws the
+same ones), and one image pass feeds every task. A text-only conversation is an example
+without an image.
 """
 
 from __future__ import annotations
@@ -22,39 +23,46 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tuwen.config.chat import ChatFormat
 from tuwen.data.answers import AnswerVocab
 from tuwen.data.augment import image_rng
-from tuwen.data.batch import Batch, CaptionRows, QuestionRows
+from tuwen.data.batch import Batch, CaptionRows, ConversationRows, QuestionRows
 from tuwen.data.images import load_image
-from tuwen.data.records import ImageCaptions, VQAItem
+from tuwen.data.records import Conversation, ImageCaptions, VQAItem, sample_key
 from tuwen.data.text import TextNormalizer
 from tuwen.errors import DataError
 
 
 @dataclass(frozen=True)
 class JointExample:
-    image_id: int | str
-    image_path: Path
+    image_id: int | str | None
+    image_path: Path | None  # None: a text-only conversation
     captions: tuple[str, ...]
     questions: tuple[VQAItem, ...]
+    conversations: tuple[Conversation, ...] = ()
+
+    @property
+    def key(self) -> Path | Conversation:
+        """What the sources' weights are keyed by (``records.sample_key``)."""
+        return self.image_path if self.image_path is not None else self.conversations[0]
 
 
-def join_by_image(captions: Sequence[ImageCaptions],
-                  questions: Sequence[VQAItem]) -> list[JointExample]:
-    """Group captions and questions by image file; images keep first-seen order."""
-    by_path: dict[Path, dict] = {}
-    for rec in captions:
-        entry = by_path.setdefault(rec.image_path, {"id": rec.image_id, "caps": [], "qs": []})
-        entry["caps"].extend(rec.captions)
-    for item in questions:
-        entry = by_path.setdefault(item.image_path, {"id": item.image_id, "caps": [], "qs": []})
-        entry["qs"].append(item)
-    return [JointExample(e["id"], path, tuple(e["caps"]), tuple(e["qs"]))
-            for path, e in by_path.items()]
+def join_by_image(captions: Sequence[ImageCaptions], questions: Sequence[VQAItem],
+                  conversations: Sequence[Conversation] = ()) -> list[JointExample]:
+    """Group captions, questions and conversations by image file; images keep first-seen
+    order. Each text-only conversation is an example of its own."""
+    by_key: dict[Path | Conversation, dict] = {}
+    for kind, records in (("caps", captions), ("qs", questions), ("convs", conversations)):
+        for rec in records:
+            entry = by_key.setdefault(sample_key(rec), {"id": rec.image_id, "caps": [],
+                                                        "qs": [], "convs": []})
+            entry[kind].extend(rec.captions if kind == "caps" else [rec])
+    return [JointExample(e["id"], key if isinstance(key, Path) else None, tuple(e["caps"]),
+                         tuple(e["qs"]), tuple(e["convs"]))
+            for key, e in by_key.items()]
 
 
 def example_repeats(examples: Sequence[JointExample],
-                    weights: dict[Path, float]) -> list[float] | None:
+                    weights: dict[Path | Conversation, float]) -> list[float] | None:
     """Each example's repeat factor (its sources' ``weight``); None when all are 1."""
-    repeats = [weights.get(ex.image_path, 1.0) for ex in examples]
+    repeats = [weights.get(ex.key, 1.0) for ex in examples]
     return None if all(r == 1.0 for r in repeats) else repeats
 
 
@@ -90,15 +98,25 @@ class JointDataset(Dataset):
         # index >= len: a repeat of examples[index % len] (EpochBatchSampler repeats), with
         # its own caption draw
         ex = self.examples[index % len(self.examples)]
-        try:
-            image = load_image(ex.image_path, self.transform.min_side)
-            pixels = self.transform(image, image_rng(self.seed, self.epoch, index))
-        except DataError as err:
-            return {"bad": str(err)}
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        return {"pixel_values": pixels,
-                "captions": _draw(rng, ex.captions, self.captions_per_image),
-                "questions": _draw(rng, ex.questions, self.questions_per_image)}
+        pixels = None
+        if ex.image_path is not None:
+            try:
+                image = load_image(ex.image_path, self.transform.min_side)
+                pixels = self.transform(image, image_rng(self.seed, self.epoch, index))
+            except DataError as err:
+                return {"bad": str(err)}
+        return drawn_item(ex, pixels, np.random.default_rng([self.seed, self.epoch, index]),
+                          self.captions_per_image, self.questions_per_image)
+
+
+def drawn_item(ex: JointExample, pixels: torch.Tensor | None, rng: np.random.Generator,
+               captions_per_image: int, questions_per_image: int) -> dict:
+    """A training item: the pixels (None: text-only) and the texts drawn for this time."""
+    item = {"pixel_values": pixels, "captions": _draw(rng, ex.captions, captions_per_image),
+            "questions": _draw(rng, ex.questions, questions_per_image)}
+    if ex.conversations:  # drawn last: data without conversations draws as it always did
+        item["conversations"] = _draw(rng, ex.conversations, 1)
+    return item
 
 
 def _draw(rng: np.random.Generator, items: Sequence, k: int) -> list:
@@ -229,8 +247,8 @@ PartCollate = Callable[[Batch], object]
 
 
 class Collator:
-    """Drops failed images, tokenises captions and questions for the text encoder, then lets
-    each task's collate function fill its part of the ``Batch``.
+    """Drops failed images, tokenises captions and questions for the text encoder, lists the
+    conversations, then lets each task's collate function fill its part of the ``Batch``.
 
     Texts are flattened into rows (``CaptionRows``, ``QuestionRows``): each row knows its
     image, and ``CaptionRows.first`` marks the first caption drawn for each image.
@@ -246,14 +264,23 @@ class Collator:
             batch.positions = [it["position"] for it in items]
         if not good:
             return batch
-        batch.pixel_values = torch.stack([it["pixel_values"] for it in good])
-        caption_rows = [(i, j, c) for i, it in enumerate(good)
+        pixels = [it["pixel_values"] for it in good if it["pixel_values"] is not None]
+        if pixels:
+            batch.pixel_values = torch.stack(pixels)
+        rows = (torch.tensor([it["pixel_values"] is not None for it in good]).cumsum(0) - 1
+                ).tolist()  # each item's row in pixel_values (text-only items have none)
+        caption_rows = [(rows[i], j, c) for i, it in enumerate(good)
                         for j, c in enumerate(it["captions"])]
-        question_rows = [(i, q) for i, it in enumerate(good) for q in it["questions"]]
+        question_rows = [(rows[i], q) for i, it in enumerate(good) for q in it["questions"]]
+        conversations = [(rows[i] if it["pixel_values"] is not None else -1, c)
+                         for i, it in enumerate(good) for c in it.get("conversations", ())]
         if caption_rows:
             batch.captions = self.captions(caption_rows)
         if question_rows:
             batch.questions = self.questions(question_rows)
+        if conversations:
+            batch.conversations = ConversationRows(torch.tensor([i for i, _ in conversations]),
+                                                   [c for _, c in conversations])
         for name, collate in self.parts.items():
             if (part := collate(batch)) is not None:
                 batch.parts[name] = part

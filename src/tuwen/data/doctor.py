@@ -1,7 +1,10 @@
 """The dataset doctor (``tuwen data check``): what is wrong with the data, before training.
 
-For every source and split of a config it counts images, captions and questions; finds
-missing, unreadable and suspiciously tiny images, empty and duplicate captions; measures
+For every source and split of a config it counts images, captions, questions and
+conversations; finds missing, unreadable and suspiciously tiny images, empty and duplicate
+captions, conversations that cannot be trained on (``readers_llava.conversation_problems``:
+empty turns, an ``<image>`` count that is not one, turns not alternating human/gpt, no
+closing gpt turn; each named by its sample id); measures
 caption/question token lengths against ``data.max_text_length`` (with the tokenizer a run
 would train); looks for leakage, the same image id or the same image bytes in two splits;
 and measures how much of the VQA answers the answer vocabulary covers. Errors (leakage,
@@ -26,7 +29,7 @@ from tuwen.data.dataset import join_by_image
 from tuwen.data.embedded import content_hash
 from tuwen.data.prepare import cache_dir, check_root
 from tuwen.data.readers_wds import iter_shard
-from tuwen.data.records import VQAItem
+from tuwen.data.records import Conversation, VQAItem
 from tuwen.data.sources import read_source
 from tuwen.data.text import TextNormalizer
 from tuwen.data.tokenizer import train_tokenizer
@@ -78,11 +81,22 @@ def source_items(source: SourceConfig, split: str, config: Config,
     data = read_source(source, check_root(config.data), split, cache_dir(config.data),
                        stream=True, check_files=False)
     for reason in data.labels.skipped:
-        part.note("empty_captions" if "empty caption" in reason else "skipped", reason)
+        kind = ("bad_conversations" if source.format == "llava" else
+                "empty_captions" if "empty caption" in reason else "skipped")
+        part.note(kind, reason)
     if data.stream is not None:
         return _shard_items(data.stream, part)
-    return [ImageItem(str(ex.image_path), ex.image_id, ex.image_path, ex.captions, ex.questions)
-            for ex in join_by_image(data.labels.captions, data.labels.questions)]
+    items = [ImageItem(str(ex.image_path), ex.image_id, ex.image_path, ex.captions, ex.questions)
+             for ex in join_by_image(data.labels.captions, data.labels.questions)]
+    return items + conversation_items(data.labels.conversations, part)
+
+
+def conversation_items(conversations: list[Conversation], part: Part) -> list[ImageItem]:
+    """Each conversation's image, named by its sample id (a missing one is reported so)."""
+    part.counts["conversations"] += len(conversations)
+    part.counts["text_only_conversations"] += sum(c.image_path is None for c in conversations)
+    return [ImageItem(f"sample {c.conversation_id!r} ({c.image_path})", c.image_id,
+                      c.image_path, ()) for c in conversations if c.image_path is not None]
 
 
 def _shard_items(stream, part: Part) -> Iterator[ImageItem]:
@@ -309,6 +323,8 @@ def part_findings(part: Part, max_bad: float) -> tuple[list[str], list[str]]:
                             "data.max_text_length are cut")
     for kind, label in (("tiny", "tiny images"), ("empty_captions", "empty captions"),
                         ("duplicate_captions", "duplicate captions of one image"),
+                        ("bad_conversations", "conversations that cannot be trained on "
+                                              "(left out)"),
                         ("skipped", "other unusable records")):
         if c[kind]:
             warnings.append(f"{where}: {c[kind]} {label} (first: {part.examples[kind][0]})")
@@ -319,7 +335,8 @@ def part_findings(part: Part, max_bad: float) -> tuple[list[str], list[str]]:
 
 COUNTS = ("images", "captions", "questions", "missing", "unreadable", "tiny", "empty_captions",
           "duplicate_captions", "skipped", "caption_truncated", "caption_truncated_away",
-          "question_truncated", "question_truncated_away")
+          "question_truncated", "question_truncated_away", "conversations",
+          "text_only_conversations", "bad_conversations")
 
 
 def part_record(part: Part, max_length: int) -> dict:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from tuwen.config import DataConfig
 from tuwen.data.answers import AnswerVocab
+from tuwen.data.readers_llava import IMAGE_TOKEN
 from tuwen.data.readers_wds import shard_texts
-from tuwen.data.records import ImageCaptions, ImageClass, VQAItem
+from tuwen.data.records import Conversation, ImageCaptions, ImageClass, VQAItem, sample_key
 from tuwen.data.sources import ShardSource, SourceData, read_source
 from tuwen.data.tokenizer import train_tokenizer
 from tuwen.errors import DataError
@@ -28,9 +29,11 @@ class SplitData:
     questions: list[VQAItem] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     classes: list[ImageClass] = field(default_factory=list)  # image folders: class labels
-    # image file -> repeat factor per epoch: the largest weight of the sources that have it
-    weights: dict[Path, float] = field(default_factory=dict)
+    # image file (a text-only conversation: itself) -> repeat factor per epoch: the largest
+    # weight of the sources that have it
+    weights: dict[Path | Conversation, float] = field(default_factory=dict)
     streams: list[ShardSource] = field(default_factory=list)  # webdataset sources, training
+    conversations: list[Conversation] = field(default_factory=list)  # llava sources: chat
 
     def texts(self) -> list[str]:
         texts = [c for r in self.captions for c in r.captions]
@@ -38,6 +41,8 @@ class SplitData:
         # the answers too: generative VQA writes them ("2" was [UNK] when only the
         # captions' "two" was seen, and decoded to an empty answer)
         texts += [q.multiple_choice_answer for q in self.questions]
+        texts += [text.replace(IMAGE_TOKEN, " ") for c in self.conversations
+                  for _, text in c.turns]
         for stream in self.streams:
             texts += shard_texts(list(stream.shards), stream.caption_key, MAX_STREAM_TEXTS)
         return texts
@@ -48,9 +53,10 @@ class SplitData:
         self.questions += labels.questions
         self.skipped += labels.skipped
         self.classes += labels.classes
-        for item in [*labels.captions, *labels.questions]:
-            self.weights[item.image_path] = max(self.weights.get(item.image_path, 0.0),
-                                                part.weight)
+        self.conversations += labels.conversations
+        for item in [*labels.captions, *labels.questions, *labels.conversations]:
+            key = sample_key(item)
+            self.weights[key] = max(self.weights.get(key, 0.0), part.weight)
         if part.stream is not None:
             self.streams.append(part.stream)
 
@@ -67,8 +73,10 @@ def read_split(cfg: DataConfig, split: str, *, stream: bool = False) -> SplitDat
     data = SplitData(split)
     for source in cfg.sources:
         data.add(read_source(source, root, split, cache_dir(cfg), stream=stream))
-    if not data.captions and not data.questions and not data.streams and not data.classes:
-        raise DataError(root, f"split {split!r} has no usable captions, questions or classes")
+    if not (data.captions or data.questions or data.streams or data.classes
+            or data.conversations):
+        raise DataError(root, f"split {split!r} has no usable captions, questions, classes "
+                              "or conversations")
     return data
 
 
@@ -93,7 +101,7 @@ def build_tokenizer(train: SplitData, vocab_size: int):
 
 def split_labels(data: SplitData) -> frozenset[str]:
     """The labels ``data`` has: ``caption`` (captions or caption shards), ``vqa`` (questions),
-    ``class`` (class names)."""
+    ``class`` (class names), ``chat`` (conversations)."""
     has = {"caption": bool(data.captions or data.streams), "vqa": bool(data.questions),
-           "class": bool(data.classes)}
+           "class": bool(data.classes), "chat": bool(data.conversations)}
     return frozenset(label for label, present in has.items() if present)

@@ -59,12 +59,32 @@ class ImageClass:
     label: str
 
 
+@dataclass(frozen=True)
+class Conversation:
+    """One instruction conversation (LLaVA's format): user and assistant turns, in order,
+    about one image or none (a text-only conversation)."""
+
+    conversation_id: int | str
+    image_id: int | str | None        # None: text-only
+    image_path: Path | None           # None: text-only
+    split: str
+    turns: tuple[tuple[str, str], ...]  # (role, text); role "user" or "assistant"
+
+
 @dataclass
 class Labelled:
-    """What a reader of a mixed format (JSONL, CSV, HF datasets, tar shards) returns: the
-    captioned images and the questions it found, and why other records were left out."""
+    """What a reader of a mixed format (JSONL, CSV, HF datasets, tar shards, LLaVA) returns:
+    the captioned images, questions and conversations it found, and why other records were
+    left out."""
 
     captions: list[ImageCaptions] = field(default_factory=list)
     questions: list[VQAItem] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     classes: list[ImageClass] = field(default_factory=list)
+    conversations: list[Conversation] = field(default_factory=list)
+
+
+def sample_key(item: ImageCaptions | VQAItem | Conversation) -> Path | Conversation:
+    """What a record's training example is keyed by: its image file; a text-only
+    conversation is an example of its own."""
+    return item.image_path if item.image_path is not None else item

@@ -2,8 +2,9 @@
 
 Each ``format`` has one function here that resolves the source's paths (relative to
 ``data.root``; ``{split}`` replaced by the source's name for the split) and calls that
-format's reader. ``SourceData`` is the result: captioned images, questions, what was
-skipped and why, and, for webdataset sources read for training, the shards to stream.
+format's reader. ``SourceData`` is the result: captioned images, questions, conversations,
+what was skipped and why, and, for webdataset sources read for training, the shards to
+stream.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tuwen.config import (
     ImageFolderSource,
     JsonlSource,
     KarpathySource,
+    LlavaSource,
     SourceConfig,
     VQAv2Source,
     WebDatasetSource,
@@ -28,6 +30,7 @@ from tuwen.data.coco import read_coco_captions
 from tuwen.data.readers import load_json, read_karpathy, read_vqav2
 from tuwen.data.readers_folder import read_image_folder
 from tuwen.data.readers_hf import Columns, load_hf_split, read_hf
+from tuwen.data.readers_llava import read_llava
 from tuwen.data.readers_table import read_csv, read_jsonl
 from tuwen.data.readers_wds import expand_shards, read_webdataset
 from tuwen.data.records import Labelled
@@ -93,7 +96,8 @@ def read_source(source: SourceConfig, root: Path, split: str, cache_dir: Path, *
     has = source.provides()
     out.labels = Labelled(result.captions if "caption" in has else [],
                           result.questions if "vqa" in has else [], result.skipped,
-                          result.classes if "class" in has else [])
+                          result.classes if "class" in has else [],
+                          result.conversations if "chat" in has else [])
     return out
 
 
@@ -104,6 +108,7 @@ def _merge(parts: list[Labelled]) -> Labelled:
         out.questions += part.questions
         out.skipped += part.skipped
         out.classes += part.classes
+        out.conversations += part.conversations
     return out
 
 
@@ -164,6 +169,14 @@ def _table(source: JsonlSource | CsvSource, where: Where) -> Labelled:
     return _merge(parts)
 
 
+def _llava(source: LlavaSource, where: Where) -> Labelled:
+    per_split = "{split}" in source.path
+    return _merge([read_llava(path, image_root=_image_root(source, where, name),
+                              splits=[name] if per_split else where.names, split=name,
+                              check_files=where.check_files)
+                   for name, path in where.paths(source.path)])
+
+
 def _image_folder(source: ImageFolderSource, where: Where) -> Labelled:
     parts = []
     for name, path in where.paths(source.path):
@@ -218,5 +231,5 @@ def _first_parent(files) -> Path:
 
 READERS: dict[str, Callable[[SourceConfig, Where], Labelled | ShardSource]] = {
     "karpathy": _karpathy, "coco": _coco, "vqav2": _vqav2, "jsonl": _table, "csv": _table,
-    "webdataset": _webdataset, "hf": _hf, "imagefolder": _image_folder,
+    "webdataset": _webdataset, "hf": _hf, "imagefolder": _image_folder, "llava": _llava,
 }

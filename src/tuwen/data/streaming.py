@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tuwen.data.augment import TrainTransform
-from tuwen.data.dataset import EpochBatchSampler, JointExample, _draw
+from tuwen.data.dataset import EpochBatchSampler, JointExample, drawn_item
 from tuwen.data.embedded import decode_image
 from tuwen.data.images import load_image
 from tuwen.data.readers_wds import IMAGE_EXTENSIONS, ShardSample, base_plus_ext, iter_shard
@@ -218,17 +218,16 @@ class StreamingDataset(IterableDataset):
                 if item.problem is not None:
                     return {"bad": f"{item.name}: {item.problem}"}
                 image = decode_image(item.image, item.name, min_side)
-                captions, questions = item.captions, ()
+                example = JointExample(None, None, item.captions, ())
             else:
                 _, example = item
-                image = load_image(example.image_path, min_side)
-                captions, questions = example.captions, example.questions
+                image = (None if example.image_path is None  # a text-only conversation
+                         else load_image(example.image_path, min_side))
         except DataError as err:
             return {"bad": str(err)}
-        pixels = (self.transform(image, augment_rng) if isinstance(self.transform, TrainTransform)
-                  else self.transform(image))
-        return {"pixel_values": pixels, "captions": _draw(rng, captions, self.captions_per_image),
-                "questions": _draw(rng, questions, self.questions_per_image)}
+        pixels = (None if image is None else self.transform(image, augment_rng)
+                  if isinstance(self.transform, TrainTransform) else self.transform(image))
+        return drawn_item(example, pixels, rng, self.captions_per_image, self.questions_per_image)
 
 
 class StreamBatches:

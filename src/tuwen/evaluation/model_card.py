@@ -32,17 +32,18 @@ from tuwen.errors import TuwenError, TuwenWarning
 from tuwen.model_files import CARD_FILE
 
 FENCE = "---"
-METRIC_SECTIONS = ("caption", "retrieval", "vqa")
+METRIC_SECTIONS = ("caption", "retrieval", "vqa", "chat")
 # model-index task of each metric section (Hugging Face task ids where one fits)
 TASKS = {"caption": ("image-to-text", "Image captioning"),
          "retrieval": ("image-text-retrieval", "Image-text retrieval"),
-         "vqa": ("visual-question-answering", "Visual question answering")}
+         "vqa": ("visual-question-answering", "Visual question answering"),
+         "chat": ("image-text-to-text", "Conversations (the last reply of each)")}
 METRIC_NAMES = {"bleu_1": "BLEU-1", "bleu_2": "BLEU-2", "bleu_3": "BLEU-3", "bleu_4": "BLEU-4",
                 "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr",
                 "i2t_r1": "image->text R@1 %", "i2t_r5": "image->text R@5 %",
                 "i2t_r10": "image->text R@10 %", "t2i_r1": "text->image R@1 %",
                 "t2i_r5": "text->image R@5 %", "t2i_r10": "text->image R@10 %",
-                "accuracy": "VQA accuracy %"}
+                "accuracy": "VQA accuracy %", "exact_match": "exact match %"}
 
 
 # ---------------------------------------------------------------- what the card records
@@ -101,6 +102,8 @@ def source_fingerprints(data: DataConfig, splits: list[str]) -> list[dict]:
             read = read_source(source, root, split, cache, stream=True)
             images.update(item.image_path for item in read.labels.captions)
             images.update(item.image_path for item in read.labels.questions)
+            images.update(item.image_path for item in read.labels.conversations
+                          if item.image_path is not None)
             if read.stream is not None:
                 files.extend(read.stream.shards)
         listing = "".join(f"{_relative(p, root)}\t{p.stat().st_size if p.is_file() else -1}\n"
@@ -225,7 +228,7 @@ def _tags(config: Config) -> list[str]:
 
 def flat_metrics(metrics: dict) -> dict[str, float]:
     """``{"caption.cider": 0.4, "vqa.by_answer_type.colour": 20.0, ...}``: the numbers of
-    the caption, retrieval and VQA sections of a metrics.json."""
+    the caption, retrieval, VQA and chat sections of a metrics.json."""
     out: dict[str, float] = {}
 
     def walk(prefix: str, value: Any) -> None:

@@ -64,8 +64,21 @@ def chat_format(tok, mode: str, system_prompt: str = "none",
         before = without_system_turn(tok, before, closing, where)
     caption_prompt = _ids(tok, before + CAPTION_REQUEST + after)
     extra = max(len(caption_prompt), len(_ids(tok, before + after))) + 1  # + end of turn
-    return ChatFormat(before, after, end_of_turn(tok, closing), CAPTION_REQUEST,
-                      tuple(caption_prompt), extra, system_prompt)
+    end = end_of_turn(tok, closing)
+    return ChatFormat(before, after, end, CAPTION_REQUEST, tuple(caption_prompt), extra,
+                      system_prompt, next_user_turn(tok, [*system, _turn("user", _MESSAGE)],
+                                                    end, where))
+
+
+def next_user_turn(tok, first: list[dict], end: int, where: str) -> str:
+    """The text between a reply's end-of-turn token and the next user message, as the
+    template renders a second user turn (what the closing holds after that token, then the
+    user's header)."""
+    chat = _render(tok, [*first, _turn("assistant", _REPLY), _turn("user", _MESSAGE + "2")],
+                   True, where)
+    between = chat.partition(_REPLY)[2].partition(_MESSAGE + "2")[0]
+    token = tok.convert_ids_to_tokens(end)
+    return between[len(token):] if between.startswith(token) else between
 
 
 def without_system_turn(tok, before: str, closing: str, where: str) -> str:

@@ -58,9 +58,14 @@ class HFDecoderCache:
     past: Any                 # DynamicCache, or EncoderDecoderCache with cross-attention
     length: int = 0           # text positions in it
     prefix: int = 0           # image positions in front of them (prefix conditioning)
+    # the attention mask of every position in it, when the image sits inside the text
+    # (``image_at``); None: the image's positions, then the text's
+    mask: torch.Tensor | None = None
 
     def reorder(self, index: torch.Tensor) -> None:
         self.past.reorder_cache(index)
+        if self.mask is not None:
+            self.mask = self.mask[index]
 
 
 @contextmanager
@@ -76,6 +81,31 @@ def eager_attention(lm: nn.Module, needed: bool) -> Iterator[None]:
         yield
     finally:
         lm.set_attn_implementation(before)
+
+
+def splice_image(image: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor,
+                 image_at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The image's tokens (B, N, W) inside the text's (B, L, W), before each row's token at
+    ``image_at`` (B,): the joint embeddings (B, N + L, W), their mask (the text's ``mask``
+    (B, L), 1 on the image) and where each text token went (B, L)."""
+    (batch, length, width), n = embeds.shape, image.shape[1]
+    index = torch.arange(length, device=embeds.device).expand(batch, length)
+    text_at = index + n * (index >= image_at[:, None])  # (B, L)
+    image_pos = image_at[:, None] + torch.arange(n, device=embeds.device)  # (B, N)
+    joint = embeds.new_zeros(batch, n + length, width)
+    joint.scatter_(1, text_at[..., None].expand(-1, -1, width), embeds)
+    joint.scatter_(1, image_pos[..., None].expand(-1, -1, width), image)
+    joint_mask = mask.new_ones(batch, n + length).scatter(1, text_at, mask)
+    return joint, joint_mask, text_at
+
+
+def text_positions(states: torch.Tensor, length: int,
+                   text_at: torch.Tensor | None) -> torch.Tensor:
+    """The last ``length`` positions of ``states`` (B, T, D), or with the image spliced in
+    (``splice_image``) the text's own positions ``text_at`` (B, L)."""
+    if text_at is None:
+        return states[:, -length:]
+    return states.gather(1, text_at[..., None].expand(-1, -1, states.shape[-1]))
 
 
 class HFCausalLMDecoder(Tower):
@@ -107,10 +137,13 @@ class HFCausalLMDecoder(Tower):
                 attention_mask: torch.Tensor | None = None, output_attentions: bool = False,
                 cache: HFDecoderCache | None = None, labels: torch.Tensor | None = None,
                 label_smoothing: float = 0.0,
-                row_groups: Sequence[int] | None = None) -> DecoderOutput:
+                row_groups: Sequence[int] | None = None,
+                image_at: torch.Tensor | None = None) -> DecoderOutput:
         """``attention_mask`` covers the text positions, cached and new (B, past + L); with a
         ``cache``, ``input_ids`` are only the new tokens. With ``labels`` (B, L) the output
-        is their ``loss`` and no logits: the LM head runs only where a label is set."""
+        is their ``loss`` and no logits: the LM head runs only where a label is set.
+        ``image_at`` (B,): with prefix conditioning, the image's tokens go before each row's
+        token at that index (a conversation's ``<image>``) instead of in front of all."""
         batch, length = input_ids.shape
         past = 0 if cache is None else cache.length
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, L, W)
@@ -118,22 +151,30 @@ class HFCausalLMDecoder(Tower):
         if self.reduce is not None:
             image_tokens = self.reduce(image_tokens)  # (B, N', D')
         kwargs: dict[str, Any] = {}
-        prefix = cache.prefix if past else 0
+        prefix, text_at = (cache.prefix if past else 0), None
+        if attention_mask is None:
+            attention_mask = input_ids.new_ones(batch, past + length)
         if self.conditioning == "cross_attention":
             kwargs["encoder_hidden_states"] = self.projector(image_tokens)  # (B, N, W)
+        elif past == 0 and image_at is not None:  # the image inside the text, once
+            image = self.projector(image_tokens).to(embeds.dtype)  # (B, N, W)
+            embeds, mask, text_at = splice_image(image, embeds, attention_mask, image_at)
         elif past == 0:  # the image enters the sequence (and the cache) once
             image = self.projector(image_tokens).to(embeds.dtype)  # (B, N, W)
             embeds, prefix = torch.cat([image, embeds], dim=1), image.shape[1]
-        if attention_mask is None:
-            attention_mask = input_ids.new_ones(batch, past + length)
-        mask = torch.cat([attention_mask.new_ones(batch, prefix), attention_mask], dim=1)
+        if text_at is not None and output_attentions:
+            raise ValueError("attention maps need the image in front (image_at=None)")
+        if past and cache.mask is not None:  # the image inside the cached text
+            mask = torch.cat([cache.mask, attention_mask[:, -length:]], dim=1)
+        elif text_at is None:
+            mask = torch.cat([attention_mask.new_ones(batch, prefix), attention_mask], dim=1)
         self._check_length(mask.shape[1])
         kwargs.update(inputs_embeds=embeds, attention_mask=mask,
                       position_ids=positions_from_mask(mask, embeds.shape[1]))
         eager = output_attentions or cpu_bf16_autocast(embeds.device)
         if labels is not None:
             with eager_attention(self.lm, eager):
-                loss = self._loss(kwargs, length, labels, label_smoothing, row_groups)
+                loss = self._loss(kwargs, length, labels, label_smoothing, row_groups, text_at)
             return DecoderOutput(None, None, loss)
         if cache is not None:
             kwargs[self.cache_arg] = cache.past
@@ -142,30 +183,37 @@ class HFCausalLMDecoder(Tower):
                           **kwargs)
         if cache is not None:
             cache.length, cache.prefix = past + length, prefix
+            if text_at is not None or cache.mask is not None:
+                cache.mask = mask
         weights = self._image_attentions(out, prefix, length, full) if output_attentions \
             else None
-        return DecoderOutput(logits=out.logits[:, -length:], cross_attentions=weights)
+        return DecoderOutput(logits=text_positions(out.logits, length, text_at),
+                             cross_attentions=weights)
 
     def loss(self, input_ids: torch.Tensor, image_tokens: torch.Tensor, labels: torch.Tensor,
              attention_mask: torch.Tensor | None = None, *, label_smoothing: float = 0.0,
-             row_groups: Sequence[int] | None = None) -> torch.Tensor:
+             row_groups: Sequence[int] | None = None,
+             image_at: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced cross-entropy of ``labels`` (B, L; ``IGNORE`` where no loss):
         the mean, or one per group of rows (``decoder.join_sequences``)."""
         return self(input_ids, image_tokens, attention_mask, labels=labels,
-                    label_smoothing=label_smoothing, row_groups=row_groups).loss
+                    label_smoothing=label_smoothing, row_groups=row_groups,
+                    image_at=image_at).loss
 
     def _loss(self, inputs: dict[str, Any], length: int, labels: torch.Tensor,
-              label_smoothing: float, row_groups: Sequence[int] | None) -> torch.Tensor:
+              label_smoothing: float, row_groups: Sequence[int] | None,
+              text_at: torch.Tensor | None = None) -> torch.Tensor:
         """The LM's body, then its head at the labelled text positions only (an LM whose
         logits are more than a linear head falls back to all of them)."""
         causal = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
         if causal.config.model_type not in PLAIN_HEAD:
-            logits = self.lm(use_cache=False, **inputs).logits[:, -length:]  # (B, L, V)
-            return labelled_loss(logits, labels, None, label_smoothing, row_groups)
+            logits = self.lm(use_cache=False, **inputs).logits  # (B, N + L, V)
+            return labelled_loss(text_positions(logits, length, text_at), labels, None,
+                                 label_smoothing, row_groups)
         body = getattr(causal, causal.base_model_prefix)
-        hidden = body(use_cache=False, **inputs).last_hidden_state[:, -length:]  # (B, L, W)
-        return labelled_loss(hidden, labels, causal.get_output_embeddings(), label_smoothing,
-                             row_groups)
+        hidden = body(use_cache=False, **inputs).last_hidden_state  # (B, N + L, W)
+        return labelled_loss(text_positions(hidden, length, text_at), labels,
+                             causal.get_output_embeddings(), label_smoothing, row_groups)
 
     def _check_length(self, total: int) -> None:
         if self.positions is not None and total > self.positions:

@@ -1,5 +1,6 @@
 """What an evaluation runs on: the split's captioned images (at most ``eval.max_images``),
-their questions, and every image decoded once."""
+their questions, its conversations (at most ``eval.max_images``), and every image decoded
+once."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from tqdm.auto import tqdm
 from tuwen.config import EvalConfig
 from tuwen.data.images import ImageTransform, load_image
 from tuwen.data.prepare import SplitData
-from tuwen.data.records import ImageCaptions, ImageClass, VQAItem
+from tuwen.data.records import Conversation, ImageCaptions, ImageClass, VQAItem
 from tuwen.errors import DataError
 
 
@@ -60,6 +61,7 @@ class EvalSet:
     images: LoadedImages            # every image of all three, once
     skipped: list[str]              # why samples were left out: the reader's and the loader's
     classes: list[ImageClass] = field(default_factory=list)  # class-labelled images
+    conversations: list[Conversation] = field(default_factory=list)  # whose images loaded
 
     def captioned_pixels(self) -> torch.Tensor:
         """(N_captioned, 3, H, W): the image of each caption record, in their order."""
@@ -68,6 +70,11 @@ class EvalSet:
     def classified_pixels(self) -> torch.Tensor:
         """(N_classes, 3, H, W): the image of each class record, in their order."""
         return self.images.pixels[self.images.rows([r.image_path for r in self.classes])]
+
+    def conversation_rows(self) -> list[int]:
+        """The row in ``images.pixels`` of each conversation's image; -1: text-only."""
+        return [-1 if c.image_path is None else self.images.row[c.image_path]
+                for c in self.conversations]
 
     def question_rows(self, questions: Sequence[VQAItem] | None = None) -> list[int]:
         """The row in ``images.pixels`` of each question's image."""
@@ -87,7 +94,10 @@ def select_eval_set(data: SplitData, cfg: EvalConfig, transform: ImageTransform,
     questions = [q for q in data.questions if allowed is None or q.image_path in allowed]
     classes = data.classes[: cfg.max_images] if cfg.max_images else data.classes
     known = set(paths)
-    for r in [*questions, *classes]:  # VQA-only and class-labelled images are loaded too
+    conversations = data.conversations[: cfg.max_images] if cfg.max_images else \
+        data.conversations
+    with_image = [c for c in conversations if c.image_path is not None]
+    for r in [*questions, *classes, *with_image]:  # their images are loaded too
         if r.image_path not in known:
             known.add(r.image_path)
             paths.append(r.image_path)
@@ -96,4 +106,6 @@ def select_eval_set(data: SplitData, cfg: EvalConfig, transform: ImageTransform,
     return EvalSet(data.split, [r for r in captions if r.image_path in images.row],
                    [q for q in questions if q.image_path in images.row], images,
                    list(data.skipped) + images.skipped,
-                   [r for r in classes if r.image_path in images.row])
+                   [r for r in classes if r.image_path in images.row],
+                   [c for c in conversations if c.image_path is None
+                    or c.image_path in images.row])

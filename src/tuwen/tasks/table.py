@@ -25,13 +25,14 @@ from tuwen.models.image_text_model import ImageTextModel
 from tuwen.models.spec import ModelSpec
 from tuwen.tasks.base import StepInputs, Task
 from tuwen.tasks.captioning import CaptionTask
+from tuwen.tasks.chat import ChatTask
 from tuwen.tasks.classify import ClassifyTask
 from tuwen.tasks.itc import ItcTask
 from tuwen.tasks.itm import ItmTask
 from tuwen.tasks.vqa import VqaTask
 
 TASKS: dict[str, Task] = {"caption": CaptionTask(), "itc": ItcTask(), "itm": ItmTask(),
-                          "vqa": VqaTask(), "classify": ClassifyTask()}
+                          "vqa": VqaTask(), "classify": ClassifyTask(), "chat": ChatTask()}
 
 
 # ---- configs ---------------------------------------------------------------------------
@@ -78,7 +79,9 @@ def with_train_tasks(config: Config, train: SplitData,
         raise DataError(train.split, "no task to train: the tasks with a weight > 0 have no "
                                      "labels in this split")
     line = "training tasks: " + ", ".join(f"{name} (weight {w:g})" for name, w in running.items())
-    if off := [name for name in weights if name not in config.train.tasks and name not in running]:
+    could = config.data.provides()  # tasks no source could feed go unmentioned
+    if off := [name for name in weights if name not in config.train.tasks
+               and name not in running and TASKS[name].labels in could]:
         line += f"; not {', '.join(off)}: split {train.split!r} has no " + " or ".join(
             sorted({f"{TASKS[n].labels} labels" for n in off}))
     log(line)
@@ -119,7 +122,8 @@ def joint_step(model: ImageTextModel, batch: Batch, weights: Mapping[str, float]
     (see tasks.gather)."""
     options = default_options() if options is None else options
     step = StepInputs(model, batch, gather)
-    step.image  # noqa: B018 -- the image pass comes first, whichever task asks for it
+    if batch.pixel_values is not None:  # None: text-only conversations
+        step.image  # noqa: B018 -- the image pass comes first, whichever task asks for it
     losses = {name: loss for name, task in TASKS.items() if name in weights
               if (loss := task.loss(step, options[name])) is not None}
     if not losses:

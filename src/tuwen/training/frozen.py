@@ -138,7 +138,9 @@ def precompute_images(caches: Caches, model: nn.Module, config: Config, spec, tr
     if caches.image is None or train.streams:  # streamed shards: filled as they come
         return 0
     transform = build_train_transform(None, ImageTransform.for_model(spec))
-    paths = [ex.image_path for ex in join_by_image(train.captions, train.questions)]
+    paths = [ex.image_path for ex in join_by_image(train.captions, train.questions,
+                                                   train.conversations)
+             if ex.image_path is not None]
     paths = paths[rank::world_size]
     size, before = config.train.batch_size, caches.image.misses
     was_training = model.image_encoder.training

@@ -55,7 +55,8 @@ def build_loader(config: Config, assets: Assets, rank: int = 0,
     """The endless training batches, with the data position as state_dict()."""
     data, tcfg = config.data, config.train
     transform = build_train_transform(data.augment, ImageTransform.for_model(assets.spec))
-    examples = join_by_image(assets.train.captions, assets.train.questions)
+    examples = join_by_image(assets.train.captions, assets.train.questions,
+                             assets.train.conversations)
     repeats = example_repeats(examples, assets.train.weights)
     collate = train_collator(config, assets)
     if assets.train.streams:  # webdataset: each rank and worker streams its own shards

@@ -60,7 +60,8 @@ def validation_batches(config: Config, assets: Assets) -> list[Batch]:
     """The validation subset, collated once (it is small and fixed)."""
     data, tcfg = config.data, config.train
     split = read_split(data, data.val_split)
-    examples = join_by_image(split.captions, split.questions)[: tcfg.val_max_images]
+    examples = join_by_image(split.captions, split.questions,
+                             split.conversations)[: tcfg.val_max_images]
     dataset = JointDataset(examples, ImageTransform(data.image_size, data.image_mean,
                                                     data.image_std),
                            seed=tcfg.seed, captions_per_image=data.captions_per_image,
@@ -107,7 +108,8 @@ class Validation:
     def collapse(self, model: ImageTextModel, device: torch.device) -> dict[str, float]:
         if self.batches[0].captions is None:
             return {}
-        pixels = torch.cat([b.pixel_values for b in self.batches])[:CAPTION_IMAGES]
+        pixels = torch.cat([b.pixel_values for b in self.batches
+                            if b.pixel_values is not None])[:CAPTION_IMAGES]
         ids = captioning.predict_step(model, pixels.to(device), decoding="greedy",
                                       max_new_tokens=self.config.eval.max_new_tokens)
         captions = decode_until_eos(self.tokenizer, ids, model.spec.eos_token_id)
