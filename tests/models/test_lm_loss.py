@@ -134,6 +134,8 @@ def test_row_groups_that_do_not_cover_the_batch_are_an_error():
     hidden, labels = torch.randn(3, 4, 8), torch.zeros(3, 4, dtype=torch.long)
     with pytest.raises(ValueError, match="do not add up to 3 rows"):
         labelled_loss(hidden, labels, torch.nn.Linear(8, 5), row_groups=[1, 1])
+    with pytest.raises(ValueError, match="3 label smoothings for 2 row groups"):
+        labelled_loss(hidden, labels, torch.nn.Linear(8, 5), [0.1, 0.0, 0.0], [1, 2])
 
 
 def test_under_cpu_bf16_autocast_the_lm_runs_eager_attention_and_matches_fp32():

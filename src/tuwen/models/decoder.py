@@ -57,24 +57,27 @@ def join_sequences(sequences: Sequence[tuple[torch.Tensor, torch.Tensor]],
 
 
 def labelled_loss(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Linear | None,
-                  label_smoothing: float = 0.0,
+                  label_smoothing: float | Sequence[float] = 0.0,
                   row_groups: Sequence[int] | None = None) -> torch.Tensor:
     """Cross-entropy of ``head`` over the final hidden states (B, L, D) at the positions
     whose label (B, L) is set: their mean (), or with ``row_groups`` (sizes of consecutive
-    row groups, summing to B) one mean per group (G,). ``head=None``: ``hidden`` are the
-    logits already."""
+    row groups, summing to B) one mean per group (G,), ``label_smoothing`` one for all or
+    one per group. ``head=None``: ``hidden`` are the logits already."""
     if row_groups is None:
         row_groups = [len(labels)]
+    smoothing = ([label_smoothing] * len(row_groups) if isinstance(label_smoothing, float | int)
+                 else list(label_smoothing))
+    if len(smoothing) != len(row_groups):
+        raise ValueError(f"{len(smoothing)} label smoothings for {len(row_groups)} row groups")
     losses, start = [], 0
-    for size in row_groups:
+    for size, eps in zip(row_groups, smoothing):
         rows = slice(start, start + size)
         keep = labels[rows] != IGNORE  # (b, L)
         if head is None:
-            losses.append(caption_loss(hidden[rows][keep][None], labels[rows][keep][None],
-                                       label_smoothing))
+            losses.append(caption_loss(hidden[rows][keep][None], labels[rows][keep][None], eps))
         else:
             losses.append(head_cross_entropy(hidden[rows][keep], head.weight,
-                                             labels[rows][keep], head.bias, label_smoothing))
+                                             labels[rows][keep], head.bias, eps))
         start += size
     if start != len(labels):
         raise ValueError(f"row_groups {list(row_groups)} do not add up to {len(labels)} rows")
@@ -107,7 +110,7 @@ class CaptionDecoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, output_attentions: bool = False,
                 cache: DecoderCache | None = None, labels: torch.Tensor | None = None,
-                label_smoothing: float = 0.0,
+                label_smoothing: float | Sequence[float] = 0.0,
                 row_groups: Sequence[int] | None = None) -> DecoderOutput:
         """``attention_mask`` covers the cached and the new positions (B, past + L); with a
         ``cache``, ``input_ids`` are only the new tokens. With ``labels`` the output is the
@@ -121,7 +124,8 @@ class CaptionDecoder(nn.Module):
         return DecoderOutput(logits=self.lm_head(x), cross_attentions=attentions)
 
     def loss(self, input_ids: torch.Tensor, image_tokens: torch.Tensor, labels: torch.Tensor,
-             attention_mask: torch.Tensor | None = None, *, label_smoothing: float = 0.0,
+             attention_mask: torch.Tensor | None = None, *,
+             label_smoothing: float | Sequence[float] = 0.0,
              row_groups: Sequence[int] | None = None) -> torch.Tensor:
         """Teacher-forced cross-entropy of ``labels`` (B, L; ``IGNORE`` where no loss), the
         head computed only where a label is set."""

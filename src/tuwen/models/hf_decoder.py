@@ -106,7 +106,7 @@ class HFCausalLMDecoder(Tower):
     def forward(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, output_attentions: bool = False,
                 cache: HFDecoderCache | None = None, labels: torch.Tensor | None = None,
-                label_smoothing: float = 0.0,
+                label_smoothing: float | Sequence[float] = 0.0,
                 row_groups: Sequence[int] | None = None) -> DecoderOutput:
         """``attention_mask`` covers the text positions, cached and new (B, past + L); with a
         ``cache``, ``input_ids`` are only the new tokens. With ``labels`` (B, L) the output
@@ -147,7 +147,8 @@ class HFCausalLMDecoder(Tower):
         return DecoderOutput(logits=out.logits[:, -length:], cross_attentions=weights)
 
     def loss(self, input_ids: torch.Tensor, image_tokens: torch.Tensor, labels: torch.Tensor,
-             attention_mask: torch.Tensor | None = None, *, label_smoothing: float = 0.0,
+             attention_mask: torch.Tensor | None = None, *,
+             label_smoothing: float | Sequence[float] = 0.0,
              row_groups: Sequence[int] | None = None) -> torch.Tensor:
         """Teacher-forced cross-entropy of ``labels`` (B, L; ``IGNORE`` where no loss):
         the mean, or one per group of rows (``decoder.join_sequences``)."""
@@ -155,7 +156,8 @@ class HFCausalLMDecoder(Tower):
                     label_smoothing=label_smoothing, row_groups=row_groups).loss
 
     def _loss(self, inputs: dict[str, Any], length: int, labels: torch.Tensor,
-              label_smoothing: float, row_groups: Sequence[int] | None) -> torch.Tensor:
+              label_smoothing: float | Sequence[float],
+              row_groups: Sequence[int] | None) -> torch.Tensor:
         """The LM's body, then its head at the labelled text positions only (an LM whose
         logits are more than a linear head falls back to all of them)."""
         causal = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm

@@ -1,0 +1,76 @@
+"""One language-model forward for all of a step's generative tasks.
+
+The caption task and generative VQA (and any task that gives sequences) teach the same
+decoder. Each gives its teacher-forced sequences as ``LMSequences`` (``Task.lm_sequences``):
+right-padded ``input_ids`` and ``labels``, the image each row reads, its label smoothing.
+The first of these tasks whose loss the joint step asks for runs ``joined_losses``, once per
+step (``StepInputs.shared``): every active task's sequences are joined into one right-padded
+batch (``models.decoder.join_sequences``), each row reads its own image (the LM's image
+prefix, or the small decoder's cross-attention memory, indexed per row), the decoder runs
+once, and each task gets the mean loss over its own rows (its row group). Each task's loss
+stays its own node of the graph, so task weights, per-task gradient norms and
+``loss_<task>`` are what separate forwards give.
+
+The losses equal separate forwards' (up to float rounding) because the rows are padded on
+the right and the decoder is causal: a labelled position never attends to padding, and its
+position ids count from its row's start either way (tests/tasks/test_lm_forward.py).
+
+A task joins by overriding ``lm_sequences`` and returning ``lm_loss(step, self, options)``
+from its ``loss`` (tasks/captioning.py is the example).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tuwen.models.decoder import join_sequences
+from tuwen.tasks.base import StepInputs, Task
+
+
+@dataclass
+class LMSequences:
+    """One task's teacher-forced sequences for the language model in one step."""
+
+    input_ids: torch.Tensor  # (R, L) prompt + target, right-padded, in the LM's tokens
+    labels: torch.Tensor     # (R, L) the next tokens; -100 on the prompt and the padding
+    image: torch.Tensor      # (R,) each row's image: an index into the batch's images
+    label_smoothing: float = 0.0
+
+
+def lm_loss(step: StepInputs, task: Task, options: Any) -> torch.Tensor | None:
+    """``task``'s LM loss on ``step``: its row group of the step's one joined forward, or,
+    when the step does not list it among its tasks (a task asked alone), a forward of its
+    own; None when the batch has no sequences for it."""
+    losses = step.shared(joined_losses)
+    if task.name in losses:
+        return losses[task.name]
+    sequences = task.lm_sequences(step, options)
+    return None if sequences is None else decoder_losses(step, [sequences])[0]
+
+
+def joined_losses(step: StepInputs) -> dict[str, torch.Tensor]:
+    """Each of the step's tasks with sequences -> its loss, all from one decoder forward."""
+    named = {name: seqs for name, (task, options) in step.tasks.items()
+             if (seqs := task.lm_sequences(step, options)) is not None}
+    return dict(zip(named, decoder_losses(step, list(named.values()))))
+
+
+def decoder_losses(step: StepInputs, sequences: Sequence[LMSequences]) -> list[torch.Tensor]:
+    """One loss per entry of ``sequences``, from one forward of ``step.model.decoder``."""
+    if not sequences:
+        return []
+    decoder, tokens = step.model.decoder, step.image.tokens  # (B, N, D)
+    if len(sequences) == 1:  # exactly the call a task made on its own
+        s = sequences[0]
+        return [decoder.loss(s.input_ids, tokens[s.image], s.labels,
+                             label_smoothing=s.label_smoothing)]
+    ids, labels, groups = join_sequences([(s.input_ids, s.labels) for s in sequences],
+                                         step.model.spec.pad_token_id)
+    rows = torch.cat([s.image for s in sequences])  # (sum R,)
+    losses = decoder.loss(ids, tokens[rows], labels, row_groups=groups,
+                          label_smoothing=[s.label_smoothing for s in sequences])  # (G,)
+    return list(losses.unbind())
