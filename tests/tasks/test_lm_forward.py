@@ -10,6 +10,7 @@ import torch
 from hf_tiny import chat_lm_model, save_bert, save_chat_lm, save_image_model
 from tiny import as_batch, task_collator, tiny_spec
 from tuwen.data.records import VQAItem
+from tuwen.models.decoder import pack_by_image
 from tuwen.models.image_text_model import build_model
 from tuwen.tasks.base import StepInputs, Task
 from tuwen.tasks.captioning import CaptionOptions, CaptionTask
@@ -51,11 +52,18 @@ def separate(model, batch, options) -> dict[str, torch.Tensor]:
     return {name: TASKS[name].loss(step, options[name]) for name in ("caption", "vqa")}
 
 
+def lm_forwards(model) -> list:
+    """A list that grows by one on each forward of the decoder (its token embedding)."""
+    calls: list = []
+    embed = getattr(model.decoder, "embed", None) or model.decoder.lm.get_input_embeddings()
+    embed.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
 def assert_equal_losses_and_gradients(model, batch, smoothing: float) -> None:
     options = {**default_options(), "caption": CaptionOptions(label_smoothing=smoothing)}
     weights = {"caption": 1.0, "vqa": 0.5}
-    calls = []
-    model.decoder.register_forward_hook(lambda *_: calls.append(1))
+    calls = lm_forwards(model)
     _, joined = joint_step(model, batch, weights, options)
     assert len(calls) == 1  # one decoder forward for both tasks
     alone = separate(model, batch, options)
@@ -77,9 +85,13 @@ def assert_equal_losses_and_gradients(model, batch, smoothing: float) -> None:
         assert value == pytest.approx(expected[key], rel=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # a boolean mask, an additive one
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_an_hf_lm_gives_each_task_its_own_forwards_loss_from_one_forward(hub, smoothing):
+def test_an_hf_lm_gives_each_task_its_own_forwards_loss_from_one_forward(hub, smoothing,
+                                                                         attention):
     model = chat_lm_model(hub, MAX_LENGTH).eval()
+    model.decoder.lm.set_attn_implementation(attention)
+    assert model.decoder.packs  # one row per image, the prefix once
     batch = task_collator(model.tokenizer, None, MAX_LENGTH, chat=model.spec.chat,
                           text_tokenizer=model.text_tokenizer, spec=model.spec)(items())
     captions, answers = batch.part("caption"), batch.part("vqa")
@@ -87,6 +99,28 @@ def test_an_hf_lm_gives_each_task_its_own_forwards_loss_from_one_forward(hub, sm
     assert captions.input_ids.shape[1] != answers.answer_input_ids.shape[1]
     assert (captions.labels[:, -1] == -100).any() and (answers.answer_labels[:, -1] == -100).any()
     assert_equal_losses_and_gradients(model, batch, smoothing)
+
+
+def test_sequences_are_packed_one_row_per_image_up_to_their_last_label():
+    captions = torch.tensor([[1, 5, 6, 7], [1, 8, 9, 0]])
+    caption_labels = torch.tensor([[5, 6, 7, 2], [8, 9, 2, -100]])
+    answers = torch.tensor([[1, 4, 3, 0, 0], [1, 4, 4, 3, 0]])
+    answer_labels = torch.tensor([[-100, -100, 2, -100, -100], [-100, -100, -100, 2, -100]])
+    packed = pack_by_image([(captions, caption_labels, torch.tensor([0, 2])),
+                            (answers, answer_labels, torch.tensor([2, 2]))], pad_token_id=0)
+    assert packed.image.tolist() == [0, 2]
+    assert packed.input_ids.tolist() == [[1, 5, 6, 7, 0, 0, 0, 0, 0, 0],
+                                         [1, 8, 9, 1, 4, 3, 1, 4, 4, 3]]
+    assert packed.group.tolist() == [[0] * 4 + [-1] * 6, [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]]
+    assert packed.segment.tolist() == [[0] * 4 + [-1] * 6, [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]]
+    assert packed.positions[1].tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 3]
+    assert packed.group_labels(1)[1].tolist() == [-100] * 5 + [2] + [-100] * 3 + [2]
+    sees = packed.attends()[1, 0]  # (T, T)
+    assert sees[4].tolist() == [False] * 3 + [True, True] + [False] * 5  # its own, causal
+    assert not sees[:3, 3:].any() and not sees[3:6, 6:].any()
+    behind = packed.attends(prefix=2)[1, 0]  # (2 + T, 2 + T)
+    assert behind[:2].tolist() == [[True] + [False] * 11, [True, True] + [False] * 10]
+    assert behind[2:, :2].all() and torch.equal(behind[2:, 2:], sees)
 
 
 def test_the_small_decoder_gives_each_task_its_own_forwards_loss_from_one_forward():
@@ -140,8 +174,7 @@ def test_a_third_task_joins_by_giving_sequences(tiny_batch, monkeypatch):
     monkeypatch.setitem(TASKS, "echo", EchoTask())
     torch.manual_seed(0)
     model = build_model(tiny_spec(vqa={"mode": "generate"})).eval()
-    calls = []
-    model.decoder.register_forward_hook(lambda *_: calls.append(1))
+    calls = lm_forwards(model)
     options = {**default_options(), "echo": None}
     _, losses = joint_step(model, tiny_batch, {"caption": 1.0, "echo": 2.0}, options)
     assert set(losses) == {"caption", "echo"} and len(calls) == 1

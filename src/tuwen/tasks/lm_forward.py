@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from tuwen.models.decoder import join_sequences
+from tuwen.models.decoder import pack_by_image
 from tuwen.tasks.base import StepInputs, Task
 
 
@@ -64,13 +64,14 @@ def decoder_losses(step: StepInputs, sequences: Sequence[LMSequences]) -> list[t
     if not sequences:
         return []
     decoder, tokens = step.model.decoder, step.image.tokens  # (B, N, D)
-    if len(sequences) == 1:  # exactly the call a task made on its own
-        s = sequences[0]
-        return [decoder.loss(s.input_ids, tokens[s.image], s.labels,
-                             label_smoothing=s.label_smoothing)]
-    ids, labels, groups = join_sequences([(s.input_ids, s.labels) for s in sequences],
-                                         step.model.spec.pad_token_id)
-    rows = torch.cat([s.image for s in sequences])  # (sum R,)
-    losses = decoder.loss(ids, tokens[rows], labels, row_groups=groups,
-                          label_smoothing=[s.label_smoothing for s in sequences])  # (G,)
-    return list(losses.unbind())
+    images = torch.cat([s.image for s in sequences])
+    if decoder.packs and len(images.unique()) < len(images):  # an image read twice: share it
+        packed = pack_by_image([(s.input_ids, s.labels, s.image) for s in sequences],
+                               step.model.spec.pad_token_id)
+        if len(packed.image):
+            return list(decoder.packed_loss(packed, tokens[packed.image],
+                                            [s.label_smoothing for s in sequences]).unbind())
+    # no image has two sequences (nothing to share), or the decoder cannot pack: each
+    # task's rows go through the decoder as they would alone
+    return [decoder.loss(s.input_ids, tokens[s.image], s.labels,
+                         label_smoothing=s.label_smoothing) for s in sequences]
