@@ -4,16 +4,20 @@ The caption task and generative VQA (and any task that gives sequences) teach th
 decoder. Each gives its teacher-forced sequences as ``LMSequences`` (``Task.lm_sequences``):
 right-padded ``input_ids`` and ``labels``, the image each row reads, its label smoothing.
 The first of these tasks whose loss the joint step asks for runs ``joined_losses``, once per
-step (``StepInputs.shared``): every active task's sequences are joined into one right-padded
-batch (``models.decoder.join_sequences``), each row reads its own image (the LM's image
-prefix, or the small decoder's cross-attention memory, indexed per row), the decoder runs
-once, and each task gets the mean loss over its own rows (its row group). Each task's loss
-stays its own node of the graph, so task weights, per-task gradient norms and
-``loss_<task>`` are what separate forwards give.
+step (``StepInputs.shared``): every active task's sequences are packed one row per image
+(``models.decoder.pack_by_image``: an image's caption and its questions back to back, each
+cut after its last label), the decoder runs once over these rows (``packed_loss``: the image
+prefix, or the cross-attention memory, once per image; each sequence attends only to the
+image and its own earlier tokens, at the positions it has alone), and each task gets the
+mean loss over its own tokens. Each task's loss stays its own node of the graph, so task
+weights, per-task gradient norms and ``loss_<task>`` are what separate forwards give, and
+the losses equal separate forwards' up to float rounding (tests/tasks/test_lm_forward.py).
 
-The losses equal separate forwards' (up to float rounding) because the rows are padded on
-the right and the decoder is causal: a labelled position never attends to padding, and its
-position ids count from its row's start either way (tests/tasks/test_lm_forward.py).
+Packing is what makes one forward cheaper than several: padding every sequence to the
+longest of any task (``models.decoder.join_sequences``) measured slower than a forward per
+task (docs/experiments/2026-12-07-llm-step.md). Where no image has two sequences (the
+demo: captions only, one per image), or the decoder cannot pack, each task's rows go
+through the decoder as they would alone.
 
 A task joins by overriding ``lm_sequences`` and returning ``lm_loss(step, self, options)``
 from its ``loss`` (tasks/captioning.py is the example).
