@@ -106,19 +106,19 @@ def pack_by_image(sequences: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Te
         for r, (n, img) in enumerate(zip(lengths.tolist(), image.tolist())):
             if n:
                 rows.setdefault(img, []).append((group, ids[r, :n], labels[r, :n]))
-    images = sorted(rows)
+    images, device = sorted(rows), sequences[0][0].device
     width = max(sum(len(ids) for _, ids, _ in rows[i]) for i in images) if images else 0
-    packed = [torch.full((len(images), width), fill, dtype=torch.long)
+    packed = [torch.full((len(images), width), fill, dtype=torch.long, device=device)
               for fill in (pad_token_id, IGNORE, -1, -1, 0)]
     for p, img in enumerate(images):
         start = 0
         for s, (group, ids, labels) in enumerate(rows[img]):
             span = slice(start, start + len(ids))
-            for out, value in zip(packed, (ids, labels, group, s, torch.arange(len(ids)))):
+            count = torch.arange(len(ids), device=device)
+            for out, value in zip(packed, (ids, labels, group, s, count)):
                 out[p, span] = value
             start += len(ids)
-    device = sequences[0][0].device
-    return PackedRows(*(t.to(device) for t in packed), torch.tensor(images, device=device))
+    return PackedRows(*packed, torch.tensor(images, dtype=torch.long, device=device))
 
 
 def labelled_loss(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Linear | None,
