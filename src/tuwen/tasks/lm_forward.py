@@ -46,7 +46,7 @@ class LMSequences:
 
 
 def lm_loss(step: StepInputs, task: Task, options: Any) -> torch.Tensor | None:
-    """``task``'s LM loss on ``step``: its row group of the step's one joined forward, or,
+    """``task``'s LM loss on ``step``: its share of the step's one joined forward, or,
     when the step does not list it among its tasks (a task asked alone), a forward of its
     own; None when the batch has no sequences for it."""
     losses = step.shared(joined_losses)
@@ -57,14 +57,15 @@ def lm_loss(step: StepInputs, task: Task, options: Any) -> torch.Tensor | None:
 
 
 def joined_losses(step: StepInputs) -> dict[str, torch.Tensor]:
-    """Each of the step's tasks with sequences -> its loss, all from one decoder forward."""
+    """Each of the step's tasks with sequences -> its loss (``decoder_losses``)."""
     named = {name: seqs for name, (task, options) in step.tasks.items()
              if (seqs := task.lm_sequences(step, options)) is not None}
     return dict(zip(named, decoder_losses(step, list(named.values()))))
 
 
 def decoder_losses(step: StepInputs, sequences: Sequence[LMSequences]) -> list[torch.Tensor]:
-    """One loss per entry of ``sequences``, from one forward of ``step.model.decoder``."""
+    """One loss per entry of ``sequences``: from one packed forward of the decoder when it
+    packs and some image has several sequences, else from a forward per entry."""
     if not sequences:
         return []
     decoder, tokens = step.model.decoder, step.image.tokens  # (B, N, D)
