@@ -8,7 +8,13 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from tuwen.models.decoder import IGNORE, CaptionDecoder, join_sequences, labelled_loss
+from tuwen.models.decoder import (
+    IGNORE,
+    CaptionDecoder,
+    join_sequences,
+    labelled_loss,
+    pack_by_image,
+)
 from tuwen.models.hf_decoder import HFCausalLMDecoder
 from tuwen.models.losses import caption_loss, head_cross_entropy
 from tuwen.models.token_reduction import PixelShuffle
@@ -130,10 +136,40 @@ def test_two_tasks_sequences_in_one_forward_give_each_tasks_loss(make):
     assert torch.allclose(both, separate, atol=1e-5)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: hf_decoder("llama", "prefix"), lambda: hf_decoder("llama", "prefix", True, True),
+    lambda: hf_decoder("gpt2", "prefix"), lambda: hf_decoder("gpt2", "cross_attention"),
+    lambda: CaptionDecoder(VOCAB, 16, HIDDEN, layers=2, heads=2)])
+def test_sequences_packed_one_row_per_image_give_each_tasks_own_loss(make):
+    torch.manual_seed(0)
+    decoder = make().eval()
+    assert decoder.packs
+    g = torch.Generator().manual_seed(2)
+    captions = torch.randint(3, VOCAB, (3, 9), generator=g)
+    answers = torch.randint(3, VOCAB, (4, 6), generator=g)
+    caption_labels, answer_labels = labels_for(captions, 1), labels_for(answers, 3)
+    image = torch.randn(4, IMAGE_TOKENS, HIDDEN, generator=g)
+    caption_rows, answer_rows = torch.tensor([0, 1, 2]), torch.tensor([3, 1, 1, 0])
+    packed = pack_by_image([(captions, caption_labels, caption_rows),
+                            (answers, answer_labels, answer_rows)], pad_token_id=0)
+    assert packed.image.tolist() == [0, 1, 2, 3]
+    params = [p for p in decoder.parameters() if p.requires_grad]
+    both = decoder.packed_loss(packed, image[packed.image], [0.1, 0.0])
+    separate = [decoder.loss(captions, image[caption_rows], caption_labels, label_smoothing=0.1),
+                decoder.loss(answers, image[answer_rows], answer_labels)]
+    for joined, alone in zip(both, separate):
+        assert close(joined, alone)
+        for a, b in zip(torch.autograd.grad(joined, params, retain_graph=True, allow_unused=True),
+                        torch.autograd.grad(alone, params, retain_graph=True, allow_unused=True)):
+            assert (a is None and b is None) or close(a, b)
+
+
 def test_row_groups_that_do_not_cover_the_batch_are_an_error():
     hidden, labels = torch.randn(3, 4, 8), torch.zeros(3, 4, dtype=torch.long)
     with pytest.raises(ValueError, match="do not add up to 3 rows"):
         labelled_loss(hidden, labels, torch.nn.Linear(8, 5), row_groups=[1, 1])
+    with pytest.raises(ValueError, match="3 label smoothings for 2 row groups"):
+        labelled_loss(hidden, labels, torch.nn.Linear(8, 5), [0.1, 0.0, 0.0], [1, 2])
 
 
 def test_under_cpu_bf16_autocast_the_lm_runs_eager_attention_and_matches_fp32():
@@ -149,4 +185,17 @@ def test_under_cpu_bf16_autocast_the_lm_runs_eager_attention_and_matches_fp32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         half = decoder.loss(ids, image, labels)
     assert seen == ["sdpa", "eager"] and decoder.lm.config._attn_implementation == "sdpa"
+    assert torch.allclose(half, full, atol=0.05)
+
+
+def test_packed_sequences_under_cpu_bf16_autocast_run_eager_attention_and_match_fp32():
+    decoder = hf_decoder("llama", "prefix").eval()
+    decoder.lm.set_attn_implementation("sdpa")
+    g = torch.Generator().manual_seed(1)
+    ids, image = torch.randint(3, VOCAB, (3, 9), generator=g), torch.randn(2, 16, HIDDEN)
+    packed = pack_by_image([(ids, labels_for(ids, prompt=2), torch.tensor([0, 1, 1]))], 0)
+    full = decoder.packed_loss(packed, image[packed.image], [0.0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = decoder.packed_loss(packed, image[packed.image], [0.0])
+    assert decoder.lm.config._attn_implementation == "sdpa"
     assert torch.allclose(half, full, atol=0.05)

@@ -6,7 +6,9 @@ cross-attention keys/values are projected once.
 
 Training calls ``loss`` (both this decoder and ``hf_decoder.HFCausalLMDecoder`` have it):
 the LM head runs only where a label is set, and sequences of several tasks can share one
-forward (``join_sequences``, then ``row_groups``) with one loss per task.
+forward with one loss per task: padded to one width (``join_sequences``, then
+``row_groups``), or, where the decoder ``packs``, one row per image (``pack_by_image``, then
+``packed_loss``).
 """
 
 from __future__ import annotations
@@ -56,25 +58,91 @@ def join_sequences(sequences: Sequence[tuple[torch.Tensor, torch.Tensor]],
     return ids, labels, [len(i) for i, _ in sequences]
 
 
+@dataclass
+class PackedRows:
+    """Several tasks' sequences packed one row per image: each image's sequences back to
+    back, behind one copy of the image (``pack_by_image``)."""
+
+    input_ids: torch.Tensor  # (P, T) the sequences of one image, back to back; right-padded
+    labels: torch.Tensor     # (P, T) their labels; IGNORE on padding
+    group: torch.Tensor      # (P, T) the row group (task) of each token; -1 on padding
+    segment: torch.Tensor    # (P, T) which sequence of its row a token is in; -1 on padding
+    positions: torch.Tensor  # (P, T) each token's position within its own sequence
+    image: torch.Tensor      # (P,) the image each packed row reads
+
+    def group_labels(self, group: int) -> torch.Tensor:
+        """The labels of ``group``'s tokens only (P, T)."""
+        return self.labels.masked_fill(self.group != group, IGNORE)
+
+    def attends(self, prefix: int = 0) -> torch.Tensor:
+        """(P, 1, N + T, N + T) bool, behind an image prefix of N positions: a token sees the
+        whole prefix and the earlier tokens of its own sequence (padding sees padding),
+        never another sequence's; the prefix is causal within itself."""
+        same = self.segment[:, :, None] == self.segment[:, None, :]  # (P, T, T)
+        rows, total = len(same), prefix + same.shape[1]
+        allowed = torch.ones(total, total, dtype=torch.bool, device=same.device).tril()
+        allowed = allowed.repeat(rows, 1, 1)  # (P, N + T, N + T)
+        allowed[:, prefix:, prefix:] &= same
+        return allowed[:, None]
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention mask as an additive bias: 0 where allowed, the dtype's minimum
+    elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min)
+
+
+def pack_by_image(sequences: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                  pad_token_id: int) -> PackedRows:
+    """Several tasks' right-padded ``(input_ids, labels, image)`` (B_i, L_i), (B_i,) packed
+    one row per image. A sequence keeps its tokens up to its last label (what follows
+    carries no loss and, the decoder being causal, changes none); a sequence without a
+    label is dropped."""
+    rows: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+    for group, (ids, labels, image) in enumerate(sequences):
+        has = labels != IGNORE  # (B_i, L_i)
+        lengths = torch.where(has.any(1), has.shape[1] - has.flip(1).int().argmax(1), 0)
+        for r, (n, img) in enumerate(zip(lengths.tolist(), image.tolist())):
+            if n:
+                rows.setdefault(img, []).append((group, ids[r, :n], labels[r, :n]))
+    images, device = sorted(rows), sequences[0][0].device
+    width = max(sum(len(ids) for _, ids, _ in rows[i]) for i in images) if images else 0
+    packed = [torch.full((len(images), width), fill, dtype=torch.long, device=device)
+              for fill in (pad_token_id, IGNORE, -1, -1, 0)]
+    for p, img in enumerate(images):
+        start = 0
+        for s, (group, ids, labels) in enumerate(rows[img]):
+            span = slice(start, start + len(ids))
+            count = torch.arange(len(ids), device=device)
+            for out, value in zip(packed, (ids, labels, group, s, count)):
+                out[p, span] = value
+            start += len(ids)
+    return PackedRows(*packed, torch.tensor(images, dtype=torch.long, device=device))
+
+
 def labelled_loss(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Linear | None,
-                  label_smoothing: float = 0.0,
+                  label_smoothing: float | Sequence[float] = 0.0,
                   row_groups: Sequence[int] | None = None) -> torch.Tensor:
     """Cross-entropy of ``head`` over the final hidden states (B, L, D) at the positions
     whose label (B, L) is set: their mean (), or with ``row_groups`` (sizes of consecutive
-    row groups, summing to B) one mean per group (G,). ``head=None``: ``hidden`` are the
-    logits already."""
+    row groups, summing to B) one mean per group (G,), ``label_smoothing`` one for all or
+    one per group. ``head=None``: ``hidden`` are the logits already."""
     if row_groups is None:
         row_groups = [len(labels)]
+    smoothing = ([label_smoothing] * len(row_groups) if isinstance(label_smoothing, float | int)
+                 else list(label_smoothing))
+    if len(smoothing) != len(row_groups):
+        raise ValueError(f"{len(smoothing)} label smoothings for {len(row_groups)} row groups")
     losses, start = [], 0
-    for size in row_groups:
+    for size, eps in zip(row_groups, smoothing):
         rows = slice(start, start + size)
         keep = labels[rows] != IGNORE  # (b, L)
         if head is None:
-            losses.append(caption_loss(hidden[rows][keep][None], labels[rows][keep][None],
-                                       label_smoothing))
+            losses.append(caption_loss(hidden[rows][keep][None], labels[rows][keep][None], eps))
         else:
             losses.append(head_cross_entropy(hidden[rows][keep], head.weight,
-                                             labels[rows][keep], head.bias, label_smoothing))
+                                             labels[rows][keep], head.bias, eps))
         start += size
     if start != len(labels):
         raise ValueError(f"row_groups {list(row_groups)} do not add up to {len(labels)} rows")
@@ -88,6 +156,8 @@ def positions_from_mask(attention_mask: torch.Tensor, new: int) -> torch.Tensor:
 
 
 class CaptionDecoder(nn.Module):
+    packs = True  # several sequences of one image can share a row (packed_loss)
+
     def __init__(self, vocab_size: int, max_length: int, dim: int, layers: int, heads: int,
                  mlp_ratio: float = 4.0, dropout: float = 0.0, pad_token_id: int = 0) -> None:
         super().__init__()
@@ -107,7 +177,7 @@ class CaptionDecoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, output_attentions: bool = False,
                 cache: DecoderCache | None = None, labels: torch.Tensor | None = None,
-                label_smoothing: float = 0.0,
+                label_smoothing: float | Sequence[float] = 0.0,
                 row_groups: Sequence[int] | None = None) -> DecoderOutput:
         """``attention_mask`` covers the cached and the new positions (B, past + L); with a
         ``cache``, ``input_ids`` are only the new tokens. With ``labels`` the output is the
@@ -121,12 +191,27 @@ class CaptionDecoder(nn.Module):
         return DecoderOutput(logits=self.lm_head(x), cross_attentions=attentions)
 
     def loss(self, input_ids: torch.Tensor, image_tokens: torch.Tensor, labels: torch.Tensor,
-             attention_mask: torch.Tensor | None = None, *, label_smoothing: float = 0.0,
+             attention_mask: torch.Tensor | None = None, *,
+             label_smoothing: float | Sequence[float] = 0.0,
              row_groups: Sequence[int] | None = None) -> torch.Tensor:
         """Teacher-forced cross-entropy of ``labels`` (B, L; ``IGNORE`` where no loss), the
         head computed only where a label is set."""
         return self(input_ids, image_tokens, attention_mask, labels=labels,
                     label_smoothing=label_smoothing, row_groups=row_groups).loss
+
+    def packed_loss(self, packed: PackedRows, image_tokens: torch.Tensor,
+                    label_smoothing: Sequence[float]) -> torch.Tensor:
+        """One loss per row group (G,) of several tasks' sequences packed one row per image
+        (``pack_by_image``; ``image_tokens`` (P, N, D), each packed row's cross-attention
+        memory). Each sequence sees only its own earlier tokens, at the positions it has
+        alone, so its loss is that of its own forward."""
+        x = self.drop(self.embed(packed.input_ids) + self.pos[0, packed.positions])  # (P, T, D)
+        bias = additive_mask(packed.attends(), x.dtype)  # (P, 1, T, T)
+        for block in self.blocks:
+            x, _ = block(x, bias=bias, context=image_tokens)
+        x = self.norm(x)
+        return torch.stack([labelled_loss(x, packed.group_labels(g), self.lm_head, eps)
+                            for g, eps in enumerate(label_smoothing)])
 
     def _hidden(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
                 attention_mask: torch.Tensor | None, output_attentions: bool,

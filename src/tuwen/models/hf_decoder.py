@@ -32,7 +32,13 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from tuwen.config import HFTowerConfig
 from tuwen.errors import ConfigError
-from tuwen.models.decoder import DecoderOutput, labelled_loss, positions_from_mask
+from tuwen.models.decoder import (
+    DecoderOutput,
+    PackedRows,
+    additive_mask,
+    labelled_loss,
+    positions_from_mask,
+)
 from tuwen.models.hf_backbone import adapt, config_from_dict, quiet_load_report, warn_about_weights
 from tuwen.models.layers import cpu_bf16_autocast
 from tuwen.models.token_reduction import expand_weights
@@ -43,6 +49,8 @@ from tuwen.models.towers import Tower
 # every position's logits, as generation does.
 PLAIN_HEAD = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "smollm3", "phi", "phi3",
               "gpt_neox", "opt", "olmo", "olmo2", "stablelm", "gemma"}
+# Attention implementations that take a custom 4D mask, as ``packed_loss`` passes one
+PACKING_ATTENTION = ("eager", "sdpa")
 
 
 def build_projector(kind: str, dim_in: int, dim_out: int) -> nn.Module:
@@ -136,7 +144,7 @@ class HFCausalLMDecoder(Tower):
     def forward(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, output_attentions: bool = False,
                 cache: HFDecoderCache | None = None, labels: torch.Tensor | None = None,
-                label_smoothing: float = 0.0,
+                label_smoothing: float | Sequence[float] = 0.0,
                 row_groups: Sequence[int] | None = None,
                 image_at: torch.Tensor | None = None) -> DecoderOutput:
         """``attention_mask`` covers the text positions, cached and new (B, past + L); with a
@@ -191,7 +199,8 @@ class HFCausalLMDecoder(Tower):
                              cross_attentions=weights)
 
     def loss(self, input_ids: torch.Tensor, image_tokens: torch.Tensor, labels: torch.Tensor,
-             attention_mask: torch.Tensor | None = None, *, label_smoothing: float = 0.0,
+             attention_mask: torch.Tensor | None = None, *,
+             label_smoothing: float | Sequence[float] = 0.0,
              row_groups: Sequence[int] | None = None,
              image_at: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced cross-entropy of ``labels`` (B, L; ``IGNORE`` where no loss):
@@ -201,19 +210,66 @@ class HFCausalLMDecoder(Tower):
                     image_at=image_at).loss
 
     def _loss(self, inputs: dict[str, Any], length: int, labels: torch.Tensor,
-              label_smoothing: float, row_groups: Sequence[int] | None,
+              label_smoothing: float | Sequence[float],
+              row_groups: Sequence[int] | None,
               text_at: torch.Tensor | None = None) -> torch.Tensor:
-        """The LM's body, then its head at the labelled text positions only (an LM whose
-        logits are more than a linear head falls back to all of them)."""
+        hidden, head = self._text_outputs(inputs, length, text_at)
+        return labelled_loss(hidden, labels, head, label_smoothing, row_groups)
+
+    def _text_outputs(self, inputs: dict[str, Any], length: int,
+                      text_at: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, nn.Linear | None]:
+        """The LM's body over ``inputs``: the text positions' final hidden states (the last
+        ``length``, or ``text_at`` with the image spliced in) and the head that
+        ``labelled_loss`` runs at the labelled ones; for an LM whose logits are more than a
+        linear head, the text positions' logits and no head."""
         causal = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
         if causal.config.model_type not in PLAIN_HEAD:
             logits = self.lm(use_cache=False, **inputs).logits  # (B, N + L, V)
-            return labelled_loss(text_positions(logits, length, text_at), labels, None,
-                                 label_smoothing, row_groups)
+            return text_positions(logits, length, text_at), None
         body = getattr(causal, causal.base_model_prefix)
         hidden = body(use_cache=False, **inputs).last_hidden_state  # (B, N + L, W)
-        return labelled_loss(text_positions(hidden, length, text_at), labels,
-                             causal.get_output_embeddings(), label_smoothing, row_groups)
+        return text_positions(hidden, length, text_at), causal.get_output_embeddings()
+
+    @property
+    def packs(self) -> bool:
+        """Whether ``packed_loss`` can run: the LM's attention takes a custom (B, 1, Q, K)
+        mask."""
+        return getattr(self.lm.config, "_attn_implementation", None) in PACKING_ATTENTION
+
+    def packed_loss(self, packed: PackedRows, image_tokens: torch.Tensor,
+                    label_smoothing: Sequence[float]) -> torch.Tensor:
+        """One loss per row group (G,) of several tasks' sequences packed one row per image
+        (``decoder.pack_by_image``; ``image_tokens`` (P, N, D), one image per packed row).
+
+        Each sequence sees the image and the earlier tokens of its own sequence only, at the
+        positions it has alone (after the prefix, 0.. of its own tokens), so its loss is
+        that of its own forward; the image (prefix or cross-attention memory) is projected
+        and, as a prefix, run through the LM once per image rather than once per sequence,
+        and no sequence is padded to another task's length."""
+        embeds = self.lm.get_input_embeddings()(packed.input_ids)  # (P, T, W)
+        if self.reduce is not None:
+            image_tokens = self.reduce(image_tokens)  # (P, N', D')
+        image = self.projector(image_tokens)  # (P, N, W)
+        inputs: dict[str, Any] = {"position_ids": packed.positions}
+        prefix = 0
+        if self.conditioning == "cross_attention":
+            inputs["encoder_hidden_states"] = image
+        else:
+            prefix = image.shape[1]
+            embeds = torch.cat([image.to(embeds.dtype), embeds], dim=1)  # (P, N + T, W)
+            inputs["position_ids"] = torch.cat([torch.arange(prefix, device=embeds.device)
+                                                .expand(len(embeds), -1),
+                                                prefix + packed.positions], dim=1)
+        self._check_length(prefix + int(packed.positions.max()) + 1)
+        with eager_attention(self.lm, cpu_bf16_autocast(embeds.device)):
+            allowed = packed.attends(prefix)  # (P, 1, N + T, N + T)
+            inputs.update(inputs_embeds=embeds, attention_mask=allowed
+                          if self.lm.config._attn_implementation == "sdpa"
+                          else additive_mask(allowed, embeds.dtype))
+            hidden, head = self._text_outputs(inputs, packed.input_ids.shape[1])
+        return torch.stack([labelled_loss(hidden, packed.group_labels(g), head, eps)
+                            for g, eps in enumerate(label_smoothing)])
 
     def _check_length(self, total: int) -> None:
         if self.positions is not None and total > self.positions:

@@ -8,15 +8,16 @@ evaluator (``evaluate``, its section of ``metrics.json``). The table of tasks
 joint step, per-task gradient norms, evaluation and the config reference read it.
 
 Within one step the tasks share their inputs through ``StepInputs``: the image is encoded
-once, and what two tasks both need (ITC and ITM: the captions' embeddings) is computed once
-by whichever asks first.
+once, and what two tasks both need (ITC and ITM: the captions' embeddings; the generative
+tasks: one language-model forward over all their sequences, tasks.lm_forward) is computed
+once by whichever asks first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel
@@ -32,13 +33,18 @@ from tuwen.models.image_text_model import ImageTextModel
 from tuwen.models.spec import ModelSpec
 from tuwen.tasks.eval_set import EvalSet
 
+if TYPE_CHECKING:
+    from tuwen.tasks.lm_forward import LMSequences
+
 
 class StepInputs:
     """One step's batch and what its tasks share, each computed on first use."""
 
     def __init__(self, model: ImageTextModel, batch: Batch, gather: bool = False,
+                 tasks: Mapping[str, tuple[Task, Any]] | None = None,
                  image: ImageFeatures | None = None) -> None:
         self.model, self.batch, self.gather = model, batch, gather
+        self.tasks = dict(tasks or {})  # the step's tasks with their options (joint_step)
         self._image = image  # None: encoded on first use
         self._shared: dict[Callable, Any] = {}
 
@@ -118,6 +124,12 @@ class Task:
 
     def loss(self, step: StepInputs, options: Any) -> torch.Tensor | None:
         """Its unweighted loss on ``step``'s batch; None when the batch has nothing for it."""
+        return None
+
+    def lm_sequences(self, step: StepInputs, options: Any) -> LMSequences | None:
+        """Its teacher-forced sequences for the language model, which the step's generative
+        tasks share one forward over (tasks.lm_forward; its ``loss`` then returns
+        ``lm_loss(step, self, options)``); None when it does not train the decoder."""
         return None
 
     def evaluate(self, ev: Evaluation, data: EvalSet) -> TaskResult | None:

@@ -21,6 +21,7 @@ from tuwen.models.image_text_model import ImageTextModel
 from tuwen.tasks.base import Evaluation, StepInputs, Task, TaskResult
 from tuwen.tasks.batching import chunk_starts, decode_until_eos, model_device
 from tuwen.tasks.eval_set import EvalSet, absolute
+from tuwen.tasks.lm_forward import LMSequences, lm_loss
 from tuwen.tasks.metrics.caption_metrics import caption_scores
 from tuwen.tasks.metrics.protocol import decoding_settings, references_per_image
 
@@ -72,12 +73,15 @@ class CaptionTask(Task):
         return partial(decoder_rows, tools)
 
     def loss(self, step: StepInputs, options: CaptionOptions) -> torch.Tensor | None:
+        return lm_loss(step, self, options)
+
+    def lm_sequences(self, step: StepInputs, options: CaptionOptions) -> LMSequences | None:
         rows, part = step.batch.captions, step.batch.part(self.name)
         if rows is None or part is None:
             return None
         first = rows.first  # one caption per image: the decoder is the costly part
-        return step.model.decoder.loss(part.input_ids[first], step.image.tokens[rows.image[first]],
-                                       part.labels[first], label_smoothing=options.label_smoothing)
+        return LMSequences(part.input_ids[first], part.labels[first], rows.image[first],
+                           options.label_smoothing)
 
     def evaluate(self, ev: Evaluation, data: EvalSet) -> TaskResult | None:
         return evaluate_captions(ev, data) if data.captions else None

@@ -121,11 +121,12 @@ def joint_step(model: ImageTextModel, batch: Batch, weights: Mapping[str, float]
     None: the defaults). With ``gather`` the contrastive negatives come from every process
     (see tasks.gather)."""
     options = default_options() if options is None else options
-    step = StepInputs(model, batch, gather)
+    active = {name: (task, options[name]) for name, task in TASKS.items() if name in weights}
+    step = StepInputs(model, batch, gather, active)
     if batch.pixel_values is not None:  # None: text-only conversations
         step.image  # noqa: B018 -- the image pass comes first, whichever task asks for it
-    losses = {name: loss for name, task in TASKS.items() if name in weights
-              if (loss := task.loss(step, options[name])) is not None}
+    losses = {name: loss for name, (task, opts) in active.items()
+              if (loss := task.loss(step, opts)) is not None}
     if not losses:
         raise ValueError("the batch has no labels for any active task")
     total = sum(weights[name] * loss for name, loss in losses.items())

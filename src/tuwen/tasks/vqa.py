@@ -29,6 +29,7 @@ from tuwen.models.spec import ModelSpec
 from tuwen.tasks.base import Evaluation, StepInputs, Task, TaskResult
 from tuwen.tasks.batching import chunk_starts, decode_until_eos, model_device
 from tuwen.tasks.eval_set import EvalSet, absolute
+from tuwen.tasks.lm_forward import LMSequences, lm_loss
 from tuwen.tasks.metrics.grounding import relation_grounding, scene_rows
 from tuwen.tasks.metrics.protocol import GROUNDING_PROTOCOL, VQA_PROTOCOL, count_histogram
 from tuwen.tasks.metrics.vqa_accuracy import vqa_accuracy
@@ -89,14 +90,25 @@ class VqaTask(Task):
         return AnswerCollate(tools, spec.model.vqa.mode == "generate")
 
     def loss(self, step: StepInputs, options) -> torch.Tensor | None:
+        if generates_answers(step.model):
+            return lm_loss(step, self, options)
         rows, part = step.batch.questions, step.batch.part(self.name)
         if rows is None or part is None:
             return None
-        image_tokens = step.image.tokens[rows.image]
-        if generates_answers(step.model):
-            return answer_loss(step.model, part, image_tokens)
-        logits = answer_logits(step.model, rows.input_ids, rows.attention_mask, image_tokens)
+        logits = answer_logits(step.model, rows.input_ids, rows.attention_mask,
+                               step.image.tokens[rows.image])
         return soft_answer_loss(logits, part.targets)
+
+    def lm_sequences(self, step: StepInputs, options) -> LMSequences | None:
+        """Generation (``model.vqa.mode: generate``): each question's prompt + answer, the
+        loss on the answer tokens only."""
+        rows, part = step.batch.questions, step.batch.part(self.name)
+        if rows is None or part is None or not generates_answers(step.model):
+            return None
+        if part.answer_input_ids is None:
+            raise TuwenError("model.vqa.mode=generate needs answer sequences in the batch (the "
+                             "VQA task collates them for a generating model)")
+        return LMSequences(part.answer_input_ids, part.answer_labels, rows.image)
 
     def evaluate(self, ev: Evaluation, data: EvalSet) -> TaskResult | None:
         if not data.questions:
@@ -134,15 +146,6 @@ def predict_step(model: ImageTextModel, pixel_values: torch.Tensor, input_ids: t
     """Index of the most likely answer per question (B,)."""
     image = model.encode_image(pixel_values)
     return answer_logits(model, input_ids, attention_mask, image.tokens).argmax(dim=-1)
-
-
-def answer_loss(model: ImageTextModel, part: AnswerTargets,
-                image_tokens: torch.Tensor) -> torch.Tensor:
-    """Teacher-forced LM loss of the answers after their question prompts."""
-    if part.answer_input_ids is None:
-        raise TuwenError("model.vqa.mode=generate needs answer sequences in the batch (the "
-                         "VQA task collates them for a generating model)")
-    return model.decoder.loss(part.answer_input_ids, image_tokens, part.answer_labels)
 
 
 @torch.no_grad()

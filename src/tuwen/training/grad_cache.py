@@ -220,10 +220,12 @@ def _rerun(parts: Parts, run: Rerun, weights: dict[str, float], precision: str,
         model = objective.model
         with replaying(run.state, device):
             out = encode_towers(model, run.batch, run.itm)
-        step = StepInputs(model, run.batch, objective.gather, image=out.image)
         options = objective.task_options
-        losses = {name: loss for name, task in TASKS.items() if name in per_sample
-                  if (loss := task.loss(step, options[name])) is not None}
+        active = {name: (task, options[name]) for name, task in TASKS.items()
+                  if name in per_sample}  # the generative ones share one LM forward
+        step = StepInputs(model, run.batch, objective.gather, active, image=out.image)
+        losses = {name: loss for name, (task, opts) in active.items()
+                  if (loss := task.loss(step, opts)) is not None}
         total = sum((per_sample[k] * v for k, v in losses.items()), out.image.pooled.new_zeros(()))
         pulls = {} if part is None else \
             _pulls(interface(out, run.batch, run.itm), run.whole.cached_gradients(part, scale))
