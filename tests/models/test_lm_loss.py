@@ -11,8 +11,6 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from tuwen.models.decoder import (
     IGNORE,
     CaptionDecoder,
-    join_sequences,
-    labelled_loss,
     pack_by_image,
 )
 from tuwen.models.hf_decoder import HFCausalLMDecoder
@@ -114,29 +112,6 @@ def test_the_small_decoders_loss_equals_the_full_logits_loss():
 
 
 @pytest.mark.parametrize("make", [
-    lambda: hf_decoder("llama", "prefix"),
-    lambda: CaptionDecoder(VOCAB, 16, HIDDEN, layers=2, heads=2)])
-def test_two_tasks_sequences_in_one_forward_give_each_tasks_loss(make):
-    torch.manual_seed(0)
-    decoder = make().eval()
-    g = torch.Generator().manual_seed(2)
-    captions = torch.randint(3, VOCAB, (3, 9), generator=g)
-    answers = torch.randint(3, VOCAB, (2, 6), generator=g)
-    caption_labels, answer_labels = labels_for(captions, 1), labels_for(answers, 3)
-    image = torch.randn(4, IMAGE_TOKENS, HIDDEN, generator=g)
-    caption_rows, answer_rows = torch.tensor([0, 1, 2]), torch.tensor([3, 1])
-    ids, labels, groups = join_sequences([(captions, caption_labels),
-                                          (answers, answer_labels)], pad_token_id=0)
-    assert ids.shape == (5, 9) and groups == [3, 2]
-    assert (labels[3:, 6:] == IGNORE).all() and (ids[3:, 6:] == 0).all()
-    both = decoder.loss(ids, image[torch.cat([caption_rows, answer_rows])], labels,
-                        row_groups=groups)
-    separate = torch.stack([decoder.loss(captions, image[caption_rows], caption_labels),
-                            decoder.loss(answers, image[answer_rows], answer_labels)])
-    assert torch.allclose(both, separate, atol=1e-5)
-
-
-@pytest.mark.parametrize("make", [
     lambda: hf_decoder("llama", "prefix"), lambda: hf_decoder("llama", "prefix", True, True),
     lambda: hf_decoder("gpt2", "prefix"), lambda: hf_decoder("gpt2", "cross_attention"),
     lambda: CaptionDecoder(VOCAB, 16, HIDDEN, layers=2, heads=2)])
@@ -162,14 +137,6 @@ def test_sequences_packed_one_row_per_image_give_each_tasks_own_loss(make):
         for a, b in zip(torch.autograd.grad(joined, params, retain_graph=True, allow_unused=True),
                         torch.autograd.grad(alone, params, retain_graph=True, allow_unused=True)):
             assert (a is None and b is None) or close(a, b)
-
-
-def test_row_groups_that_do_not_cover_the_batch_are_an_error():
-    hidden, labels = torch.randn(3, 4, 8), torch.zeros(3, 4, dtype=torch.long)
-    with pytest.raises(ValueError, match="do not add up to 3 rows"):
-        labelled_loss(hidden, labels, torch.nn.Linear(8, 5), row_groups=[1, 1])
-    with pytest.raises(ValueError, match="3 label smoothings for 2 row groups"):
-        labelled_loss(hidden, labels, torch.nn.Linear(8, 5), [0.1, 0.0, 0.0], [1, 2])
 
 
 def test_under_cpu_bf16_autocast_the_lm_runs_eager_attention_and_matches_fp32():

@@ -73,6 +73,9 @@ def plan(base: BaseConfig, axes: list[str], seeds: int,
         raise ConfigError("--axis train.seed: seeds are set by --seeds")
     for path, values in parsed:
         base.check(path, values, "--axis")
+    # a key the command line --set also gives keeps the --set value over an overlay's (e.g.
+    # a local folder for the overlay's hub name)
+    given = {split_assignment("--set", o)[0] for o in base.overrides}
     variants = []
     for overlay in named or [None]:
         for combo in itertools.product(*(values for _, values in parsed)):
@@ -83,9 +86,6 @@ def plan(base: BaseConfig, axes: list[str], seeds: int,
                 if clash:
                     raise ConfigError(f"--variant {overlay[0]} sets {', '.join(clash)}, "
                                       "which an --axis varies")
-                # a key the command line --set also gives keeps the --set value (e.g. a
-                # local folder for the overlay's hub name)
-                given = {split_assignment("--set", o)[0] for o in base.overrides}
                 assigned = {**{p: v for p, v in overlay[1].items() if p not in given},
                             **values}
                 values = {"variant": overlay[0], **values}

@@ -5,10 +5,9 @@ the self-attention keys/values of earlier positions are kept per layer, and the 
 cross-attention keys/values are projected once.
 
 Training calls ``loss`` (both this decoder and ``hf_decoder.HFCausalLMDecoder`` have it):
-the LM head runs only where a label is set, and sequences of several tasks can share one
-forward with one loss per task: padded to one width (``join_sequences``, then
-``row_groups``), or, where the decoder ``packs``, one row per image (``pack_by_image``, then
-``packed_loss``).
+the LM head runs only where a label is set. Sequences of several tasks share one forward,
+with one loss per task, where the decoder ``packs``: one row per image (``pack_by_image``,
+then ``packed_loss``).
 """
 
 from __future__ import annotations
@@ -42,20 +41,6 @@ class DecoderCache:
     def reorder(self, index: torch.Tensor) -> None:
         for layer in self.layers:
             layer.reorder(index)
-
-
-def join_sequences(sequences: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                   pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Several tasks' ``(input_ids, labels)`` (B_i, L_i) as one right-padded batch
-    (sum B_i, max L_i) for one decoder forward, and the row groups (B_i) that give ``loss``
-    one value per task. Padding is labelled ``IGNORE`` and comes after every real token, so
-    a causal LM's outputs at the real positions do not see it."""
-    width = max(ids.shape[1] for ids, _ in sequences)
-    ids = torch.cat([nn.functional.pad(i, (0, width - i.shape[1]), value=pad_token_id)
-                     for i, _ in sequences])
-    labels = torch.cat([nn.functional.pad(lab, (0, width - lab.shape[1]), value=IGNORE)
-                        for _, lab in sequences])
-    return ids, labels, [len(i) for i, _ in sequences]
 
 
 @dataclass
@@ -122,31 +107,15 @@ def pack_by_image(sequences: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 def labelled_loss(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Linear | None,
-                  label_smoothing: float | Sequence[float] = 0.0,
-                  row_groups: Sequence[int] | None = None) -> torch.Tensor:
+                  label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy of ``head`` over the final hidden states (B, L, D) at the positions
-    whose label (B, L) is set: their mean (), or with ``row_groups`` (sizes of consecutive
-    row groups, summing to B) one mean per group (G,), ``label_smoothing`` one for all or
-    one per group. ``head=None``: ``hidden`` are the logits already."""
-    if row_groups is None:
-        row_groups = [len(labels)]
-    smoothing = ([label_smoothing] * len(row_groups) if isinstance(label_smoothing, float | int)
-                 else list(label_smoothing))
-    if len(smoothing) != len(row_groups):
-        raise ValueError(f"{len(smoothing)} label smoothings for {len(row_groups)} row groups")
-    losses, start = [], 0
-    for size, eps in zip(row_groups, smoothing):
-        rows = slice(start, start + size)
-        keep = labels[rows] != IGNORE  # (b, L)
-        if head is None:
-            losses.append(caption_loss(hidden[rows][keep][None], labels[rows][keep][None], eps))
-        else:
-            losses.append(head_cross_entropy(hidden[rows][keep], head.weight,
-                                             labels[rows][keep], head.bias, eps))
-        start += size
-    if start != len(labels):
-        raise ValueError(f"row_groups {list(row_groups)} do not add up to {len(labels)} rows")
-    return losses[0] if len(losses) == 1 else torch.stack(losses)
+    whose label (B, L) is set: their mean (). ``head=None``: ``hidden`` are the logits
+    already."""
+    keep = labels != IGNORE  # (B, L)
+    if head is None:
+        return caption_loss(hidden[keep][None], labels[keep][None], label_smoothing)
+    return head_cross_entropy(hidden[keep], head.weight, labels[keep], head.bias,
+                              label_smoothing)
 
 
 def positions_from_mask(attention_mask: torch.Tensor, new: int) -> torch.Tensor:
@@ -177,8 +146,7 @@ class CaptionDecoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, output_attentions: bool = False,
                 cache: DecoderCache | None = None, labels: torch.Tensor | None = None,
-                label_smoothing: float | Sequence[float] = 0.0,
-                row_groups: Sequence[int] | None = None) -> DecoderOutput:
+                label_smoothing: float = 0.0) -> DecoderOutput:
         """``attention_mask`` covers the cached and the new positions (B, past + L); with a
         ``cache``, ``input_ids`` are only the new tokens. With ``labels`` the output is the
         ``loss`` (``labelled_loss``), and no logits."""
@@ -187,17 +155,16 @@ class CaptionDecoder(nn.Module):
         attentions = tuple(weights) if output_attentions else None
         if labels is not None:
             return DecoderOutput(None, attentions, labelled_loss(
-                x, labels, self.lm_head, label_smoothing, row_groups))
+                x, labels, self.lm_head, label_smoothing))
         return DecoderOutput(logits=self.lm_head(x), cross_attentions=attentions)
 
     def loss(self, input_ids: torch.Tensor, image_tokens: torch.Tensor, labels: torch.Tensor,
              attention_mask: torch.Tensor | None = None, *,
-             label_smoothing: float | Sequence[float] = 0.0,
-             row_groups: Sequence[int] | None = None) -> torch.Tensor:
+             label_smoothing: float = 0.0) -> torch.Tensor:
         """Teacher-forced cross-entropy of ``labels`` (B, L; ``IGNORE`` where no loss), the
         head computed only where a label is set."""
         return self(input_ids, image_tokens, attention_mask, labels=labels,
-                    label_smoothing=label_smoothing, row_groups=row_groups).loss
+                    label_smoothing=label_smoothing).loss
 
     def packed_loss(self, packed: PackedRows, image_tokens: torch.Tensor,
                     label_smoothing: Sequence[float]) -> torch.Tensor:

@@ -144,8 +144,7 @@ class HFCausalLMDecoder(Tower):
     def forward(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, output_attentions: bool = False,
                 cache: HFDecoderCache | None = None, labels: torch.Tensor | None = None,
-                label_smoothing: float | Sequence[float] = 0.0,
-                row_groups: Sequence[int] | None = None,
+                label_smoothing: float = 0.0,
                 image_at: torch.Tensor | None = None) -> DecoderOutput:
         """``attention_mask`` covers the text positions, cached and new (B, past + L); with a
         ``cache``, ``input_ids`` are only the new tokens. With ``labels`` (B, L) the output
@@ -182,7 +181,7 @@ class HFCausalLMDecoder(Tower):
         eager = output_attentions or cpu_bf16_autocast(embeds.device)
         if labels is not None:
             with eager_attention(self.lm, eager):
-                loss = self._loss(kwargs, length, labels, label_smoothing, row_groups, text_at)
+                loss = self._loss(kwargs, length, labels, label_smoothing, text_at)
             return DecoderOutput(None, None, loss)
         if cache is not None:
             kwargs[self.cache_arg] = cache.past
@@ -200,21 +199,18 @@ class HFCausalLMDecoder(Tower):
 
     def loss(self, input_ids: torch.Tensor, image_tokens: torch.Tensor, labels: torch.Tensor,
              attention_mask: torch.Tensor | None = None, *,
-             label_smoothing: float | Sequence[float] = 0.0,
-             row_groups: Sequence[int] | None = None,
+             label_smoothing: float = 0.0,
              image_at: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced cross-entropy of ``labels`` (B, L; ``IGNORE`` where no loss):
-        the mean, or one per group of rows (``decoder.join_sequences``)."""
+        their mean."""
         return self(input_ids, image_tokens, attention_mask, labels=labels,
-                    label_smoothing=label_smoothing, row_groups=row_groups,
-                    image_at=image_at).loss
+                    label_smoothing=label_smoothing, image_at=image_at).loss
 
     def _loss(self, inputs: dict[str, Any], length: int, labels: torch.Tensor,
-              label_smoothing: float | Sequence[float],
-              row_groups: Sequence[int] | None,
+              label_smoothing: float,
               text_at: torch.Tensor | None = None) -> torch.Tensor:
         hidden, head = self._text_outputs(inputs, length, text_at)
-        return labelled_loss(hidden, labels, head, label_smoothing, row_groups)
+        return labelled_loss(hidden, labels, head, label_smoothing)
 
     def _text_outputs(self, inputs: dict[str, Any], length: int,
                       text_at: torch.Tensor | None = None

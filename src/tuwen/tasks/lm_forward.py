@@ -14,8 +14,8 @@ weights, per-task gradient norms and ``loss_<task>`` are what separate forwards 
 the losses equal separate forwards' up to float rounding (tests/tasks/test_lm_forward.py).
 
 Packing is what makes one forward cheaper than several: padding every sequence to the
-longest of any task (``models.decoder.join_sequences``) measured slower than a forward per
-task (docs/experiments/2026-12-07-llm-step.md). Where no image has two sequences (the
+longest of any task measured slower than a forward per task, and was removed
+(docs/experiments/2026-12-07-llm-step.md). Where no image has two sequences (the
 demo: captions only, one per image), or the decoder cannot pack, each task's rows go
 through the decoder as they would alone.
 
