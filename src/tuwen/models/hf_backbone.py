@@ -135,14 +135,19 @@ def build_backbone(cfg: HFTowerConfig, config: PretrainedConfig, pretrained: boo
 @contextlib.contextmanager
 def quiet_load_report() -> Iterator[None]:
     """transformers' table of unused and missing weights off: ``warn_about_weights`` says
-    what matters in one line."""
-    logger = logging.getLogger("transformers.modeling_utils")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    what matters in one line. A quiet loading logger makes transformers check the model's
+    tensor-parallel plan, which lists every layer as "not sharded" on one device: that
+    logger is quieted too."""
+    loggers = [logging.getLogger(name) for name in
+               ("transformers.modeling_utils", "transformers.distributed.tensor_parallel")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def warn_about_weights(info: dict, where: str, name: str) -> None:
