@@ -369,3 +369,40 @@ def test_loading_says_in_one_line_what_the_checkpoint_lacks_not_the_pooler_left_
     with pytest.warns(TuwenWarning, match=r"model.text_encoder: 2 weights are not in the "
                                           r"checkpoint and start random .*query"):
         build_model(spec)
+
+
+DINOV2 = {"model_type": "dinov2", "image_size": 32, "patch_size": 8, "hidden_size": 32,
+          "num_hidden_layers": 3, "num_attention_heads": 2, "mlp_ratio": 2}
+
+
+def test_image_tower_keeps_its_first_blocks_and_its_final_norm(tmp_path):
+    torch.manual_seed(11)
+    hf_model(DINOV2).save_pretrained(tmp_path / "dinov2")
+    reference = AutoModel.from_pretrained(tmp_path / "dinov2").eval()
+    spec = hf_spec(image={"type": "hf", "name_or_path": str(tmp_path / "dinov2"), "layers": 2})
+    model = build_model(spec).eval()
+    backbone = model.image_encoder.backbone
+    assert len(backbone.encoder.layer) == 2 and backbone.config.num_hidden_layers == 2
+    assert backbone.config.out_features == ["stage2"]  # DINOv2's backbone stages recounted
+    px = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        middle = reference(pixel_values=px, output_hidden_states=True).hidden_states[2]
+        expected = reference.layernorm(middle)[:, 1:]  # block 2's tokens, the final norm
+        got = model.encode_image(px).tokens
+        assert torch.allclose(got, model.image_encoder.proj(expected), atol=1e-5)
+    # saved and loaded offline: two blocks again, the same tokens
+    model.save_pretrained(tmp_path / "saved")
+    again = type(model).from_pretrained(tmp_path / "saved").eval()
+    assert len(again.image_encoder.backbone.encoder.layer) == 2
+    with torch.no_grad():
+        assert torch.equal(again.encode_image(px).tokens, got)
+
+
+@pytest.mark.parametrize("kind,layers,match", [
+    ("vit", 2, r"model.image_encoder.layers: 2 is more than the 1 blocks of 'vit'"),
+    ("resnet", 1, r"model.image_encoder.layers: 'resnet' has no stack of Transformer blocks"),
+])
+def test_image_tower_layers_it_cannot_keep_are_one_line(kind, layers, match, tmp_path):
+    folder = save_image_model(kind, tmp_path / kind)
+    with pytest.raises(ConfigError, match=match):
+        build_model(hf_spec(image={"type": "hf", "name_or_path": str(folder), "layers": layers}))

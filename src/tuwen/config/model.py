@@ -95,6 +95,10 @@ class HFImageEncoderConfig(HFTowerConfig):
         "Images at this side in pixels instead of the image processor's (mean and std stay "
         "its own). ViT, DeiT, DINOv2, CLIP and SigLIP interpolate their position embeddings; "
         "CNNs take any size. null: the processor's size."))
+    layers: int | None = Field(None, ge=1, description=(
+        "Keep only the first this many blocks of a Transformer backbone (its final norm "
+        "stays): a middle layer's tokens, as LLaVA's `select_layer` takes, for less compute. "
+        "null: every block."))
 
 
 IMAGE_ENCODERS: dict[str, type[Section]] = {

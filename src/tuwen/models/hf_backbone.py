@@ -61,11 +61,29 @@ def hf_config_for(cfg: HFTowerConfig, modality: str, where: str,
     if sub in getattr(type(config), "sub_configs", {}):  # clip -> its vision or text tower
         config = getattr(config, sub)
     check_modality(config, modality, where)
+    if getattr(cfg, "layers", None) is not None:
+        config = first_blocks(config, cfg.layers, where)
     if cfg.hf_config is not None:
         for key, value in defaults.items():
             if key not in cfg.hf_config and hasattr(config, key):
                 setattr(config, key, value)
     return config
+
+
+def first_blocks(config: PretrainedConfig, layers: int, where: str) -> PretrainedConfig:
+    """The same architecture with only its first ``layers`` blocks; loading a checkpoint
+    into it leaves the later blocks' weights unused. Rebuilt from its dict, so backbone
+    configs (DINOv2's) recount the stages they name."""
+    total = getattr(config, "num_hidden_layers", None)
+    if not isinstance(total, int):
+        raise ConfigError(f"{where}.layers: {config.model_type!r} has no stack of Transformer "
+                          "blocks to keep the first of (a CNN?); leave it null")
+    if layers > total:
+        raise ConfigError(f"{where}.layers: {layers} is more than the {total} blocks of "
+                          f"{config.model_type!r}")
+    raw = {k: v for k, v in config.to_dict().items()
+           if k not in ("out_features", "out_indices", "stage_names")}
+    return config_from_dict({**raw, "num_hidden_layers": layers}, f"{where}.layers")
 
 
 def config_from_dict(raw: dict[str, Any], where: str) -> PretrainedConfig:
