@@ -33,6 +33,8 @@ from PIL import Image
 from torch import nn
 from transformers import AutoModel
 
+from tuwen.models.hf_image import grid_tokens
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, as DINOv2's processor
 
 
@@ -66,8 +68,7 @@ def patch_tokens(model, files: list[Path], size: int, layers: list[int],
             result = model(pixel_values=torch.stack(pixels), output_hidden_states=True)
         for layer in layers:
             states = result.last_hidden_state if layer == -1 else result.hidden_states[layer]
-            side = int(np.sqrt(states.shape[1]))
-            out[layer].append(states[:, states.shape[1] - side * side:])
+            out[layer].append(grid_tokens(states)[0])
     return {layer: torch.cat(parts) for layer, parts in out.items()}
 
 
@@ -87,7 +88,9 @@ class Readout(nn.Module):
     def forward(self, tokens: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
         image = self.proj(self.norm(tokens)) + self.pos
         used = (words != self.embed.padding_idx).float().unsqueeze(-1)
-        query = (self.embed(words) * used).sum(1, keepdim=True) / used.sum(1, keepdim=True)
+        # a question of words all unseen in training: a zero query, not 0 / 0
+        words_used = used.sum(1, keepdim=True).clamp(min=1)
+        query = (self.embed(words) * used).sum(1, keepdim=True) / words_used
         read, _ = self.attend(query, image, image)
         return self.classify(torch.cat([read[:, 0], query[:, 0]], -1))
 

@@ -70,3 +70,9 @@ def test_an_attribute_the_tokens_carry_is_read_and_unseen_answers_count_as_wrong
     scores = probe.probe(tokens, train, test, {i: i for i in range(40)}, steps=300, batch=16,
                          seed=0)
     assert scores["colour"] == scores["all"] == 100 * 8 / 9  # all 8 right, the unseen one not
+
+
+def test_a_question_of_only_unseen_words_gets_an_answer_not_nan():
+    net = probe.Readout(width=8, patches=4, words=5, answers=3)
+    words = torch.full((1, 3), 5)  # every position padding: no word seen in training
+    assert torch.isfinite(net(torch.randn(1, 4, 8), words)).all()
